@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make quickstart` (the main job) and `make test` (the suite).
+# Both create .venv when missing: torch first (CPU wheel by default; GPU users override TORCH_SPEC),
+# then the package with its dev extras.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: quickstart test lint clean-venv
+
+$(BIN)/atp-latent: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $@
+
+quickstart: $(BIN)/atp-latent
+	$(BIN)/atp-latent quickstart $(ARGS)
+
+test: $(BIN)/atp-latent
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(BIN)/atp-latent
+	$(BIN)/ruff check src tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

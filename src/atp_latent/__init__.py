@@ -1,0 +1,3 @@
+"""ATP-Latent: active latent planning for language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,223 @@
+"""`atp-latent` command line: data, train, eval, explain, quickstart."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _device(name: str | None):
+    import torch
+
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cmd_data_check(args) -> int:
+    from atp_latent.data.formats import check_files
+
+    return check_files(args.files)
+
+
+def cmd_data_synth(args) -> int:
+    from atp_latent.data.synthetic import SynthConfig, write_benchmark
+
+    cfg = SynthConfig.hard() if args.difficulty == "hard" else SynthConfig()
+    cfg.seed = args.seed
+    for name in ("n_train", "n_val", "n_test", "n_ood"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    paths = write_benchmark(args.out, cfg)
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from atp_latent.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    if args.output_dir:
+        cfg.output_dir = args.output_dir
+    if args.name:
+        cfg.name = args.name
+    if args.num_processes and args.num_processes > 1:
+        return _launch(args)
+    from atp_latent.training.sft import train
+
+    train(cfg, resume=args.resume)
+    return 0
+
+
+def _launch(args) -> int:
+    """Re-run this command under `accelerate launch` with N processes (gloo on CPU)."""
+    import subprocess
+
+    argv = [a for a in sys.argv[1:]]
+    i = argv.index("--num-processes")
+    del argv[i: i + 2]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "atp_latent.cli", *argv]
+    return subprocess.call(cmd)
+
+
+def cmd_eval(args) -> int:
+    from atp_latent.data.formats import load_records
+    from atp_latent.data.sequences import builder_for
+    from atp_latent.evaluation.benchmarks import resolve_data
+    from atp_latent.evaluation.evaluate import evaluate, markdown_table, mean_std
+    from atp_latent.modeling.reasoner import LatentReasoner
+    from atp_latent.training.sft import checkpoint_weights
+
+    device = _device(args.device)
+    datasets = [resolve_data(d, args.data_dir) for d in args.data]
+    weights = checkpoint_weights(args.checkpoint)
+    model, tok = LatentReasoner.from_pretrained(weights)
+    model.to(device).eval()
+    builder = builder_for(tok, model.spec)
+    max_new = args.max_new_tokens or (160 if model.spec.method == "cot" else 16)
+    seeds = args.seeds if args.latent_sample else 1
+    results, rows_out = {}, {}
+    for name, path in datasets:
+        problems = load_records(path)[: args.limit]
+        runs = []
+        for seed in range(seeds):
+            summary, rows = evaluate(model, builder, problems, batch_size=args.batch_size, max_new_tokens=max_new,
+                                     sample_latents=args.latent_sample, seed=seed, device=device, desc=name)
+            runs.append(summary.as_dict())
+            rows_out[name] = rows
+        res = {k: mean_std([r[k] for r in runs])[0] for k in runs[0]}
+        res["accuracy_std"] = mean_std([r["accuracy"] for r in runs])[1]
+        res["seeds"] = seeds
+        results[name] = res
+    method = model.spec.method
+    table = markdown_table({method: results}, [n for n, _ in datasets])
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"checkpoint": str(weights), "method": method, "results": results,
+                                   "latent_sample": args.latent_sample}, indent=2))
+        out.with_suffix(".md").write_text(table + "\n")
+        if args.predictions:
+            with open(out.with_suffix(".predictions.jsonl"), "w") as f:
+                for name, rows in rows_out.items():
+                    for r in rows:
+                        f.write(json.dumps({"data": name, **r}) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from atp_latent.data.formats import load_records
+    from atp_latent.data.sequences import builder_for
+    from atp_latent.evaluation.benchmarks import resolve_data
+    from atp_latent.evaluation.explain import explain, format_explanation
+    from atp_latent.modeling.reasoner import LatentReasoner
+    from atp_latent.training.sft import checkpoint_weights
+
+    if not args.question and not args.data:
+        raise ValueError("explain needs --question TEXT or --data FILE")
+    device = _device(args.device)
+    model, tok = LatentReasoner.from_pretrained(checkpoint_weights(args.checkpoint))
+    model.to(device)
+    if not model.spec.latent:
+        raise ValueError(f"{args.checkpoint}: method '{model.spec.method}' has no latent reasoning to explain")
+    questions, golds = list(args.question or []), [None] * len(args.question or [])
+    if args.data:
+        problems = load_records(resolve_data(args.data, args.data_dir)[1])[: args.n]
+        questions += [p.question for p in problems]
+        golds += [p.answer for p in problems]
+    results = explain(model, builder_for(tok, model.spec), questions, device=device)
+    for e, gold in zip(results, golds):
+        print(format_explanation(e, gold, model.spec.latents_per_step, model.spec.use_decoder) + "\n")
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from atp_latent.quickstart import run_quickstart
+
+    return run_quickstart(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="atp-latent", description="Latent chain-of-thought reasoning (ATP-Latent).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="check data files or generate the synthetic benchmark")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    chk = dsub.add_parser("check", help="validate data files; one line per bad record; exit 1 on any error")
+    chk.add_argument("files", nargs="+")
+    chk.set_defaults(func=cmd_data_check)
+    syn = dsub.add_parser("synth", help="write the synthetic benchmark (train/val/test + 3 OOD test splits)")
+    syn.add_argument("--out", required=True)
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--difficulty", choices=["default", "hard"], default="default")
+    for name in ("n_train", "n_val", "n_test", "n_ood"):
+        syn.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=None)
+    syn.set_defaults(func=cmd_data_synth)
+
+    tr = sub.add_parser("train", help="train a method from a YAML config")
+    tr.add_argument("--config", help="YAML config (see configs/)")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
+    tr.add_argument("--output-dir")
+    tr.add_argument("--name")
+    tr.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    tr.add_argument("--num-processes", type=int, default=None, help="launch N processes with accelerate")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint on data files or benchmark names")
+    ev.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
+    ev.add_argument("--data", action="append", required=True,
+                    help="file, or a name: gsm8k, gsm-hard, svamp, multiarith, gsm8k-aug (repeatable)")
+    ev.add_argument("--data-dir", default=None, help="where benchmark names resolve (default $ATP_DATA, else ../shared/data)")
+    ev.add_argument("--out", default=None, help="results JSON (a .md table is written beside it)")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--max-new-tokens", type=int, default=None)
+    ev.add_argument("--latent-sample", action="store_true", help="sample latents instead of using mu")
+    ev.add_argument("--seeds", type=int, default=1, help="with --latent-sample: report mean +- std over seeds")
+    ev.add_argument("--limit", type=int, default=None, help="first N problems of each file")
+    ev.add_argument("--predictions", action="store_true", help="also write per-problem predictions")
+    ev.add_argument("--device", default=None)
+    ev.set_defaults(func=cmd_eval)
+
+    ex = sub.add_parser("explain", help="decode a trained model's latent plan to text, group by group")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--question", action="append", help="a question (repeatable)")
+    ex.add_argument("--data", help="a data file or benchmark name")
+    ex.add_argument("--data-dir", default=None)
+    ex.add_argument("--n", type=int, default=5, help="with --data: the first N problems")
+    ex.add_argument("--device", default=None)
+    ex.set_defaults(func=cmd_explain)
+
+    qs = sub.add_parser("quickstart", help="the main job on the embedded default (synthetic data, tiny model, CPU)")
+    qs.add_argument("--out", default="quickstart", help="output folder")
+    qs.add_argument("--seed", type=int, default=0)
+    qs.add_argument("--minutes", type=float, default=None, help="scale every training budget to fit this total")
+    qs.set_defaults(func=cmd_quickstart)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from atp_latent.configtools import ConfigError
+    from atp_latent.data.records import DataError
+
+    try:
+        return args.func(args)
+    except (DataError, ConfigError, FileNotFoundError, ValueError, FloatingPointError) as e:
+        if os.environ.get("ATP_DEBUG"):
+            raise
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

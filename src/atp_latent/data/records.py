@@ -1,0 +1,148 @@
+"""The record every loader produces, the error every loader raises, and small arithmetic helpers.
+
+A `Problem` is one math word problem: the question text, its calculator steps (e.g. "16-3-4=9") in
+order, and the final answer as number text. Steps may be empty (SVAMP, MultiArith, GSM-Hard give
+no step-by-step equations).
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import re
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Problem:
+    question: str
+    steps: list[str]
+    answer: str
+    id: str | None = None
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSONL schema: question, answer, steps, plus id/source when they are set."""
+        d: dict[str, Any] = {"question": self.question, "answer": self.answer, "steps": list(self.steps)}
+        if self.id is not None:
+            d["id"] = self.id
+        if self.source is not None:
+            d["source"] = self.source
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Problem:
+        """Inverse of to_dict (no validation; loaders validate before building a Problem)."""
+        return cls(
+            question=d["question"],
+            steps=list(d.get("steps") or []),
+            answer=str(d["answer"]),
+            id=None if d.get("id") is None else str(d["id"]),
+            source=d.get("source"),
+        )
+
+
+class DataError(ValueError):
+    """A problem with input data, located as precisely as we can: file, 1-based line, field.
+
+    `line` is None for whole-file problems (empty file, unknown format, unreadable path).
+    """
+
+    def __init__(self, path: object, line: int | None, field: str, problem: str) -> None:
+        self.path, self.line, self.field, self.problem = str(path), line, field, problem
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if self.line is None:
+            return f"{self.path}: {self.field}: {self.problem}"
+        return f"{self.path}:{self.line}: {self.field}: {self.problem}"
+
+    def __reduce__(self):  # keep pickling (e.g. multiprocessing) working with the custom __init__
+        return (type(self), (self.path, self.line, self.field, self.problem))
+
+
+# -----------------------------------------------------------------------------
+# equations and numbers
+
+
+def parse_equation(eq: str) -> tuple[str, str]:
+    """Split a calculator step "16-3-4=9" into ("16-3-4", "9").
+
+    Splits at the last "=", so the result is always the right-most side. Raises ValueError when
+    there is no "=" or either side is empty.
+    """
+    if not isinstance(eq, str):
+        raise ValueError(f"expected a string, got {type(eq).__name__}")
+    expr, sep, result = eq.rpartition("=")
+    expr, result = expr.strip(), result.strip()
+    if not sep:
+        raise ValueError(f"no '=' in {eq!r}")
+    if not expr or not result:
+        raise ValueError(f"empty side in {eq!r}")
+    return expr, result
+
+
+_BINOPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+}
+_MAX_EXPONENT = 64  # refuse things like 9**9**9 that would hang or exhaust memory
+
+
+def evaluate_expression(expr: str) -> float:
+    """Evaluate an arithmetic expression safely: numbers, + - * / **, parentheses, unary minus.
+
+    Walks the AST instead of calling eval(), so no names, calls or attributes can run.
+    Raises ValueError for anything else (including division by zero).
+    """
+
+    def ev(node: ast.AST) -> float:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return float(node.value)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -ev(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            left, right = ev(node.left), ev(node.right)
+            if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
+                raise ValueError(f"exponent too large in {expr!r}")
+            if isinstance(node.op, ast.Div) and right == 0:
+                raise ValueError(f"division by zero in {expr!r}")
+            value = _BINOPS[type(node.op)](left, right)
+            if isinstance(value, complex):  # e.g. (-8)**0.5
+                raise ValueError(f"complex result in {expr!r}")
+            return float(value)
+        raise ValueError(f"unsupported syntax in {expr!r}")
+
+    try:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except (SyntaxError, ValueError) as e:
+        raise ValueError(f"not an arithmetic expression: {expr!r}") from e
+    try:
+        return ev(tree)
+    except (OverflowError, RecursionError) as e:
+        raise ValueError(f"cannot evaluate {expr!r}: {e}") from e
+
+
+_NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def parse_number(text: str) -> float | None:
+    """Parse number text such as "18", "-3", "1,000", "$5.50", "51.0", "12." -> float, else None."""
+    if not isinstance(text, str):
+        return None
+    s = text.strip().replace(",", "")
+    sign = ""
+    if s[:1] in "+-" and s[1:2] == "$":  # "-$5"
+        sign, s = s[0], s[1:]
+    s = sign + s.removeprefix("$").strip()
+    if s.endswith(".") and s[:-1][-1:].isdigit():  # sentence-final period: "12."
+        s = s[:-1]
+    if not _NUMBER_RE.fullmatch(s):  # also rejects "nan", "inf" and "1_000" that float() accepts
+        return None
+    return float(s)

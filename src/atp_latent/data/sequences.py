@@ -1,0 +1,196 @@
+"""Token sequences per method and curriculum stage (METHOD.md §2-§3), and batching.
+
+Every method uses one layout; methods differ only in how many steps are replaced by latent slots:
+
+    prefix  = [bos] question "\n" <|start-latent|>
+    slots   = <|latent|> x n_slots           (filled by the latent engine, never by token ids)
+    suffix  = <|end-latent|> "<<step>>\n" ... "### " answer [eos]
+
+Labels are the suffix tokens after <|end-latent|>. CoT-SFT keeps every step (stage 0, no slots); No-CoT
+drops every step and has no slots. The latent markers are in every method's sequences, so moving from
+the CoT stage to stage 1 changes only what sits between them.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from atp_latent.data.records import Problem
+from atp_latent.modeling.tokenizer import latent_token_ids
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Curriculum:
+    """The Coconut schedule with the ATP knobs. `latents_per_step` is c."""
+
+    latents_per_step: int = 2
+    epochs_per_stage: int = 2
+    max_latent_stage: int = 10
+    stage_offset: int = 1
+    pad_latent_to_max: bool = True
+    uniform_prob: float = 0.0
+
+    def stage(self, epoch: int) -> int:
+        return epoch // self.epochs_per_stage + self.stage_offset
+
+    def plan(self, n_steps: int, stage: int) -> tuple[int, int]:
+        """(steps removed from the text, latent groups) for a record with n_steps steps at `stage`."""
+        if stage <= self.max_latent_stage:
+            return min(stage, n_steps), stage
+        groups = self.max_latent_stage if self.pad_latent_to_max else min(n_steps, self.max_latent_stage)
+        return n_steps, groups
+
+    @property
+    def eval_slots(self) -> int:
+        return self.max_latent_stage * self.latents_per_step
+
+
+@dataclass
+class Example:
+    prefix: list[int]
+    suffix: list[int]  # starts with <|end-latent|>
+    labels: list[int]  # aligned with suffix; IGNORE where no loss
+    n_slots: int  # latent slots
+    n_active: int  # slots attended to (surplus slots are masked when the stop head is trained)
+    group_targets: list[list[int]] = field(default_factory=list)  # decoder target per latent group
+    answer: str = ""
+
+
+def step_text(step: str) -> str:
+    return f"<<{step}>>"
+
+
+class SequenceBuilder:
+    """Turns Problems into Examples for one method; the tokenizer is the only state."""
+
+    def __init__(self, tokenizer, method: str, curriculum: Curriculum, mask_surplus: bool = False):
+        self.tok = tokenizer
+        self.method = method
+        self.cur = curriculum
+        self.mask_surplus = mask_surplus
+        self.start_id, self.latent_id, self.end_id = latent_token_ids(tokenizer)
+        self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        self.eos_id = tokenizer.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def prefix(self, question: str) -> list[int]:
+        return self.bos + self.encode(question.strip() + "\n") + [self.start_id]
+
+    def build(self, p: Problem, stage: int) -> Example:
+        n = len(p.steps)
+        if self.method == "cot":
+            removed, groups = 0, 0
+        elif self.method == "nocot":
+            removed, groups = n, 0
+        else:
+            removed, groups = self.cur.plan(n, stage)
+        c = self.cur.latents_per_step
+        rest = "".join(step_text(s) + "\n" for s in p.steps[removed:]) + "### " + p.answer.strip()
+        body = self.encode(rest) + [self.eos_id]
+        suffix = [self.end_id] + body
+        labels = [IGNORE] + body
+        n_slots = groups * c
+        n_active = min(groups, n) * c if self.mask_surplus else n_slots
+        return Example(
+            self.prefix(p.question),
+            suffix,
+            labels,
+            n_slots,
+            n_active,
+            self.group_targets(p.steps, removed, groups, stage),
+            p.answer,
+        )
+
+    def group_targets(self, steps: list[str], removed: int, groups: int, stage: int) -> list[list[int]]:
+        """Decoder target per latent group: one step each; the last of max_latent_stage groups takes every
+        remaining step when all steps are latent; a group beyond the record's steps is eos-only."""
+        out = []
+        last = self.cur.max_latent_stage - 1
+        for g in range(groups):
+            if g < removed:
+                merged = g == last and stage > self.cur.max_latent_stage
+                text = "".join(step_text(s) for s in (steps[g:] if merged else [steps[g]]))
+                out.append(self.encode(text) + [self.eos_id])
+            else:
+                out.append([self.eos_id])
+        return out
+
+    def eval_prompt(self, question: str) -> tuple[list[int], int]:
+        """Prefix and number of latent slots at evaluation (max_latent_stage * c for latent methods)."""
+        slots = 0 if self.method in ("cot", "nocot") else self.cur.eval_slots
+        return self.prefix(question), slots
+
+
+def sample_stage(cur: Curriculum, epoch: int, rng: random.Random) -> int:
+    """The epoch's stage, or with probability uniform_prob a uniformly random one (0..max+1)."""
+    if cur.uniform_prob > 0 and rng.random() < cur.uniform_prob:
+        return rng.randint(0, cur.max_latent_stage + 1)
+    return cur.stage(epoch)
+
+
+def _left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s) :] = torch.tensor(s)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+def _right_pad(
+    seqs: list[list[int]], pad: int, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = width or max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Batch: left-padded prefixes, slot counts and activity, right-padded suffixes, decoder targets."""
+    prefix_ids, prefix_mask = _left_pad([e.prefix for e in examples], pad_id)
+    suffix_ids, suffix_mask = _right_pad([e.suffix for e in examples], pad_id)
+    labels, _ = _right_pad([e.labels for e in examples], IGNORE)
+    n_slots = torch.tensor([e.n_slots for e in examples], dtype=torch.long)
+    L = int(n_slots.max())
+    active = torch.arange(L)[None] < torch.tensor([e.n_active for e in examples])[:, None]
+    batch = {
+        "prefix_ids": prefix_ids,
+        "prefix_mask": prefix_mask,
+        "n_slots": n_slots,
+        "active": active,
+        "suffix_ids": suffix_ids,
+        "suffix_mask": suffix_mask,
+        "labels": labels,
+    }
+    # Decoder targets flattened over (row, group) pairs; groups beyond a row's slots have none.
+    rows, groups, targets = [], [], []
+    for i, e in enumerate(examples):
+        for g, t in enumerate(e.group_targets):
+            rows.append(i)
+            groups.append(g)
+            targets.append(t)
+    if targets:
+        dec_ids, dec_mask = _right_pad(targets, pad_id)
+        batch.update(
+            dec_rows=torch.tensor(rows), dec_groups=torch.tensor(groups), dec_ids=dec_ids, dec_mask=dec_mask
+        )
+    return batch
+
+
+def builder_for(tokenizer, spec) -> SequenceBuilder:
+    """The evaluation-time builder of a trained reasoner (its method, c and max_latent_stage)."""
+    cur = Curriculum(latents_per_step=spec.latents_per_step, max_latent_stage=spec.max_latent_stage)
+    return SequenceBuilder(tokenizer, spec.method, cur, mask_surplus=spec.use_stop_head)

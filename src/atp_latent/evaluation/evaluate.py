@@ -1,0 +1,116 @@
+"""The evaluation harness shared by every method: batched, KV-cached, on the latent engine (METHOD.md §9)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from atp_latent.data.records import Problem
+from atp_latent.data.sequences import SequenceBuilder, _left_pad
+from atp_latent.evaluation.answers import answers_match, extract_answer
+from atp_latent.modeling.reasoner import LatentReasoner
+from atp_latent.modeling.tokenizer import END_LATENT
+
+
+@dataclass
+class EvalSummary:
+    accuracy: float
+    n: int
+    mean_tokens: float  # "# tokens": active latents + answer tokens
+    mean_latents: float
+    mean_answer_tokens: float
+    format_rate: float  # share with a parseable "### answer"
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@torch.no_grad()
+def evaluate(
+    reasoner: LatentReasoner,
+    builder: SequenceBuilder,
+    problems: list[Problem],
+    *,
+    batch_size: int = 64,
+    max_new_tokens: int = 16,
+    sample_latents: bool = False,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    desc: str = "eval",
+) -> tuple[EvalSummary, list[dict]]:
+    """Greedy answers for `problems`; returns the summary and one row per problem (in input order)."""
+    reasoner.eval()
+    tok = builder.tok
+    prompts = [builder.eval_prompt(p.question) for p in problems]
+    # Sort by prompt length so each batch pads little; rows are put back in order at the end.
+    order = sorted(range(len(problems)), key=lambda i: len(prompts[i][0]))
+    gen = torch.Generator(device=device).manual_seed(seed)
+    rows: list[dict | None] = [None] * len(problems)
+    bar = tqdm(total=len(problems), desc=desc, disable=not progress, leave=False)
+    correct = 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start: start + batch_size]
+        ids, mask = _left_pad([prompts[i][0] for i in idx], tok.pad_token_id)
+        n_slots = torch.tensor([prompts[i][1] for i in idx])
+        state, out = reasoner.answer(
+            ids.to(device), mask.to(device), n_slots.to(device), builder.end_id, tok.eos_token_id,
+            tok.pad_token_id, max_new_tokens, sample_latents=sample_latents, generator=gen,
+        )
+        n_active = state.n_active.tolist() if state.active.numel() else [0] * len(idx)
+        for j, i in enumerate(idx):
+            n_ans = int(out.lengths[j])
+            text = tok.decode(out.tokens[j, :n_ans].tolist(), skip_special_tokens=False)
+            pred = extract_answer(END_LATENT + text)
+            ok = answers_match(pred, problems[i].answer)
+            correct += ok
+            rows[i] = {"id": problems[i].id, "question": problems[i].question, "gold": problems[i].answer,
+                       "output": text, "pred": pred, "correct": bool(ok), "latents": int(n_active[j]),
+                       "answer_tokens": n_ans}
+        bar.update(len(idx))
+        bar.set_postfix(acc=f"{correct / min(start + batch_size, len(order)):.3f}")
+    bar.close()
+    done = [r for r in rows if r is not None]
+    n = max(len(done), 1)
+    summary = EvalSummary(
+        accuracy=sum(r["correct"] for r in done) / n,
+        n=len(done),
+        mean_tokens=sum(r["latents"] + r["answer_tokens"] for r in done) / n,
+        mean_latents=sum(r["latents"] for r in done) / n,
+        mean_answer_tokens=sum(r["answer_tokens"] for r in done) / n,
+        format_rate=sum(bool(r["pred"]) for r in done) / n,
+    )
+    return summary, done
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
+
+
+def markdown_table(results: dict[str, dict[str, dict]], splits: list[str]) -> str:
+    """results[method][split] = summary dict (accuracy, mean_tokens, ...; optional accuracy_std)."""
+    head = "| method | " + " | ".join(splits) + " | mean acc | # tokens | latents | answer tokens |"
+    lines = [head, "|" + "---|" * (len(splits) + 5)]
+    for method, per in results.items():
+        cells = []
+        for s in splits:
+            r = per.get(s)
+            if r is None:
+                cells.append("-")
+            elif r.get("accuracy_std"):
+                cells.append(f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f}")
+            else:
+                cells.append(f"{100 * r['accuracy']:.1f}")
+        present = [per[s] for s in splits if s in per]
+        if not present:
+            continue
+        mean_acc = sum(r["accuracy"] for r in present) / len(present)
+        tok = sum(r["mean_tokens"] for r in present) / len(present)
+        lat = sum(r["mean_latents"] for r in present) / len(present)
+        ans = sum(r["mean_answer_tokens"] for r in present) / len(present)
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {100 * mean_acc:.1f} | {tok:.1f} | {lat:.1f} | {ans:.1f} |")
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""`explain`: read a problem's latent plan back as text through the step decoder (METHOD.md §6)."""
+
+from __future__ import annotations
+
+import torch
+
+from atp_latent.data.sequences import SequenceBuilder, _left_pad
+from atp_latent.evaluation.answers import extract_answer
+from atp_latent.modeling.reasoner import LatentReasoner
+from atp_latent.modeling.tokenizer import END_LATENT
+
+
+@torch.no_grad()
+def explain(model: LatentReasoner, builder: SequenceBuilder, questions: list[str], max_new_tokens: int = 16,
+            device="cpu") -> list[dict]:
+    """Per question: decoded text of each active latent group, the stop decision, and the answer."""
+    model.eval()
+    tok = builder.tok
+    prompts = [builder.eval_prompt(q) for q in questions]
+    ids, mask = _left_pad([p for p, _ in prompts], tok.pad_token_id)
+    n_slots = torch.tensor([s for _, s in prompts])
+    state, gen = model.answer(ids.to(device), mask.to(device), n_slots.to(device), builder.end_id,
+                              tok.eos_token_id, tok.pad_token_id, max_new_tokens)
+    c = model.spec.latents_per_step
+    L = state.z.shape[1]
+    groups = [(i, g) for i in range(len(questions)) for g in range(L // c) if state.active[i, g * c]]
+    texts: dict[tuple[int, int], str] = {}
+    if groups and model.spec.use_decoder:
+        rows = torch.tensor([i for i, _ in groups], device=state.z.device)
+        gs = torch.tensor([g for _, g in groups], device=state.z.device)
+        decoded = model.decode_groups(model.decoder_inputs(state.z, rows, gs), tok.eos_token_id, tok.pad_token_id)
+        for (i, g), row in zip(groups, decoded.tolist()):
+            cut = row.index(tok.eos_token_id) if tok.eos_token_id in row else len(row)
+            texts[(i, g)] = tok.decode(row[:cut], skip_special_tokens=False)
+    out = []
+    for i, q in enumerate(questions):
+        stop_slot = state.stopped[i].nonzero().flatten().tolist() if state.stopped.numel() else []
+        p_stop = None
+        if stop_slot and state.stop_logits is not None:
+            p_stop = float(torch.softmax(state.stop_logits[i, stop_slot[0]].float(), -1)[1])
+        answer_text = tok.decode(gen.tokens[i, : int(gen.lengths[i])].tolist(), skip_special_tokens=False)
+        out.append({
+            "question": q,
+            "steps": [texts.get((i, g), None) for g in range(L // c) if state.active[i, g * c]],
+            "latents": int(state.active[i].sum()) if state.active.numel() else 0,
+            "slots": int(n_slots[i]),
+            "stopped_at_group": stop_slot[0] // c if stop_slot else None,
+            "p_stop": p_stop,
+            "output": answer_text,
+            "answer": extract_answer(END_LATENT + answer_text),
+        })
+    return out
+
+
+def format_explanation(e: dict, gold: str | None = None, c: int = 2, has_decoder: bool = True) -> str:
+    lines = [f"Q: {e['question']}"]
+    for g, text in enumerate(e["steps"]):
+        shown = text if has_decoder else "(this method has no step decoder)"
+        lines.append(f"  latent group {g + 1} (slots {g * c}-{g * c + c - 1}): {shown}")
+    if e["stopped_at_group"] is not None:
+        lines.append(f"  stop head: stopped before group {e['stopped_at_group'] + 1} (p_stop={e['p_stop']:.2f}); "
+                     f"{e['latents']} of {e['slots']} latent slots used")
+    else:
+        lines.append(f"  no stop: {e['latents']} of {e['slots']} latent slots used")
+    verdict = ""
+    if gold is not None:
+        from atp_latent.evaluation.answers import answers_match
+
+        verdict = f"  (gold {gold}, {'correct' if answers_match(e['answer'], gold) else 'wrong'})"
+    lines.append(f"  answer: {e['answer']}{verdict}")
+    return "\n".join(lines)

@@ -1,0 +1,248 @@
+"""The latent engine: one batched, KV-cached loop shared by training, evaluation, RL rollouts and `explain`.
+
+Batch layout (columns are shared by every row, so every pass is one batched call):
+
+    [left-padded prefix | latent slot 0 .. L-1 | suffix or generated tokens]
+
+A row that has fewer latents, or whose stop head fired, keeps its later slot columns with attention
+mask 0; position ids follow the cumulative sum of the attention mask, so masked columns take no
+position and a row computes exactly what it would compute alone. Passes: one over the prefix, one
+single-column pass per latent slot that some row still uses, then the suffix (teacher forcing) or one
+column per generated token.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+
+def _cache_kwarg(module: nn.Module) -> str:
+    # transformers renamed `past_key_values` to `cache` (5.2x); support both.
+    params = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def new_cache(lm) -> DynamicCache:
+    try:
+        return DynamicCache(config=lm.config)
+    except TypeError:  # older signature
+        return DynamicCache()
+
+
+def backbone_forward(lm, embeds, attention_mask, position_ids, cache) -> torch.Tensor:
+    """Last-layer (post final norm) hidden states of `lm`'s backbone for new columns, extending `cache`."""
+    backbone = lm.base_model
+    kwargs = {_cache_kwarg(backbone): cache}
+    out = backbone(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=True, **kwargs)
+    return out.last_hidden_state
+
+
+@dataclass
+class LatentState:
+    """Everything after the latent slots are filled; the suffix/answer continues from here."""
+
+    cache: DynamicCache
+    attention_mask: torch.Tensor  # [B, T] columns already in the cache
+    next_position: torch.Tensor  # [B] position id of each row's next real token
+    last_hidden: torch.Tensor  # [B, d] hidden state at each row's last active position
+    z: torch.Tensor  # [B, L, d] latent input embeddings (computed even where masked)
+    mu: torch.Tensor | None  # [B, L, d] (VAE only)
+    logvar: torch.Tensor | None  # [B, L, d]
+    active: torch.Tensor  # [B, L] bool: slot attended to
+    stop_logits: torch.Tensor | None  # [B, L, 2], meaningful where `consulted`
+    consulted: torch.Tensor  # [B, L] bool: stop head asked at this slot
+    stopped: torch.Tensor  # [B, L] bool: the stop decision fired at this slot
+    n_passes: int  # model passes run (prefix + latent passes)
+
+    @property
+    def n_active(self) -> torch.Tensor:
+        return self.active.sum(-1)
+
+
+def fill_latents(
+    lm,
+    prefix_ids: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    n_slots: torch.Tensor,
+    *,
+    latent_head: nn.Module | None = None,
+    stop_head: nn.Module | None = None,
+    c: int = 1,
+    sample_latents: bool = False,
+    stop_mode: str = "greedy",
+    forced_active: torch.Tensor | None = None,
+    forced_z: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> LatentState:
+    """Run the prefix, then fill up to `n_slots[b]` latent slots per row.
+
+    Embedding of slot t: Coconut (no latent head) uses h, the hidden state at the row's last active
+    position; the VAE head uses mu(h) or a sample from N(mu, sigma^2), or `forced_z[:, t]` when given
+    (re-scoring an RL rollout). Stop decisions at group starts (t % c == 0): `stop_mode` is "greedy"
+    (p(stop) > p(continue)), "sample", or "forced" (activity given by `forced_active`, the SFT teacher
+    forcing and RL re-scoring case). Without a stop head every slot below n_slots is active.
+    """
+    B, P = prefix_ids.shape
+    L = int(n_slots.max().item()) if n_slots.numel() else 0
+    if forced_active is not None:
+        L = max(L, forced_active.shape[1])
+    device = prefix_ids.device
+    emb_table = lm.get_input_embeddings()
+    cache = new_cache(lm)
+    position = (prefix_mask.long().cumsum(-1) - 1).clamp(min=0)
+    hidden = backbone_forward(lm, emb_table(prefix_ids), prefix_mask, position, cache)
+    h = hidden[:, -1]
+    mask = prefix_mask.long()
+    next_pos = prefix_mask.long().sum(-1)
+    n_passes = 1
+
+    d = h.shape[-1]
+    zs, mus, logvars, actives, stops_l, consulted_l, stopped_l = [], [], [], [], [], [], []
+    alive = torch.ones(B, dtype=torch.bool, device=device)
+    for t in range(L):
+        in_range = t < n_slots
+        if forced_active is None and not (alive & in_range).any():
+            break
+        if latent_head is not None:
+            mu, logvar = latent_head(h)
+            if forced_z is not None:
+                z = forced_z[:, t]
+            elif sample_latents:
+                eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+                z = mu + torch.exp(0.5 * logvar) * eps
+            else:
+                z = mu
+            mus.append(mu)
+            logvars.append(logvar)
+        else:
+            z = h
+        consult = torch.zeros(B, dtype=torch.bool, device=device)
+        stop_now = torch.zeros(B, dtype=torch.bool, device=device)
+        if stop_head is not None and t % c == 0:
+            logits = stop_head(z)
+            stops_l.append(logits)
+            consult = in_range & alive if forced_active is None else in_range
+            if stop_mode == "greedy":
+                stop_now = logits[:, 1] > logits[:, 0]
+            elif stop_mode == "sample":
+                p_stop = torch.softmax(logits.float(), -1)[:, 1]
+                stop_now = torch.rand(p_stop.shape, generator=generator, device=device) < p_stop
+            elif stop_mode == "forced":
+                stop_now = ~forced_active[:, t] if forced_active is not None else stop_now
+            else:
+                raise ValueError(f"unknown stop_mode {stop_mode!r}")
+            stop_now = stop_now & consult & alive
+            alive = alive & ~stop_now
+        elif stop_head is not None:
+            stops_l.append(torch.zeros(B, 2, device=device, dtype=z.dtype))
+        active = forced_active[:, t] if forced_active is not None else (alive & in_range)
+        if forced_active is not None:
+            alive = alive & active
+        if active.any():
+            mask = torch.cat([mask, active.long()[:, None]], dim=1)
+            out = backbone_forward(lm, z[:, None].to(emb_table.weight.dtype), mask, next_pos[:, None], cache)
+            h = torch.where(active[:, None], out[:, -1], h)
+            next_pos = next_pos + active.long()
+            n_passes += 1
+        zs.append(z)
+        actives.append(active)
+        consulted_l.append(consult)
+        stopped_l.append(stop_now)
+
+    def stack(xs, shape_tail, dtype=None):
+        if xs:
+            return torch.stack(xs, dim=1)
+        return torch.zeros(B, 0, *shape_tail, device=device, dtype=dtype or h.dtype)
+
+    return LatentState(
+        cache=cache,
+        attention_mask=mask,
+        next_position=next_pos,
+        last_hidden=h,
+        z=stack(zs, (d,)),
+        mu=stack(mus, (d,)) if latent_head is not None else None,
+        logvar=stack(logvars, (d,)) if latent_head is not None else None,
+        active=stack(actives, (), torch.bool),
+        stop_logits=stack(stops_l, (2,)) if stop_head is not None else None,
+        consulted=stack(consulted_l, (), torch.bool),
+        stopped=stack(stopped_l, (), torch.bool),
+        n_passes=n_passes,
+    )
+
+
+def teacher_force(lm, state: LatentState, suffix_ids: torch.Tensor, suffix_mask: torch.Tensor) -> torch.Tensor:
+    """Run the right-padded suffix in one pass after the latents; return its logits [B, S, V]."""
+    mask = torch.cat([state.attention_mask, suffix_mask.long()], dim=1)
+    position = state.next_position[:, None] + (suffix_mask.long().cumsum(-1) - 1).clamp(min=0)
+    hidden = backbone_forward(lm, lm.get_input_embeddings()(suffix_ids), mask, position, state.cache)
+    state.attention_mask = mask
+    return lm.get_output_embeddings()(hidden)
+
+
+@dataclass
+class Generation:
+    tokens: torch.Tensor  # [B, N] generated ids, pad after eos
+    logprobs: torch.Tensor  # [B, N] log-prob of each generated token under the sampling distribution
+    mask: torch.Tensor  # [B, N] bool: generated token up to and including eos
+    lengths: torch.Tensor  # [B] tokens before eos (the answer-token count)
+    n_passes: int
+
+
+@torch.no_grad()
+def generate(
+    lm,
+    state: LatentState,
+    first_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Generation:
+    """Greedy (temperature 0) or sampled decoding, one batched cached pass per token, rows stop at eos."""
+    B = first_ids.shape[0]
+    device = first_ids.device
+    emb_table, head = lm.get_input_embeddings(), lm.get_output_embeddings()
+    cur = first_ids
+    mask, next_pos = state.attention_mask, state.next_position
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    toks, lps, valid = [], [], []
+    n_passes = 0
+    for _ in range(max_new_tokens):
+        n = cur.shape[1]
+        mask = torch.cat([mask, torch.ones(B, n, dtype=mask.dtype, device=device)], dim=1)
+        position = next_pos[:, None] + torch.arange(n, device=device)[None]
+        hidden = backbone_forward(lm, emb_table(cur), mask, position, state.cache)
+        n_passes += 1
+        next_pos = next_pos + n
+        logits = head(hidden[:, -1]).float()
+        if temperature > 0:
+            logp = torch.log_softmax(logits / temperature, -1)
+            nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+        else:
+            logp = torch.log_softmax(logits, -1)
+            nxt = logits.argmax(-1)
+        lp = logp.gather(-1, nxt[:, None]).squeeze(-1)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        toks.append(nxt)
+        lps.append(torch.where(done, torch.zeros_like(lp), lp))
+        valid.append(~done)
+        done = done | (nxt == eos_id)
+        if done.all():
+            break
+        cur = nxt[:, None]
+    state.attention_mask, state.next_position = mask, next_pos
+    if toks:
+        tokens, logprobs, vmask = torch.stack(toks, 1), torch.stack(lps, 1), torch.stack(valid, 1)
+    else:
+        tokens = torch.zeros(B, 0, dtype=torch.long, device=device)
+        logprobs = torch.zeros(B, 0, device=device)
+        vmask = torch.zeros(B, 0, dtype=torch.bool, device=device)
+    lengths = (vmask & (tokens != eos_id)).sum(-1)
+    return Generation(tokens, logprobs, vmask, lengths, n_passes)

@@ -1,0 +1,232 @@
+"""LatentReasoner: a causal LM plus the method's heads and step decoder; its losses; save and load.
+
+Methods are configurations of this one module (METHOD.md §4-§7):
+  cot / nocot   no latents (the language baselines)
+  coconut       latent embedding = last hidden state
+  simcot        coconut + step decoder supervision
+  atp           VAE latent head (+KL) + stop head + step decoder
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from atp_latent.modeling.engine import LatentState, backbone_forward, fill_latents, generate, new_cache
+from atp_latent.modeling.heads import LatentHead, StopHead, kl_to_standard_normal
+
+METHODS = ("cot", "nocot", "coconut", "simcot", "atp")
+
+
+@dataclass
+class ReasonerSpec:
+    """What the reasoner is made of; saved with every checkpoint as reasoner.json."""
+
+    method: str = "cot"
+    latents_per_step: int = 2  # c
+    use_vae: bool = False
+    use_stop_head: bool = False
+    use_decoder: bool = False
+    decoder_mode: str = "separate"  # separate | shared
+    decoder_trainable: bool = True
+    beta_kl: float = 0.001
+    stop_loss_positions: str = "group_start"  # group_start (ours) | all (reference)
+    decoder_weight: float = 1.0
+    max_latent_stage: int = 10  # evaluation fills max_latent_stage * c latent slots
+
+    @property
+    def eval_slots(self) -> int:
+        return self.max_latent_stage * self.latents_per_step if self.latent else 0
+
+    @classmethod
+    def for_method(cls, method: str, **overrides) -> ReasonerSpec:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
+        flags = {
+            "cot": {}, "nocot": {}, "coconut": {},
+            "simcot": {"use_decoder": True},
+            "atp": {"use_vae": True, "use_stop_head": True, "use_decoder": True},
+        }[method]
+        return cls(method=method, **{**flags, **{k: v for k, v in overrides.items() if v is not None}})
+
+    @property
+    def latent(self) -> bool:
+        return self.method not in ("cot", "nocot")
+
+
+class LatentReasoner(nn.Module):
+    def __init__(self, lm, spec: ReasonerSpec, decoder=None):
+        super().__init__()
+        self.lm = lm
+        self.spec = spec
+        d = lm.config.get_text_config().hidden_size if hasattr(lm.config, "get_text_config") else lm.config.hidden_size
+        self.latent_head = LatentHead(d) if spec.use_vae else None
+        self.stop_head = StopHead(d) if spec.use_stop_head else None
+        self.decoder = None
+        if spec.use_decoder and spec.decoder_mode == "separate":
+            self.decoder = decoder if decoder is not None else copy.deepcopy(lm)
+            self.decoder.requires_grad_(spec.decoder_trainable)
+
+    # ----- the latent engine, with this reasoner's heads -----
+    def fill(self, prefix_ids, prefix_mask, n_slots, **kw) -> LatentState:
+        return fill_latents(self.lm, prefix_ids, prefix_mask, n_slots, latent_head=self.latent_head,
+                            stop_head=self.stop_head, c=self.spec.latents_per_step, **kw)
+
+    @property
+    def step_decoder(self):
+        return self.decoder if self.decoder is not None else self.lm
+
+    # ----- SFT losses -----
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Teacher-forced SFT pass; returns each loss term, their weighted total and latent-usage stats."""
+        state = self.fill(batch["prefix_ids"], batch["prefix_mask"], batch["n_slots"],
+                          stop_mode="forced", forced_active=batch["active"], sample_latents=self.training)
+        logits = self.lm_logits(state, batch["suffix_ids"], batch["suffix_mask"])
+        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+        zero = ce.new_zeros(())
+        out = {"ce": ce, "kl": zero, "decoder": zero, "stop": zero}
+        active = batch["active"][:, : state.z.shape[1]]
+        if self.latent_head is not None and active.any():
+            kl = kl_to_standard_normal(state.mu, state.logvar).mean(-1)
+            out["kl"] = (kl * active).sum() / active.sum()
+        if self.stop_head is not None and state.z.shape[1] > 0:
+            out["stop"] = self.stop_loss(state, batch)
+        if self.spec.use_decoder and "dec_ids" in batch:
+            out["decoder"] = self.decoder_loss(state.z, batch)
+        out["loss"] = ce + self.spec.beta_kl * out["kl"] + self.spec.decoder_weight * out["decoder"] + out["stop"]
+        out["active_latents"] = active.sum(-1).float().mean()
+        return out
+
+    def lm_logits(self, state: LatentState, suffix_ids, suffix_mask) -> torch.Tensor:
+        from atp_latent.modeling.engine import teacher_force
+
+        return teacher_force(self.lm, state, suffix_ids, suffix_mask)
+
+    def stop_loss(self, state: LatentState, batch) -> torch.Tensor:
+        """CE of the stop head; label 1 at slots beyond the record's steps (surplus), else 0."""
+        L = state.z.shape[1]
+        c = self.spec.latents_per_step
+        slot = torch.arange(L, device=state.z.device)[None]
+        in_range = slot < batch["n_slots"][:, None]
+        labels = (~batch["active"][:, :L]).long()
+        if self.spec.stop_loss_positions == "group_start":
+            where = in_range & (slot % c == 0)
+            logits = state.stop_logits
+            return F.cross_entropy(logits[where].float(), labels[where])
+        logits = self.stop_head(state.z)  # reference: every latent position, summed / number of groups
+        ce = F.cross_entropy(logits[in_range].float(), labels[in_range], reduction="sum")
+        n_groups = (batch["n_slots"].max() + c - 1) // c
+        return ce / (n_groups * labels.shape[0]).clamp(min=1)
+
+    def decoder_inputs(self, z: torch.Tensor, rows, groups) -> torch.Tensor:
+        c = self.spec.latents_per_step
+        idx = groups[:, None] * c + torch.arange(c, device=z.device)[None]  # [N, c]
+        return z[rows[:, None], idx]  # [N, c, d]
+
+    def decoder_loss(self, z: torch.Tensor, batch) -> torch.Tensor:
+        """(1/T) sum over groups of (summed token CE over the group's targets / number of targets)."""
+        rows, groups, ids, mask = batch["dec_rows"], batch["dec_groups"], batch["dec_ids"], batch["dec_mask"]
+        keep = groups * self.spec.latents_per_step < z.shape[1]
+        rows, groups, ids, mask = rows[keep], groups[keep], ids[keep], mask[keep]
+        if rows.numel() == 0:
+            return z.new_zeros(())
+        zg = self.decoder_inputs(z, rows, groups)
+        c = zg.shape[1]
+        dec = self.step_decoder
+        text = self.lm.get_input_embeddings()(ids[:, :-1])
+        embeds = torch.cat([zg.to(text.dtype), text], dim=1)
+        attn = torch.cat([torch.ones_like(mask[:, :c]), mask[:, :-1]], dim=1)
+        pos = torch.arange(embeds.shape[1], device=z.device)[None].expand(embeds.shape[0], -1)
+        hidden = dec.base_model(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+        logits = dec.get_output_embeddings()(hidden[:, c - 1:]).float()
+        tok_ce = F.cross_entropy(logits.flatten(0, 1), ids.flatten(), reduction="none").view_as(ids) * mask
+        per_pair = tok_ce.sum(-1)
+        n_groups = int(groups.max()) + 1
+        sums = torch.zeros(n_groups, device=z.device).index_add(0, groups, per_pair)
+        counts = torch.zeros(n_groups, device=z.device).index_add(0, groups, torch.ones_like(per_pair))
+        present = counts > 0
+        return (sums[present] / counts[present]).sum() / present.sum()
+
+    # ----- inference -----
+    @torch.no_grad()
+    def answer(self, prefix_ids, prefix_mask, n_slots, end_id: int, eos_id: int, pad_id: int, max_new_tokens: int,
+               sample_latents: bool = False, stop_mode: str = "greedy", temperature: float = 0.0, generator=None):
+        """Fill the latents and decode the answer after <|end-latent|>. Returns (LatentState, Generation)."""
+        state = self.fill(prefix_ids, prefix_mask, n_slots, sample_latents=sample_latents, stop_mode=stop_mode,
+                          generator=generator)
+        first = torch.full((prefix_ids.shape[0], 1), end_id, dtype=torch.long, device=prefix_ids.device)
+        gen = generate(self.lm, state, first, max_new_tokens, eos_id, pad_id, temperature, generator)
+        return state, gen
+
+    @torch.no_grad()
+    def decode_groups(self, zg: torch.Tensor, eos_id: int, pad_id: int, max_new_tokens: int = 16) -> torch.Tensor:
+        """Greedy text of each latent group zg [N, c, d] through the step decoder, batched and KV-cached."""
+        dec = self.step_decoder
+        N, c, _ = zg.shape
+        cache = new_cache(dec)
+        mask = torch.ones(N, c, dtype=torch.long, device=zg.device)
+        pos = torch.arange(c, device=zg.device)[None].expand(N, -1)
+        table = dec.get_input_embeddings()
+        hidden = backbone_forward(dec, zg.to(table.weight.dtype), mask, pos, cache)
+        first = dec.get_output_embeddings()(hidden[:, -1]).argmax(-1)
+        state = LatentState(cache, mask, torch.full((N,), c, device=zg.device), hidden[:, -1], zg, None, None,
+                            torch.ones(N, 0, dtype=torch.bool), None, torch.ones(N, 0, dtype=torch.bool),
+                            torch.ones(N, 0, dtype=torch.bool), 1)
+        first_done = first == eos_id
+        gen = generate(dec, state, first[:, None], max_new_tokens - 1, eos_id, pad_id) if max_new_tokens > 1 else None
+        rest = gen.tokens if gen is not None else first.new_zeros(N, 0)
+        rest = torch.where(first_done[:, None], torch.full_like(rest, pad_id), rest)
+        return torch.cat([first[:, None], rest], dim=1)
+
+    # ----- persistence -----
+    def save_pretrained(self, path: str | Path, tokenizer=None) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.lm.save_pretrained(path / "lm")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path / "lm")
+        heads = {}
+        for name in ("latent_head", "stop_head"):
+            mod = getattr(self, name)
+            if mod is not None:
+                heads.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in mod.state_dict().items()})
+        if heads:
+            save_file(heads, str(path / "heads.safetensors"))
+        if self.decoder is not None:
+            self.decoder.save_pretrained(path / "decoder")
+        (path / "reasoner.json").write_text(json.dumps(asdict(self.spec), indent=2))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None, spec: ReasonerSpec | None = None):
+        """Load a checkpoint written by save_pretrained. Returns (reasoner, tokenizer).
+
+        `spec` may change the method (e.g. start an ATP run from a CoT checkpoint): heads that the
+        checkpoint lacks are freshly initialised and a missing separate decoder is copied from the LM.
+        """
+        path = Path(path)
+        if not (path / "reasoner.json").is_file() or not (path / "lm").is_dir():
+            raise ValueError(f"{path}: not a checkpoint (missing reasoner.json or lm/)")
+        saved = ReasonerSpec(**json.loads((path / "reasoner.json").read_text()))
+        spec = spec or saved
+        lm = AutoModelForCausalLM.from_pretrained(path / "lm", dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path / "lm")
+        decoder = None
+        if spec.use_decoder and spec.decoder_mode == "separate" and (path / "decoder").is_dir():
+            decoder = AutoModelForCausalLM.from_pretrained(path / "decoder", dtype=dtype)
+        model = cls(lm, spec, decoder=decoder)
+        if (path / "heads.safetensors").is_file():
+            state = load_file(str(path / "heads.safetensors"))
+            for name in ("latent_head", "stop_head"):
+                mod = getattr(model, name)
+                sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+                if mod is not None and sub:
+                    mod.load_state_dict(sub)
+        return model, tokenizer

@@ -1,0 +1,441 @@
+"""Run directories: config snapshot, environment info, metrics log, TensorBoard, checkpoints.
+
+Layout of a run directory::
+
+    <root>/<name>/
+        config.yaml         # RunDir.save_config(cfg)
+        environment.json    # environment_info() at creation
+        metrics.jsonl       # one {"step": ..., **metrics} object per line
+        tb/                 # TensorBoard events (writer created on first log)
+        checkpoints/
+            step-00001000/  # complete checkpoints contain a COMPLETE file
+            .tmp-step-00002000-<pid>/   # being written (or stale after a crash)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from atp_latent import configtools
+
+__all__ = [
+    "RunDir",
+    "environment_info",
+    "checkpoint_dir_for",
+    "atomic_checkpoint",
+    "complete_checkpoints",
+    "latest_checkpoint",
+    "prune_checkpoints",
+    "COMPLETE_MARKER",
+]
+
+COMPLETE_MARKER = "COMPLETE"
+TMP_PREFIX = ".tmp-"
+_STEP_RE = re.compile(r"step-(\d+)")
+_TMP_RE = re.compile(r"\.tmp-.*-(\d+)")
+_PACKAGES = ("torch", "transformers", "accelerate", "tokenizers", "safetensors")
+
+# Temporary checkpoint directories being written by this process (never pruned).
+_ACTIVE_TMP: set[Path] = set()
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now().astimezone()
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    except Exception:
+        return None
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        proc = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    return proc.stdout
+
+
+def git_info(path: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """``{"commit": sha, "dirty": bool}`` for the repository containing ``path``; None if unavailable."""
+    cwd = Path(path) if path is not None else Path(__file__).resolve().parent
+    if cwd.is_file():
+        cwd = cwd.parent
+    commit = _git(["rev-parse", "HEAD"], cwd)
+    if commit is None or not commit.strip():
+        return None
+    status = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+    return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}
+
+
+def environment_info() -> dict[str, Any]:
+    """Reproducibility information; never raises."""
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "python_full": sys.version,
+        "platform": platform.platform(),
+        "packages": {name: _package_version(name) for name in _PACKAGES},
+        "git": None,
+        "hostname": None,
+        "timestamp": _now().isoformat(timespec="seconds"),
+        "argv": list(sys.argv),
+    }
+    with contextlib.suppress(Exception):
+        info["git"] = git_info()
+    with contextlib.suppress(Exception):
+        info["hostname"] = socket.gethostname()
+    return info
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+def _checkpoints_root(run_dir: RunDir | str | os.PathLike) -> Path:
+    """``run_dir/checkpoints`` (or ``run_dir`` itself when it has no such sub-directory)."""
+    path = run_dir.path if isinstance(run_dir, RunDir) else Path(run_dir)
+    sub = path / "checkpoints"
+    return sub if sub.is_dir() or not path.is_dir() else path
+
+
+def checkpoint_dir_for(run_dir: RunDir | str | os.PathLike, step: int) -> Path:
+    """``<run_dir>/checkpoints/step-{step:08d}``."""
+    path = run_dir.path if isinstance(run_dir, RunDir) else Path(run_dir)
+    return path / "checkpoints" / f"step-{int(step):08d}"
+
+
+def _step_of(path: Path) -> int | None:
+    m = _STEP_RE.fullmatch(path.name)
+    return int(m.group(1)) if m else None
+
+
+def complete_checkpoints(run_dir: RunDir | str | os.PathLike) -> list[Path]:
+    """Complete ``step-*`` checkpoint directories, sorted by step (ascending)."""
+    root = _checkpoints_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        step = _step_of(child)
+        if step is not None and child.is_dir() and (child / COMPLETE_MARKER).is_file():
+            found.append((step, child))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: RunDir | str | os.PathLike) -> Path | None:
+    """The complete checkpoint with the highest step, or None."""
+    ckpts = complete_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+@contextlib.contextmanager
+def atomic_checkpoint(path: str | os.PathLike) -> Iterator[Path]:
+    """Write a checkpoint directory atomically.
+
+    Yields a temporary sibling directory ``.tmp-<name>-<pid>``. When the block succeeds, a
+    ``COMPLETE`` file is written into it and it is renamed to ``path`` (an existing ``path`` is
+    replaced). When the block raises, the temporary directory is removed and the exception
+    propagates.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    _ACTIVE_TMP.add(tmp.resolve())
+    try:
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        with open(tmp / COMPLETE_MARKER, "w", encoding="utf-8") as fh:
+            fh.write(_now().isoformat(timespec="seconds") + "\n")
+            fh.flush()
+            with contextlib.suppress(OSError):
+                os.fsync(fh.fileno())
+        old = None
+        if path.exists():
+            # Named like a temp dir so that prune_checkpoints cleans it up after a crash.
+            old = path.parent / f"{TMP_PREFIX}old-{path.name}-{os.getpid()}"
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None and not path.exists():
+                os.replace(old, path)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(path.parent)
+    finally:
+        _ACTIVE_TMP.discard(tmp.resolve())
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _is_stale_tmp(path: Path) -> bool:
+    if path.resolve() in _ACTIVE_TMP:
+        return False
+    m = _TMP_RE.fullmatch(path.name)
+    if m is None:
+        return True
+    pid = int(m.group(1))
+    # Our own pid but not active here: left over from an earlier process with the same pid.
+    return pid == os.getpid() or not _pid_alive(pid)
+
+
+def prune_checkpoints(
+    run_dir: RunDir | str | os.PathLike,
+    keep_last: int,
+    keep: Iterable[str | os.PathLike] = (),
+) -> list[Path]:
+    """Delete complete checkpoints older than the newest ``keep_last``, except those in ``keep``.
+
+    Also removes stale ``.tmp-*`` directories (not being written by this process or by another
+    live process). Incomplete ``step-*`` directories are left alone. Returns the removed paths.
+    """
+    if keep_last < 0:
+        raise ValueError(f"keep_last must be >= 0, got {keep_last}")
+    root = _checkpoints_root(run_dir)
+    if not root.is_dir():
+        return []
+    protected = {Path(p).resolve() for p in keep}
+    ckpts = complete_checkpoints(run_dir)
+    if keep_last:
+        protected.update(p.resolve() for p in ckpts[-keep_last:])
+    removed: list[Path] = []
+    for ckpt in ckpts:
+        if ckpt.resolve() not in protected:
+            shutil.rmtree(ckpt, ignore_errors=True)
+            removed.append(ckpt)
+    for child in root.iterdir():
+        if child.name.startswith(TMP_PREFIX) and child.is_dir() and _is_stale_tmp(child):
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------- RunDir
+
+
+def _json_value(key: str, value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float | str):
+        return value
+    item = getattr(value, "item", None)  # torch / numpy scalars
+    if callable(item):
+        try:
+            value = item()
+        except (ValueError, RuntimeError) as exc:
+            raise TypeError(f"metric {key!r}: expected a scalar, got {type(value).__name__}") from exc
+        if isinstance(value, bool):
+            return int(value)
+        if isinstance(value, int | float):
+            return value
+    raise TypeError(f"metric {key!r}: expected int, float or str, got {type(value).__name__}")
+
+
+class RunDir:
+    """A run directory; see the module docstring for the layout."""
+
+    def __init__(self, path: str | os.PathLike, tensorboard: bool = True):
+        self.path = Path(path)
+        self.tensorboard = tensorboard
+        self._metrics_fh = None
+        self._writer = None
+        self._tb_failed = False
+
+    # -- creation ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        root: str | os.PathLike,
+        name: str | None = None,
+        resume: bool = False,
+        tensorboard: bool = True,
+    ) -> RunDir:
+        """Create ``root/name`` (``name`` defaults to a timestamp) with its sub-directories.
+
+        With ``resume=False`` an existing non-empty directory is an error (FileExistsError);
+        with ``resume=True`` it is reused and metrics are appended.
+        """
+        root = Path(root)
+        if name is None:
+            base = _now().strftime("%Y%m%d-%H%M%S")
+            name, n = base, 1
+            while (root / name).exists() and not resume:
+                name = f"{base}-{n}"
+                n += 1
+        path = root / name
+        if path.exists() and any(path.iterdir()) and not resume:
+            raise FileExistsError(f"run directory {path} already exists (pass resume=True to continue it)")
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "checkpoints").mkdir(exist_ok=True)
+        (path / "tb").mkdir(exist_ok=True)
+        (path / "metrics.jsonl").touch(exist_ok=True)
+        env = environment_info()
+        env_path = path / "environment.json"
+        if env_path.exists():
+            stamp = _now().strftime("%Y%m%d-%H%M%S")
+            env_path = path / f"environment-resume-{stamp}.json"
+        env_path.write_text(json.dumps(env, indent=2, default=str) + "\n", encoding="utf-8")
+        return cls(path, tensorboard=tensorboard)
+
+    # -- paths ------------------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def tb_dir(self) -> Path:
+        return self.path / "tb"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def checkpoint_dir_for(self, step: int) -> Path:
+        """``checkpoints/step-{step:08d}``."""
+        return checkpoint_dir_for(self, step)
+
+    def latest_checkpoint(self) -> Path | None:
+        return latest_checkpoint(self)
+
+    def prune_checkpoints(self, keep_last: int, keep: Iterable[str | os.PathLike] = ()) -> list[Path]:
+        return prune_checkpoints(self, keep_last, keep)
+
+    # -- config / metrics -------------------------------------------------------------------
+
+    def save_config(self, cfg: Any) -> Path:
+        """Write ``cfg`` (a config dataclass) to ``config.yaml``."""
+        return configtools.save_yaml(cfg, self.config_path)
+
+    def _get_writer(self):
+        if not self.tensorboard or self._tb_failed:
+            return None
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=str(self.tb_dir))
+            except Exception as exc:  # tensorboard missing or broken: keep the JSONL log going
+                self._tb_failed = True
+                warnings.warn(f"TensorBoard logging disabled: {exc}", stacklevel=3)
+                return None
+        return self._writer
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        """Append ``{"step": step, **metrics}`` to metrics.jsonl and numeric values to TensorBoard."""
+        step = int(step)
+        record: dict[str, Any] = {"step": step}
+        for key, value in metrics.items():
+            if key == "step":
+                raise ValueError("metric name 'step' is reserved")
+            record[str(key)] = _json_value(str(key), value)
+        if self._metrics_fh is None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._metrics_fh = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115
+        self._metrics_fh.write(json.dumps(record) + "\n")
+        self._metrics_fh.flush()
+        writer = self._get_writer()
+        if writer is not None:
+            for key, value in record.items():
+                if key == "step" or isinstance(value, str):
+                    continue
+                if isinstance(value, float) and not math.isfinite(value):
+                    continue
+                writer.add_scalar(key, value, global_step=step)
+            writer.flush()
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """All records in metrics.jsonl (a truncated last line is skipped)."""
+        if not self.metrics_path.exists():
+            return []
+        records = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def close(self) -> None:
+        if self._metrics_fh is not None:
+            self._metrics_fh.close()
+            self._metrics_fh = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"

@@ -1,0 +1,222 @@
+"""One SFT loop for every method (CoT-SFT, No-CoT, Coconut, SIM-CoT, ATP-Latent), on accelerate.
+
+Read top to bottom: build the model, then per epoch pick the curriculum stage, shuffle, build the
+stage's sequences, step the optimizer, log, checkpoint; validate at each epoch end and keep the best.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
+
+from atp_latent.config import RunConfig
+from atp_latent.data.formats import load_records
+from atp_latent.data.records import Problem
+from atp_latent.data.sequences import Curriculum, SequenceBuilder, collate, sample_stage
+from atp_latent.evaluation.evaluate import evaluate
+from atp_latent.modeling.factory import build_tiny_model, load_pretrained
+from atp_latent.modeling.reasoner import LatentReasoner, ReasonerSpec
+from atp_latent.modeling.tokenizer import build_word_tokenizer
+from atp_latent.training.runs import RunDir, atomic_checkpoint
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def curriculum_of(cfg: RunConfig) -> Curriculum:
+    c = cfg.curriculum
+    return Curriculum(cfg.method.latents_per_step, c.epochs_per_stage, c.max_latent_stage, c.stage_offset,
+                      c.pad_latent_to_max, c.uniform_prob)
+
+
+def spec_of(cfg: RunConfig) -> ReasonerSpec:
+    m = cfg.method
+    return ReasonerSpec.for_method(
+        m.name, latents_per_step=m.latents_per_step, use_vae=m.use_vae, use_stop_head=m.use_stop_head,
+        use_decoder=m.use_decoder, decoder_mode=m.decoder_mode, decoder_trainable=m.decoder_trainable,
+        beta_kl=m.beta_kl, stop_loss_positions=m.stop_loss_positions, decoder_weight=m.decoder_weight,
+        max_latent_stage=cfg.curriculum.max_latent_stage,
+    )
+
+
+def corpus_of(problems: list[Problem]) -> list[str]:
+    return [p.question for p in problems] + ["\n".join(f"<<{s}>>" for s in p.steps) + "\n### " + p.answer
+                                             for p in problems]
+
+
+def build_reasoner(cfg: RunConfig, train: list[Problem]) -> tuple[LatentReasoner, object]:
+    """The model a run starts from: a checkpoint, a HF model, or a tiny preset with a corpus tokenizer."""
+    spec = spec_of(cfg)
+    dtype = DTYPES[cfg.model.dtype]
+    if cfg.model.init_from:
+        return LatentReasoner.from_pretrained(cfg.model.init_from, dtype=dtype, spec=spec)
+    if cfg.model.name_or_path:
+        lm, tok = load_pretrained(cfg.model.name_or_path, dtype=dtype)
+        return LatentReasoner(lm, spec), tok
+    tok = build_word_tokenizer(corpus_of(train), max_vocab=cfg.model.max_vocab)
+    lm = build_tiny_model(cfg.model.preset, tok, seed=cfg.train.seed)
+    return LatentReasoner(lm, spec), tok
+
+
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+
+
+def save_checkpoint(path: Path, accelerator: Accelerator, model, tokenizer, optimizer, progress: dict) -> None:
+    """Model (save_pretrained form) + optimizer + RNG + loop position, written atomically."""
+    with atomic_checkpoint(path) as tmp:
+        accelerator.unwrap_model(model).save_pretrained(tmp / "model", tokenizer)
+        torch.save({
+            "optimizer": optimizer.state_dict(),
+            "progress": progress,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+        }, tmp / "trainer_state.pt")
+
+
+def train(cfg: RunConfig, resume: bool = False) -> Path:
+    """Run SFT as configured; returns the run directory. Final weights are in RUN/final."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    hf_logging.disable_progress_bar()
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    set_seed(cfg.train.seed)
+    is_main = accelerator.is_main_process
+    run = RunDir.create(cfg.output_dir, cfg.name, resume=True) if is_main else None
+    run_path = Path(cfg.output_dir) / (cfg.name or run.path.name if run else cfg.name or "")
+    if run is not None:
+        run.save_config(cfg)
+
+    train_set = load_records(cfg.data.train)[: cfg.data.max_train]
+    val_set = load_records(cfg.data.val)[: cfg.data.max_val] if cfg.data.val else []
+
+    progress = {"epoch": 0, "batch": 0, "step": 0, "best_val": -1.0, "elapsed": 0.0}
+    ckpt = run.latest_checkpoint() if (resume and run is not None) else None
+    if ckpt is not None:
+        model, tok = LatentReasoner.from_pretrained(ckpt / "model", spec=spec_of(cfg))
+    else:
+        model, tok = build_reasoner(cfg, train_set)
+    cur = curriculum_of(cfg)
+    builder = SequenceBuilder(tok, cfg.method.name, cur, mask_surplus=model.spec.use_stop_head)
+    optimizer = make_optimizer(model, cfg)
+    if ckpt is not None:
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        progress.update(state["progress"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        if is_main:
+            print(f"resumed from {ckpt} (epoch {progress['epoch']}, batch {progress['batch']}, step {progress['step']})")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    device = accelerator.device
+
+    bs, world, rank = cfg.optim.batch_size, accelerator.num_processes, accelerator.process_index
+    t0 = time.time() - progress["elapsed"]
+    out_of_time = False
+    for epoch in range(progress["epoch"], cfg.train.epochs):
+        if cfg.optim.reset_each_epoch and epoch > 0 and progress["batch"] == 0:
+            optimizer = accelerator.prepare(make_optimizer(accelerator.unwrap_model(model), cfg))
+        stage = cur.stage(epoch)
+        rng = random.Random(cfg.train.seed * 100003 + epoch)
+        order = list(range(len(train_set)))
+        rng.shuffle(order)
+        order = order[: cfg.data.epoch_size]
+        # Every process sees the same order and takes its slice of each global batch.
+        global_bs = bs * world
+        batches = [order[i: i + global_bs] for i in range(0, len(order) - global_bs + 1, global_bs)] or [order]
+        stages = [[sample_stage(cur, epoch, rng) for _ in b] for b in batches]
+        model.train()
+        bar = tqdm(total=len(batches), initial=progress["batch"], desc=f"{cfg.method.name} epoch {epoch} stage {stage}",
+                   disable=not is_main, leave=False)
+        for bi in range(progress["batch"], len(batches)):
+            mine = batches[bi][rank * bs: (rank + 1) * bs]
+            st = stages[bi][rank * bs: (rank + 1) * bs]
+            batch = collate([builder.build(train_set[j], s) for j, s in zip(mine, st)], tok.pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with accelerator.accumulate(model):
+                out = model(batch)
+                if not torch.isfinite(out["loss"]):
+                    bad = [k for k in ("ce", "kl", "decoder", "stop") if not torch.isfinite(out[k])]
+                    raise FloatingPointError(f"non-finite loss at step {progress['step']} (term: {', '.join(bad) or 'loss'})")
+                accelerator.backward(out["loss"])
+                if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                if cfg.optim.warmup_steps:
+                    for g in optimizer.param_groups:
+                        g["lr"] = cfg.optim.lr * min(1.0, (progress["step"] + 1) / cfg.optim.warmup_steps)
+                optimizer.step()
+                optimizer.zero_grad()
+            progress["batch"] = bi + 1
+            if accelerator.sync_gradients:
+                progress["step"] += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{out['loss'].item():.3f}", lat=f"{out['active_latents'].item():.1f}")
+            if is_main and progress["step"] % cfg.train.log_every == 0:
+                run.log({f"train/{k}": v.item() for k, v in out.items()} | {"train/stage": stage, "train/epoch": epoch},
+                        progress["step"])
+            progress["elapsed"] = time.time() - t0
+            if cfg.train.checkpoint_every and progress["step"] % cfg.train.checkpoint_every == 0 and is_main:
+                save_checkpoint(run.checkpoint_dir_for(progress["step"]), accelerator, model, tok, optimizer, progress)
+                run.prune_checkpoints(cfg.train.keep_last)
+            if cfg.train.max_steps and progress["step"] >= cfg.train.max_steps:
+                out_of_time = True
+            if cfg.train.max_minutes and progress["elapsed"] > 60 * cfg.train.max_minutes:
+                out_of_time = True
+            if out_of_time:
+                break
+        bar.close()
+        epoch_done = progress["batch"] >= len(batches)
+        if epoch_done:
+            progress["epoch"], progress["batch"] = epoch + 1, 0
+        if is_main:
+            if val_set and cfg.train.eval_every_epoch and (epoch_done or out_of_time):
+                acc = validate(accelerator.unwrap_model(model), builder, val_set, cfg, device)
+                run.log({"eval/val_accuracy": acc, "train/stage": stage}, progress["step"])
+                # The best checkpoint is chosen on the validation split, never on test (METHOD.md §7).
+                if acc > progress["best_val"]:
+                    progress["best_val"] = acc
+                    save_checkpoint(run.path / "best", accelerator, model, tok, optimizer, progress)
+            save_checkpoint(run.checkpoint_dir_for(progress["step"]), accelerator, model, tok, optimizer, progress)
+            run.prune_checkpoints(cfg.train.keep_last)
+        accelerator.wait_for_everyone()
+        if out_of_time:
+            break
+
+    if is_main:
+        final = run.path / "final"
+        with atomic_checkpoint(final) as tmp:
+            accelerator.unwrap_model(model).save_pretrained(tmp, tok)
+        run.log({"train/finished": 1, "train/minutes": progress["elapsed"] / 60}, progress["step"])
+        run.close()
+        print(f"run directory: {run.path}  (final weights: {final})")
+        run_path = run.path
+    accelerator.wait_for_everyone()
+    return run_path
+
+
+def validate(model: LatentReasoner, builder: SequenceBuilder, val_set: list[Problem], cfg: RunConfig, device) -> float:
+    max_new = cfg.eval.cot_max_new_tokens if cfg.method.name == "cot" else cfg.eval.max_new_tokens
+    summary, _ = evaluate(model, builder, val_set, batch_size=cfg.eval.batch_size, max_new_tokens=max_new,
+                          device=device, progress=False)
+    model.train()
+    return summary.accuracy
+
+
+def checkpoint_weights(run_or_ckpt: str | Path) -> Path:
+    """Resolve RUN_DIR (-> best/model, final) or a checkpoint directory to a save_pretrained directory."""
+    p = Path(run_or_ckpt)
+    for cand in (p / "best" / "model", p / "final", p / "model", p):
+        if (cand / "reasoner.json").is_file():
+            return cand
+    raise ValueError(f"{p}: no checkpoint found (expected reasoner.json in best/model, final/ or the folder itself)")
+
+
