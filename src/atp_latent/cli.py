@@ -47,9 +47,14 @@ def cmd_train(args) -> int:
         cfg.name = args.name
     if args.num_processes and args.num_processes > 1:
         return _launch(args)
-    from atp_latent.training.sft import train
+    if cfg.method.name == "atp-rl":
+        from atp_latent.training.rl import train_rl
 
-    train(cfg, resume=args.resume)
+        train_rl(cfg, resume=args.resume)
+    else:
+        from atp_latent.training.sft import train
+
+        train(cfg, resume=args.resume)
     return 0
 
 
@@ -57,11 +62,19 @@ def _launch(args) -> int:
     """Re-run this command under `accelerate launch` with N processes (gloo on CPU)."""
     import subprocess
 
-    argv = [a for a in sys.argv[1:]]
-    i = argv.index("--num-processes")
-    del argv[i: i + 2]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "atp_latent.cli", *argv]
+    argv, skip = [], False
+    for a in args.argv:  # drop the launcher's own options; the rest runs in every process
+        if skip:
+            skip = False
+        elif a in ("--num-processes", "--port"):
+            skip = True
+        elif not a.startswith(("--num-processes=", "--port=")):
+            argv.append(a)
+    # torch.distributed.run under the hood; on a machine without CUDA accelerate picks gloo (MULTI_CPU).
+    device = ["--multi_gpu"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *device, "--num_processes", str(args.num_processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(args.port), "-m", "atp_latent.cli", *argv]
     return subprocess.call(cmd)
 
 
@@ -168,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--name")
     tr.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     tr.add_argument("--num-processes", type=int, default=None, help="launch N processes with accelerate")
+    tr.add_argument("--port", type=int, default=29533, help="rendezvous port for --num-processes")
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint on data files or benchmark names")
@@ -204,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     from atp_latent.configtools import ConfigError
     from atp_latent.data.records import DataError
 

@@ -11,7 +11,7 @@ from typing import Literal
 
 from atp_latent.configtools import ConfigError, apply_overrides, from_dict, load_yaml_dict, to_dict
 
-Method = Literal["cot", "nocot", "coconut", "simcot", "atp"]
+Method = Literal["cot", "nocot", "coconut", "simcot", "atp", "atp-rl"]
 
 
 @dataclass
@@ -29,6 +29,7 @@ class DataConfig:
     val: str | None = "synthetic/val.jsonl"
     max_train: int | None = None  # use the first N training records
     epoch_size: int | None = None  # records per epoch, drawn afresh from the shuffled set (None: all)
+    length_buckets: int = 8  # batches of similar length: sort chunks of this many batches (1: off)
     max_val: int | None = 300
 
 
@@ -96,6 +97,7 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads (None: torch's default)
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0: at each epoch end only)
     keep_last: int = 2
+    keep_epochs: list[int] = field(default_factory=list)  # also keep RUN/epoch-N after these (1-based) epochs
     log_every: int = 10
     eval_every_epoch: bool = True  # val accuracy after each epoch; the best is kept as best/
 
@@ -114,6 +116,41 @@ class EvalConfig:
 
 
 @dataclass
+class RLConfig:
+    """GRPO on the latent policy (METHOD.md §8); defaults are the paper's."""
+
+    questions_per_step: int = 16  # B, per process
+    group_size: int = 8  # G rollouts per question
+    minibatch_size: int = 16  # the B*G buffer is iterated once in shuffled minibatches
+    lr: float = 1e-6
+    weight_decay: float = 0.01
+    clip: float = 0.2
+    logratio_clamp: float = 3.0
+    max_grad_norm: float = 1.0
+    temperature: float = 1.0  # answer-token sampling
+    max_new_tokens: int = 16
+    steps: int | None = None  # RL steps; None: one epoch over the training set
+    reward: Literal["full", "coherence_only"] = "full"
+    w_acc: float | None = None  # None: 1.0 (full) / 0.0 (coherence_only)
+    w_fmt: float | None = None  # None: 0.5
+    w_coh: float | None = None  # None: 0.1 (full) / 1.0 (coherence_only)
+    coherence_mode: Literal["strict", "reference"] = "strict"
+    coherence_max_tokens: int = 16
+    val_every: int = 10  # RL steps between validations (best checkpoint kept by val accuracy)
+    checkpoint_every: int = 10
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (advantages are normalised within a group), got {self.group_size}")
+        if self.questions_per_step < 1 or self.minibatch_size < 1:
+            raise ValueError("questions_per_step and minibatch_size must be >= 1")
+        if not 0 < self.clip < 1:
+            raise ValueError(f"clip must be in (0, 1), got {self.clip}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
 class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -122,6 +159,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     output_dir: str = "runs"
     name: str | None = None
 

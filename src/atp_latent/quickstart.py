@@ -19,8 +19,11 @@ from atp_latent.data.synthetic import SynthConfig, write_benchmark
 
 TEST_SPLITS = ["test", "test_large", "test_long", "test_perturbed"]
 # Phases run one after another; the jobs of a phase run side by side.
-PHASES: list[list[str]] = [["cot", "nocot"], ["atp", "coconut"]]
-LABELS = {"nocot": "No-CoT", "cot": "CoT-SFT", "coconut": "Coconut", "simcot": "SIM-CoT", "atp": "ATP-Latent (SFT)"}
+PHASES: list[list[str]] = [["cot", "nocot"], ["atp", "coconut"], ["atp_rl"]]
+LABELS = {"nocot": "No-CoT", "cot": "CoT-SFT", "coconut": "Coconut", "simcot": "SIM-CoT", "atp": "ATP-Latent (SFT)",
+          "atp_rl": "ATP-Latent (RL)"}
+# Where each method starts: the latent methods from CoT-SFT, RL from ATP SFT (best validation checkpoints).
+STARTS = {"coconut": "cot", "simcot": "cot", "atp": "cot", "atp_rl": "atp"}
 
 
 def config_path(name: str) -> Path:
@@ -33,8 +36,8 @@ def _train_job(name: str, out: Path, seed: int, scale: float) -> tuple[subproces
             "--output-dir", str(out / "runs"), "--name", name,
             "--set", f"data.train={data / 'train.jsonl'}", "--set", f"data.val={data / 'val.jsonl'}",
             "--set", f"train.seed={seed}"]
-    if name in ("atp", "coconut", "simcot"):
-        args += ["--set", f"model.init_from={out / 'runs' / 'cot' / 'best' / 'model'}"]
+    if name in STARTS:
+        args += ["--set", f"model.init_from={out / 'runs' / STARTS[name] / 'best' / 'model'}"]
     if scale != 1.0:
         from atp_latent.config import load_config
 
@@ -54,6 +57,8 @@ def _last_metric(run: Path) -> str:
     lines = path.read_text().strip().splitlines()
     for line in reversed(lines):
         m = json.loads(line)
+        if "train/reward" in m:
+            return f"step {m['step']} reward {m['train/reward']:.3f} acc {m['train/accuracy']:.2f}"
         if "train/loss" in m:
             return f"step {m['step']} loss {m['train/loss']:.3f} stage {m.get('train/stage', 0)}"
     return "starting"

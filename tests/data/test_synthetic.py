@@ -1,5 +1,7 @@
+import dataclasses
 import json
 import re
+from collections import Counter
 
 import pytest
 
@@ -14,13 +16,20 @@ from atp_latent.data import (
     valid_orders,
     write_benchmark,
 )
+from atp_latent.data.synthetic import NAMES, OBJECTS, STYLES
 
 SMALL = dict(n_train=200, n_val=30, n_test=40, n_ood=40)
+NUM = re.compile(r"\d+")
+
+
+@pytest.fixture(scope="module", params=STYLES)
+def style(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def bench() -> dict[str, list[Problem]]:
-    return generate_benchmark(SynthConfig(**SMALL))
+def bench(style) -> dict[str, list[Problem]]:
+    return generate_benchmark(SynthConfig(**SMALL, style=style))
 
 
 def test_split_sizes_ids_sources(bench):
@@ -52,8 +61,8 @@ def test_orders_valid_and_own_order_listed(bench):
                 check_order(p, order)
 
 
-def test_step_format_and_bounds(bench):
-    cfg = SynthConfig(**SMALL)
+def test_step_format_and_bounds(bench, style):
+    cfg = SynthConfig(**SMALL, style=style)
     for split, ps in bench.items():
         max_operand, max_value = (
             (cfg.large_max_operand, cfg.large_max_value)
@@ -71,8 +80,8 @@ def test_step_format_and_bounds(bench):
             assert all(max(int(x) for x in re.findall(r"\d+", p.question)) > cfg.max_operand for p in ps)
 
 
-def test_step_counts(bench):
-    cfg = SynthConfig(**SMALL)
+def test_step_counts(bench, style):
+    cfg = SynthConfig(**SMALL, style=style)
     train_max = max(len(p.steps) for p in bench["train"])
     assert {len(p.steps) for p in bench["train"]} <= set(range(cfg.min_steps, cfg.max_steps + 1))
     assert min(len(p.steps) for p in bench["test_long"]) > train_max
@@ -83,8 +92,8 @@ def test_splits_disjoint(bench):
     assert len(questions) == len(set(questions))
 
 
-def test_several_orders_and_shuffled_operands():
-    ps = generate_benchmark(SynthConfig(**SMALL))["train"]
+def test_several_orders_and_shuffled_operands(bench):
+    ps = bench["train"]
     assert sum(len(valid_orders(p)) > 1 for p in ps) > len(ps) // 4  # trees, not only chains
     # commutative operands appear in both orders across the data (randomised in the step string)
     plus = [tuple(map(int, re.match(r"(\d+)\+(\d+)", s).groups())) for p in ps for s in p.steps if "+" in s]
@@ -111,21 +120,26 @@ def test_valid_orders_two_independent_steps():
     assert valid_orders(Problem("3 and 4", ["3*4=12"], "13")) == []  # wrong final answer
 
 
-def test_deterministic_files(tmp_path):
-    cfg = SynthConfig(n_train=50, n_val=10, n_test=10, n_ood=10, seed=3)
+@pytest.mark.parametrize("style", STYLES)
+def test_deterministic_files(tmp_path, style):
+    cfg = SynthConfig(n_train=50, n_val=10, n_test=10, n_ood=10, seed=3, style=style)
     a, b = write_benchmark(tmp_path / "a", cfg), write_benchmark(tmp_path / "b", cfg)
     assert set(a) == set(SPLITS)
     for split in SPLITS:
         assert a[split].read_bytes() == b[split].read_bytes()
         assert len(load_records(a[split])) == (50 if split == "train" else 10)
-    assert json.loads((tmp_path / "a" / "synth_config.json").read_text())["seed"] == 3
-    c = write_benchmark(tmp_path / "c", SynthConfig(n_train=50, n_val=10, n_test=10, n_ood=10, seed=4))
+    saved = json.loads((tmp_path / "a" / "synth_config.json").read_text())
+    assert (saved["seed"], saved["style"]) == (3, style)
+    assert SynthConfig(**saved) == cfg
+    c = write_benchmark(tmp_path / "c", dataclasses.replace(cfg, seed=4))
     assert c["test"].read_bytes() != a["test"].read_bytes()
     assert load_records(a["test"]) == generate_benchmark(cfg)["test"]
 
 
-def test_config_presets_and_validation():
-    hard = SynthConfig.hard(n_train=100, n_val=10, n_test=10, n_ood=10)
+@pytest.mark.parametrize("style", STYLES)
+def test_config_presets_and_validation(style):
+    assert SynthConfig().style == "phrases" == SynthConfig.hard().style
+    hard = SynthConfig.hard(n_train=100, n_val=10, n_test=10, n_ood=10, style=style)
     assert (hard.max_operand, hard.max_value) == (20, 200)
     ps = generate_benchmark(hard)["train"]
     assert max(int(x) for p in ps for x in re.findall(r"\d+", p.question)) > 9
@@ -134,3 +148,113 @@ def test_config_presets_and_validation():
         SynthConfig(max_steps=5, long_min_steps=5)
     with pytest.raises(ValueError):
         SynthConfig(max_operand=99, large_max_operand=99)
+    with pytest.raises(ValueError, match="style"):
+        SynthConfig(style="verbose")
+
+
+# -----------------------------------------------------------------------------
+# "phrases" style: numbers sit in the sentence of the step that uses them, one person per step
+
+NOUNS = {form: i for i, obj in enumerate(OBJECTS) for form in obj}
+ALT_MARKERS = re.compile(  # wordings of the paraphrase templates, which only test_perturbed may use
+    r"\bowns\b|gave \d+ away|shared among|\bdoes\.|has divided by|have together|has times what|What is the number"
+)
+
+
+@pytest.fixture(scope="module")
+def phrases(bench, style) -> dict[str, list[Problem]]:
+    if style != "phrases":
+        pytest.skip("phrases style only")
+    return bench
+
+
+def sentences(question: str) -> tuple[list[str], str]:
+    """(statement sentences, final question)."""
+    parts = re.findall(r"[^.?]+[.?]", question)
+    return [x.strip() for x in parts[:-1]], parts[-1].strip()
+
+
+def main_object(question: str) -> int:
+    m = re.search(r"How many (\w+) does|number of (\w+) that", question)
+    return NOUNS[m.group(1) or m.group(2)]
+
+
+def distractor_sentences(question: str) -> list[str]:
+    """Sentences about some other object than the one asked about (only distractors do that)."""
+    main = main_object(question)
+    statements, _ = sentences(question)
+    return [x for x in statements if any(NOUNS.get(w, main) != main for w in re.findall(r"\w+", x))]
+
+
+def names_in(text: str) -> list[str]:
+    return [w for w in re.findall(r"\b[A-Z][a-z]+\b", text) if w in NAMES]
+
+
+def test_phrases_steps_are_local(phrases):
+    for split, ps in phrases.items():
+        for p in ps:
+            statements, final = sentences(p.question)
+            extra = distractor_sentences(p.question)
+            assert len(extra) <= (1 if split == "test_perturbed" else 0), p.question
+            for x in extra:  # "{spare name} has {n} {other objects}."
+                assert re.fullmatch(r"[A-Z][a-z]+ has \d+ \w+\.", x), x
+            steps_text = [x for x in statements if x not in extra]
+            # one person per step (+1 for a distractor), each the subject of exactly one sentence
+            assert len(set(names_in(p.question))) == len(p.steps) + len(extra), p.question
+            assert len(steps_text) == len(p.steps)
+            subjects = [names_in(x)[0] for x in steps_text]
+            assert all(x.startswith(s) for x, s in zip(steps_text, subjects))
+            assert len(set(subjects)) == len(subjects)
+            # sentences in a dependency order: a sentence only refers to people introduced before it,
+            # and the question asks about the last one (the root step), whom nobody refers to
+            for i, x in enumerate(steps_text):
+                assert set(names_in(x)[1:]) <= set(subjects[:i]), p.question
+            assert names_in(final) == [subjects[-1]]
+            # every stated number belongs to the sentence of the step that uses it
+            known: list[int] = []
+            for step in p.steps:
+                expr, result = parse_equation(step)
+                leaf = Counter(int(x) for x in NUM.findall(expr)) - Counter(known)
+                assert any(not leaf - Counter(int(x) for x in NUM.findall(x)) for x in steps_text), (
+                    step,
+                    p.question,
+                )
+                known.append(int(result))
+            # ... and the stated numbers are exactly the leaf operands of the tree
+            operands = Counter(int(x) for s in p.steps for x in NUM.findall(parse_equation(s)[0]))
+            results = Counter(int(parse_equation(s)[1]) for s in p.steps[:-1])
+            stated = Counter(int(x) for x in NUM.findall(" ".join(steps_text)))
+            assert operands - results == stated, p.question
+
+
+def test_phrases_perturbed_split(phrases):
+    perturbed = phrases["test_perturbed"]
+    assert not any(
+        ALT_MARKERS.search(p.question) for s, ps in phrases.items() if s != "test_perturbed" for p in ps
+    )
+    assert any(ALT_MARKERS.search(p.question) for p in perturbed)  # paraphrased
+    assert any(distractor_sentences(p.question) for p in perturbed)  # with a distractor
+    # reordered: some perturbed problem uses neither a paraphrase nor a distractor
+    assert any(not ALT_MARKERS.search(p.question) and not distractor_sentences(p.question) for p in perturbed)
+    # the named style's fact sentences never appear: stated numbers are only inside step sentences
+    for ps in phrases.values():
+        for p in ps:
+            statements, _ = sentences(p.question)
+            facts = [x for x in statements if re.fullmatch(r"[A-Z][a-z]+ (has|owns|keeps) \d+ \w+\.", x)]
+            assert facts == distractor_sentences(p.question)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_perturbation_always_changes_the_text(style):
+    import random
+
+    from atp_latent.data import synthetic
+
+    cfg = SynthConfig(style=style)
+    perturb = synthetic._perturb_named if style == "named" else synthetic._perturb_phrases
+    rng = random.Random(0)
+    for _ in range(300):
+        d = synthetic._draft(style, rng.randint(1, 4), cfg.max_operand, cfg.max_value, rng)
+        plain = d.question()
+        assert perturb(d, cfg, rng) != plain
+        assert d.question() == plain  # the draft itself is left as it was

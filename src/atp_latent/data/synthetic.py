@@ -1,14 +1,24 @@
 """Synthetic GSM-style benchmark: the embedded default dataset.
 
-Each problem is a small binary tree of arithmetic steps. Leaves are numbers stated in the question
-("Ava has 3 marbles."); every inner node is one calculator step ("3*4=12") described in words
-("Cal has as many marbles as Ava times Ben."); the root is what the question asks for. Because
-sibling subtrees are independent, several step orders are usually valid; each record stores one
-topological order drawn at random, and `valid_orders` recovers all of them from the record alone.
+Each problem is a small binary tree of arithmetic steps. Every inner node is one calculator step
+("3*4=12"); the root is what the question asks for. Because sibling subtrees are independent, several
+step orders are usually valid; each record stores one topological order drawn at random, and
+`valid_orders` recovers all of them from the record alone.
+
+Two question styles (SynthConfig.style):
+
+- "phrases" (default, learnable by a tiny model): the numbers a step uses are written inside that
+  step's sentence and only step results get a name, one person per step, so each sentence is local
+  ("Ray has 3 boxes with 4 pens in each box. Quin has 5 more pens than Ray. How many pens does Quin
+  have?"). Sentences appear in a random valid dependency order.
+- "named": every stated number is its own fact ("Ava has 3 marbles.") and every step is a person
+  defined from other names ("Cal has as many marbles as Ava times Ben."), so each step needs several
+  lookup hops.
 
 Splits: train / val / test (in-distribution), test_large (bigger numbers, GSM-Hard's role),
-test_long (more steps than any training problem), test_perturbed (shuffled fact sentences and/or
-an irrelevant distractor sentence, SVAMP's role). All splits are disjoint by question text.
+test_long (more steps than any training problem), test_perturbed (SVAMP's role: sentences in another
+valid order and/or an irrelevant distractor sentence; in "phrases" style also paraphrase templates
+that no other split uses). All splits are disjoint by question text.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from .records import Problem, parse_equation, parse_number
 
 SPLITS = ("train", "val", "test", "test_large", "test_long", "test_perturbed")
 CONFIG_NAME = "synth_config.json"
+STYLES = ("phrases", "named")
 
 
 @dataclass
@@ -44,11 +55,14 @@ class SynthConfig:
     n_test: int = 500
     n_ood: int = 500  # size of each OOD split (test_large, test_long, test_perturbed)
     distractor_prob: float = (
-        0.5  # test_perturbed: chance of an irrelevant sentence (facts are shuffled otherwise)
+        0.5  # test_perturbed: chance of an irrelevant sentence (otherwise reordered/paraphrased)
     )
     seed: int = 0
+    style: str = "phrases"  # question wording, one of STYLES (see the module docstring)
 
     def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise ValueError(f"style must be one of {STYLES}, got {self.style!r}")
         if not 1 <= self.min_steps <= self.max_steps < self.long_min_steps <= self.long_max_steps:
             raise ValueError("need 1 <= min_steps <= max_steps < long_min_steps <= long_max_steps")
         if self.long_max_steps > _MAX_STEPS:
@@ -90,6 +104,48 @@ STEP_TEMPLATES = {
     ),
 }
 QUESTION_TEMPLATES = ("How many {objs} does {C} have?", "What is the number of {objs} that {C} has?")
+# "phrases" style, keyed by (op, kind); kind says which operands are stated numbers (n) and which are
+# earlier results, i.e. named people (q): "nn" two numbers a op b, "qn" Q op b, "nq" b op Q, "qq" Q op R.
+# + and * have no "nq" entry: the operands commute, so "qn" is used. Fields: P the step's person, a/b
+# numbers, obj_a/obj_b the noun agreeing with a/b, objs the plural noun, box_a/friend_b likewise.
+# fmt: off
+PHRASE_TEMPLATES = {
+    ("+", "nn"): "{P} has {a} red {obj_a} and {b} blue {obj_b}.",
+    ("-", "nn"): "{P} had {a} {obj_a} and gave away {b}.",
+    ("*", "nn"): "{P} has {a} {box_a} with {b} {obj_b} in each box.",
+    ("/", "nn"): "{P} gets an equal share when {a} {obj_a} are split among {b} {friend_b}.",
+    ("+", "qn"): "{P} has {b} more {obj_b} than {Q}.",
+    ("-", "qn"): "{P} has {b} fewer {obj_b} than {Q}.",
+    ("*", "qn"): "{P} has {b} times as many {objs} as {Q}.",
+    ("/", "qn"): "{P} has as many {objs} as {Q} divided by {b}.",
+    ("-", "nq"): "{P} had {b} {obj_b} and gave away as many as {Q} has.",
+    ("/", "nq"): "{P} gets an equal share when {b} {obj_b} are split among as many friends as {Q} has {objs}.",
+    ("+", "qq"): "{P} has as many {objs} as {Q} and {R} together.",
+    ("-", "qq"): "{P} has as many {objs} as {Q} has more than {R}.",
+    ("*", "qq"): "{P} has as many {objs} as {Q} times {R}.",
+    ("/", "qq"): "{P} has as many {objs} as {Q} divided by {R}.",
+}
+PHRASE_QUESTION = "How many {objs} does {P} have?"
+# paraphrases used only in test_perturbed ("phrases" style), one per template above
+PHRASE_ALT_TEMPLATES = {
+    ("+", "nn"): "{P} owns {a} red {obj_a} and {b} blue {obj_b}.",
+    ("-", "nn"): "{P} had {a} {obj_a} and gave {b} away.",
+    ("*", "nn"): "{P} owns {a} {box_a} with {b} {obj_b} in each box.",
+    ("/", "nn"): "{P} gets an equal share when {a} {obj_a} are shared among {b} {friend_b}.",
+    ("+", "qn"): "{P} has {b} more {obj_b} than {Q} does.",
+    ("-", "qn"): "{P} has {b} fewer {obj_b} than {Q} does.",
+    ("*", "qn"): "{P} has {b} times as many {objs} as {Q} does.",
+    ("/", "qn"): "{P} has as many {objs} as {Q} has divided by {b}.",
+    ("-", "nq"): "{P} had {b} {obj_b} and gave away as many as {Q} does.",
+    ("/", "nq"): "{P} gets an equal share when {b} {obj_b} are shared among as many friends as {Q} has {objs}.",
+    ("+", "qq"): "{P} has as many {objs} as {Q} and {R} have together.",
+    ("-", "qq"): "{P} has as many {objs} as {Q} has more than {R} does.",
+    ("*", "qq"): "{P} has as many {objs} as {Q} has times what {R} has.",
+    ("/", "qq"): "{P} has as many {objs} as {Q} has divided by what {R} has.",
+}
+# fmt: on
+PHRASE_ALT_QUESTION = "What is the number of {objs} that {P} has?"
+DISTRACTOR_TEMPLATE = "{A} has {n} {obj}."
 SHAPES = ("chain", "balanced", "random")
 # a problem with k steps has 2k+1 quantities, plus one name for a distractor
 _MAX_STEPS = (len(NAMES) - 2) // 2
@@ -106,7 +162,9 @@ class _Node:
     op: str | None = None  # None: a leaf, i.e. a number stated in the question
     left: _Node | None = None
     right: _Node | None = None
-    name: str = ""
+    name: str = ""  # the person holding this quantity (every node in "named" style, steps in "phrases")
+    text: str = ""  # "phrases" style: the step's sentence, and its paraphrase for test_perturbed
+    alt: str = ""
 
     def leaves(self) -> list[_Node]:
         return [self] if self.op is None else self.left.leaves() + self.right.leaves()
@@ -229,8 +287,12 @@ def _step_string(n: _Node, rng: random.Random) -> str:
 # text
 
 
+def _noun(n: int, obj: tuple[str, str]) -> str:
+    return obj[0] if n == 1 else obj[1]
+
+
 def _fact(name: str, n: int, obj: tuple[str, str], rng: random.Random) -> str:
-    return rng.choice(FACT_TEMPLATES).format(A=name, n=n, obj=obj[0] if n == 1 else obj[1])
+    return rng.choice(FACT_TEMPLATES).format(A=name, n=n, obj=_noun(n, obj))
 
 
 def _describe(n: _Node, objs: str, rng: random.Random) -> str:
@@ -240,50 +302,106 @@ def _describe(n: _Node, objs: str, rng: random.Random) -> str:
     return rng.choice(STEP_TEMPLATES[n.op]).format(C=n.name, A=a, B=b, objs=objs)
 
 
+def _phrase(n: _Node, obj: tuple[str, str], rng: random.Random) -> tuple[str, str]:
+    """The "phrases" sentence of step n (plain, paraphrase): stated numbers inline, earlier steps by name."""
+    left, right = n.left, n.right
+    if n.op in _COMMUTATIVE:
+        if (left.op is None) == (right.op is None):
+            if rng.random() < 0.5:  # random operand order, as in the step string
+                left, right = right, left
+        elif left.op is None:  # the number goes second: "P has 3 more pens than Q."
+            left, right = right, left
+    kind = "".join("n" if c.op is None else "q" for c in (left, right))
+    nums = [c.value for c in (left, right) if c.op is None]
+    names = [c.name for c in (left, right) if c.op is not None] + ["", ""]
+    a, b = ([0] + nums)[-2:] if nums else (0, 0)  # a single stated number is always {b}
+    fields = dict(
+        P=n.name, Q=names[0], R=names[1], a=a, b=b, objs=obj[1], obj_a=_noun(a, obj), obj_b=_noun(b, obj),
+        box_a=_noun(a, ("box", "boxes")), friend_b=_noun(b, ("friend", "friends")),
+    )  # fmt: skip
+    key = (n.op, kind)
+    return PHRASE_TEMPLATES[key].format(**fields), PHRASE_ALT_TEMPLATES[key].format(**fields)
+
+
 @dataclass
 class _Draft:
     """A problem before it becomes a record: text parts kept apart so they can be perturbed."""
 
-    facts: list[str]
-    rules: list[str]
+    facts: list[str]  # "named" style: one sentence per stated number; "phrases" style: empty
+    rules: list[str]  # one sentence per step, in question order
     final: str
     steps: list[str]
     answer: str
     spare_name: str  # unused name for a distractor
     obj: tuple[str, str]
+    root: _Node | None = None  # "phrases" style: the tree, to draw another sentence order
+    rule_nodes: list[_Node] = dataclasses.field(default_factory=list)  # "phrases": nodes of `rules`
 
     def question(self, facts: list[str] | None = None) -> str:
         return " ".join((facts if facts is not None else self.facts) + self.rules + [self.final])
 
 
-def _draft(n_steps: int, max_operand: int, max_value: int, rng: random.Random, need_large: int = 0) -> _Draft:
-    """Draw one problem; need_large > 0 requires some stated number above it (test_large)."""
+def _tree(n_steps: int, max_operand: int, max_value: int, rng: random.Random, need_large: int) -> _Node:
     while True:
         try:
             root = _grow(n_steps, rng.choice(SHAPES), max_operand, max_value, rng)
         except _Reject:
             continue
-        leaves, inner = root.leaves(), root.inner()
-        if need_large and max(x.value for x in leaves) <= need_large:
+        if need_large and max(x.value for x in root.leaves()) <= need_large:
             continue
-        break
-    names = rng.sample(NAMES, len(leaves) + len(inner) + 1)
-    for node, name in zip(leaves + inner, names):
+        return root
+
+
+def _draft(
+    style: str, n_steps: int, max_operand: int, max_value: int, rng: random.Random, need_large: int = 0
+) -> _Draft:
+    """Draw one problem; need_large > 0 requires some stated number above it (test_large)."""
+    root = _tree(n_steps, max_operand, max_value, rng, need_large)
+    leaves, inner = root.leaves(), root.inner()
+    if style == "named":
+        names = rng.sample(NAMES, len(leaves) + len(inner) + 1)
+        for node, name in zip(leaves + inner, names):
+            node.name = name
+        obj = rng.choice(OBJECTS)
+        return _Draft(
+            facts=[_fact(x.name, x.value, obj, rng) for x in leaves],
+            rules=[_describe(n, obj[1], rng) for n in inner],
+            final=rng.choice(QUESTION_TEMPLATES).format(objs=obj[1], C=root.name),
+            steps=[_step_string(n, rng) for n in _random_topological_order(root, rng)],
+            answer=str(root.value),
+            spare_name=names[-1],
+            obj=obj,
+        )
+    # "phrases": one person per step, numbers inside the sentences
+    names = rng.sample(NAMES, len(inner) + 1)
+    for node, name in zip(inner, names):
         node.name = name
     obj = rng.choice(OBJECTS)
+    for n in inner:
+        n.text, n.alt = _phrase(n, obj, rng)
+    rule_nodes = _random_topological_order(root, rng)
     return _Draft(
-        facts=[_fact(x.name, x.value, obj, rng) for x in leaves],
-        rules=[_describe(n, obj[1], rng) for n in inner],
-        final=rng.choice(QUESTION_TEMPLATES).format(objs=obj[1], C=root.name),
+        facts=[],
+        rules=[n.text for n in rule_nodes],
+        final=PHRASE_QUESTION.format(objs=obj[1], P=root.name),
         steps=[_step_string(n, rng) for n in _random_topological_order(root, rng)],
         answer=str(root.value),
         spare_name=names[-1],
         obj=obj,
+        root=root,
+        rule_nodes=rule_nodes,
     )
 
 
-def _perturb(d: _Draft, cfg: SynthConfig, rng: random.Random) -> list[str]:
-    """Fact sentences shuffled and/or with an irrelevant distractor; always differs from d.facts."""
+def _distractor(d: _Draft, cfg: SynthConfig, rng: random.Random) -> str:
+    """An irrelevant sentence: the unused name with a number of some other object."""
+    other = rng.choice([o for o in OBJECTS if o != d.obj])
+    n = rng.randint(1, cfg.max_operand)
+    return DISTRACTOR_TEMPLATE.format(A=d.spare_name, n=n, obj=_noun(n, other))
+
+
+def _perturb_named(d: _Draft, cfg: SynthConfig, rng: random.Random) -> str:
+    """Fact sentences shuffled and/or with an irrelevant distractor; always differs from d.question()."""
     facts = list(d.facts)
     add_distractor = rng.random() < cfg.distractor_prob
     if not add_distractor or rng.random() < 0.5:
@@ -298,7 +416,39 @@ def _perturb(d: _Draft, cfg: SynthConfig, rng: random.Random) -> list[str]:
         facts.insert(
             rng.randint(0, len(facts)), _fact(d.spare_name, rng.randint(1, cfg.max_operand), other, rng)
         )
-    return facts
+    return d.question(facts)
+
+
+def _perturb_phrases(d: _Draft, cfg: SynthConfig, rng: random.Random) -> str:
+    """Any mix of: step sentences in another valid order, a distractor sentence, paraphrased sentences.
+
+    Paraphrases come from PHRASE_ALT_TEMPLATES / PHRASE_ALT_QUESTION, which no other split uses.
+    Always differs from d.question().
+    """
+    add_distractor = rng.random() < cfg.distractor_prob
+    reorder, paraphrase = rng.random() < 0.5, rng.random() < 0.5
+    if not (add_distractor or reorder or paraphrase):
+        reorder = True
+    nodes = d.rule_nodes
+    if reorder:
+        for _ in range(10):
+            other = _random_topological_order(d.root, rng)
+            if [n.text for n in other] != d.rules:
+                nodes = other
+                break
+        else:  # a chain has a single valid order: perturb differently
+            paraphrase = paraphrase or not add_distractor
+    sentences = [n.text for n in nodes]
+    final = d.final
+    if paraphrase:  # reword a random non-empty subset of the sentences (the question included)
+        for i in rng.sample(range(len(nodes) + 1), rng.randint(1, len(nodes) + 1)):
+            if i < len(nodes):
+                sentences[i] = nodes[i].alt
+            else:
+                final = PHRASE_ALT_QUESTION.format(objs=d.obj[1], P=d.root.name)
+    if add_distractor:
+        sentences.insert(rng.randint(0, len(sentences)), _distractor(d, cfg, rng))
+    return " ".join(sentences + [final])
 
 
 # -----------------------------------------------------------------------------
@@ -330,9 +480,13 @@ def generate_benchmark(cfg: SynthConfig | None = None) -> dict[str, list[Problem
         problems: list[Problem] = []
         misses = 0
         while len(problems) < size:
-            d = _draft(rng.randint(lo, hi), max_operand, max_value, rng, need_large)
+            d = _draft(cfg.style, rng.randint(lo, hi), max_operand, max_value, rng, need_large)
             plain = d.question()
-            question = d.question(_perturb(d, cfg, rng)) if split == "test_perturbed" else plain
+            if split == "test_perturbed":
+                perturb = _perturb_named if cfg.style == "named" else _perturb_phrases
+                question = perturb(d, cfg, rng)
+            else:
+                question = plain
             if question in seen or plain in seen:
                 misses += 1
                 if misses > 100 * size + 1000:

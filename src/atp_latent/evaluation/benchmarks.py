@@ -32,3 +32,13 @@ def resolve_data(spec: str, data_dir: str | Path | None = None) -> tuple[str, Pa
             raise FileNotFoundError(f"{path}: benchmark '{spec}' not found (set --data-dir or $ATP_DATA)")
         return spec, path
     raise FileNotFoundError(f"{spec}: no such file, and not a benchmark name (known: {', '.join(BENCHMARKS)})")
+
+
+def load_data(spec: str, data_dir: str | Path | None = None, split: str = "train"):
+    """Records from a file, a benchmark name, or a Hugging Face dataset written `hf:NAME[:SPLIT]`."""
+    from atp_latent.data.formats import load_hf_dataset, load_records
+
+    if spec.startswith("hf:"):
+        name, _, hf_split = spec[3:].partition(":")
+        return load_hf_dataset(name, hf_split or split)
+    return load_records(resolve_data(spec, data_dir)[1])

@@ -14,6 +14,7 @@ from atp_latent.modeling.tokenizer import LATENT_TOKENS, add_latent_tokens
 # name -> (architecture, layers, hidden, heads, intermediate). Small enough for a 2-core CPU.
 PRESETS: dict[str, tuple[str, int, int, int, int]] = {
     "llama-tiny": ("llama", 2, 128, 4, 512),
+    "llama-deep": ("llama", 4, 128, 4, 512),
     "llama-small": ("llama", 4, 256, 4, 1024),
     "gpt2-tiny": ("gpt2", 2, 128, 4, 512),
     "gpt2-small": ("gpt2", 4, 256, 4, 1024),

@@ -21,7 +21,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from atp_latent.modeling.engine import LatentState, backbone_forward, fill_latents, generate, new_cache
-from atp_latent.modeling.heads import LatentHead, StopHead, kl_to_standard_normal
+from atp_latent.modeling.heads import LatentHead, StopHead, gaussian_log_density, kl_to_standard_normal
 
 METHODS = ("cot", "nocot", "coconut", "simcot", "atp")
 
@@ -86,7 +86,10 @@ class LatentReasoner(nn.Module):
 
     # ----- SFT losses -----
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Teacher-forced SFT pass; returns each loss term, their weighted total and latent-usage stats."""
+        """Teacher-forced SFT pass; returns each loss term, their weighted total and latent-usage stats.
+        A batch holding an RL trajectory (`rl_z`) is scored instead (see `score`)."""
+        if "rl_z" in batch:
+            return self.score(batch)
         state = self.fill(batch["prefix_ids"], batch["prefix_mask"], batch["n_slots"],
                           stop_mode="forced", forced_active=batch["active"], sample_latents=self.training)
         logits = self.lm_logits(state, batch["suffix_ids"], batch["suffix_mask"])
@@ -154,6 +157,33 @@ class LatentReasoner(nn.Module):
         counts = torch.zeros(n_groups, device=z.device).index_add(0, groups, torch.ones_like(per_pair))
         present = counts > 0
         return (sums[present] / counts[present]).sum() / present.sum()
+
+    # ----- RL: log-probabilities of sampled trajectories -----
+    def score(self, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> dict[str, torch.Tensor]:
+        """Per-position log-probs of trajectories sampled by `answer(sample_latents=True, stop_mode="sample")`,
+        recomputed by teacher forcing the same latents, stop decisions and answer tokens (METHOD.md §8):
+          latent [N, L]: Gaussian log-density of z_t (+ log p(continue) where the stop head let it continue)
+          stop   [N]:    log p(stop) at the slot where the stop head fired (0 where it never fired)
+          answer [N, T]: token log-probs at `temperature`."""
+        state = self.fill(batch["prefix_ids"], batch["prefix_mask"], batch["n_slots"], stop_mode="forced",
+                          forced_active=batch["rl_active"], forced_z=batch["rl_z"])
+        L = batch["rl_active"].shape[1]
+        latent = torch.zeros(batch["rl_active"].shape, device=state.z.device)
+        stop = torch.zeros(latent.shape[0], device=state.z.device)
+        if self.latent_head is not None and L:
+            latent = gaussian_log_density(batch["rl_z"], state.mu, state.logvar).float()
+        if self.stop_head is not None and L:
+            lp = torch.log_softmax(state.stop_logits.float(), -1)
+            cont = batch["rl_consulted"] & ~batch["rl_stopped"]
+            latent = latent + torch.where(cont, lp[..., 0], torch.zeros_like(latent))
+            stop = (lp[..., 1] * batch["rl_stopped"]).sum(-1)
+        latent = latent * batch["rl_active"]
+        tokens, tmask = batch["rl_tokens"], batch["rl_token_mask"]
+        end = torch.full_like(tokens[:, :1], batch["end_id"].item() if torch.is_tensor(batch["end_id"]) else batch["end_id"])
+        inputs = torch.cat([end, tokens[:, :-1]], dim=1)
+        logits = self.lm_logits(state, inputs, tmask.long()).float() / temperature
+        answer = torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1) * tmask
+        return {"latent": latent, "stop": stop, "answer": answer}
 
     # ----- inference -----
     @torch.no_grad()

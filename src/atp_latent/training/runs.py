@@ -54,6 +54,17 @@ _PACKAGES = ("torch", "transformers", "accelerate", "tokenizers", "safetensors")
 _ACTIVE_TMP: set[Path] = set()
 
 
+def replicas_in_sync(accelerator, model) -> bool:
+    """True when every process holds the same parameters (a checksum per tensor, gathered and compared)."""
+    import torch
+
+    if accelerator.num_processes == 1:
+        return True
+    sums = torch.stack([p.detach().double().sum() for p in accelerator.unwrap_model(model).parameters()])
+    gathered = accelerator.gather(sums[None].to(accelerator.device)).view(accelerator.num_processes, -1)
+    return bool(torch.allclose(gathered, gathered[0:1].expand_as(gathered), rtol=0, atol=1e-6))
+
+
 def _now() -> _dt.datetime:
     return _dt.datetime.now().astimezone()
 
@@ -407,6 +418,18 @@ class RunDir:
                 if isinstance(value, float) and not math.isfinite(value):
                     continue
                 writer.add_scalar(key, value, global_step=step)
+            writer.flush()
+
+    def log_histogram(self, name: str, values, step: int) -> None:
+        """A histogram to TensorBoard, and its counts per integer value to metrics.jsonl (``name/hist``)."""
+        import torch
+
+        values = torch.as_tensor(values).flatten()
+        counts = torch.bincount(values.long().clamp(min=0)).tolist() if values.numel() else []
+        self.log({f"{name}/hist": json.dumps(counts)}, step)
+        writer = self._get_writer()
+        if writer is not None and values.numel():
+            writer.add_histogram(name, values.float(), global_step=int(step))
             writer.flush()
 
     def read_metrics(self) -> list[dict[str, Any]]:

@@ -17,14 +17,14 @@ from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
 from atp_latent.config import RunConfig
-from atp_latent.data.formats import load_records
 from atp_latent.data.records import Problem
 from atp_latent.data.sequences import Curriculum, SequenceBuilder, collate, sample_stage
+from atp_latent.evaluation.benchmarks import load_data
 from atp_latent.evaluation.evaluate import evaluate
 from atp_latent.modeling.factory import build_tiny_model, load_pretrained
 from atp_latent.modeling.reasoner import LatentReasoner, ReasonerSpec
 from atp_latent.modeling.tokenizer import build_word_tokenizer
-from atp_latent.training.runs import RunDir, atomic_checkpoint
+from atp_latent.training.runs import RunDir, atomic_checkpoint, replicas_in_sync
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -64,6 +64,14 @@ def build_reasoner(cfg: RunConfig, train: list[Problem]) -> tuple[LatentReasoner
     return LatentReasoner(lm, spec), tok
 
 
+def bucket_by_length(order: list[int], problems: list[Problem], chunk: int) -> list[int]:
+    """Sort each chunk of the shuffled order by length, so a batch holds similar lengths and pads little."""
+    def size(i: int) -> int:
+        return len(problems[i].question) + sum(len(s) for s in problems[i].steps)
+
+    return [i for k in range(0, len(order), chunk) for i in sorted(order[k: k + chunk], key=size)]
+
+
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -86,8 +94,9 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
         torch.set_num_threads(cfg.train.threads)
     hf_logging.disable_progress_bar()
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # on CPU, multi-process runs need cpu=True to pick gloo
         mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.method.name not in ("cot", "nocot"))],
     )
     set_seed(cfg.train.seed)
     is_main = accelerator.is_main_process
@@ -96,8 +105,8 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     if run is not None:
         run.save_config(cfg)
 
-    train_set = load_records(cfg.data.train)[: cfg.data.max_train]
-    val_set = load_records(cfg.data.val)[: cfg.data.max_val] if cfg.data.val else []
+    train_set = load_data(cfg.data.train)[: cfg.data.max_train]
+    val_set = load_data(cfg.data.val, split="validation")[: cfg.data.max_val] if cfg.data.val else []
 
     progress = {"epoch": 0, "batch": 0, "step": 0, "best_val": -1.0, "elapsed": 0.0}
     ckpt = run.latest_checkpoint() if (resume and run is not None) else None
@@ -132,7 +141,11 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
         order = order[: cfg.data.epoch_size]
         # Every process sees the same order and takes its slice of each global batch.
         global_bs = bs * world
+        if cfg.data.length_buckets > 1:
+            order = bucket_by_length(order, train_set, global_bs * cfg.data.length_buckets)
         batches = [order[i: i + global_bs] for i in range(0, len(order) - global_bs + 1, global_bs)] or [order]
+        if cfg.data.length_buckets > 1:
+            rng.shuffle(batches)
         stages = [[sample_stage(cur, epoch, rng) for _ in b] for b in batches]
         model.train()
         bar = tqdm(total=len(batches), initial=progress["batch"], desc=f"{cfg.method.name} epoch {epoch} stage {stage}",
@@ -186,12 +199,19 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
                     progress["best_val"] = acc
                     save_checkpoint(run.path / "best", accelerator, model, tok, optimizer, progress)
             save_checkpoint(run.checkpoint_dir_for(progress["step"]), accelerator, model, tok, optimizer, progress)
+            if epoch_done and epoch + 1 in cfg.train.keep_epochs:
+                save_checkpoint(run.path / f"epoch-{epoch + 1}", accelerator, model, tok, optimizer, progress)
             run.prune_checkpoints(cfg.train.keep_last)
         accelerator.wait_for_everyone()
         if out_of_time:
             break
 
+    in_sync = replicas_in_sync(accelerator, model)
+    if not in_sync:
+        raise RuntimeError("parameters differ across processes: gradients were not synchronised")
     if is_main:
+        run.log({"train/processes": accelerator.num_processes, "train/replicas_in_sync": int(in_sync)},
+                progress["step"])
         final = run.path / "final"
         with atomic_checkpoint(final) as tmp:
             accelerator.unwrap_model(model).save_pretrained(tmp, tok)

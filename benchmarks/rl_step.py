@@ -1,0 +1,448 @@
+"""One GRPO step (rollout + advantages + minibatch updates) against the bare forward/backward passes it needs.
+
+Run:  .venv/bin/python benchmarks/rl_step.py [--questions 16] [--group-size 8] [--minibatch 16] [--threads 1]
+
+Setup: the default tiny model (random weights), a word tokenizer built from the synthetic train questions,
+method "atp" with c=2 and max_latent_stage=4 (8 latent slots), reasoner in eval mode, decoder frozen, AdamW
+over the parameters that require grad, an `accelerate.Accelerator(cpu=True)` as in `train_rl`. The stop
+head is forced never to stop (last layer zeroed, bias (+5, -5)), so every trajectory fills all 8 slots; a
+random model rarely samples eos, so answers run the full --max-new-tokens (both checked and printed). A
+random model earns equal rewards within a group (zero advantages), so after timing `group_advantages` the
+update uses a fixed seeded random advantage vector instead, and every minibatch update does real work.
+Model and optimizer state and both generators are restored before every timed step, so each repeat runs
+the same trajectories.
+
+Figures (ms per RL step; the engine pieces are timed inside the real calls by wrapping the reasoner's
+methods and `rl.decode_plans`, so they add up to the step):
+  engine   `rollout` (fill_latents + generate + decode_plans + rewards), `group_advantages`, `grpo_update`
+           (old log-probs per minibatch under no_grad, then per minibatch: score with grad, surrogate
+           losses, backward, grad clipping, optimizer step).
+  bare     the same backbone passes with inputs prepared beforehand from the engine's own trajectories
+           (embeddings, masks, positions, latents, tokens); see `prepare_rollout`, `prepare_decode`,
+           `prepare_scoring` for what each includes. Per minibatch: the teacher-forced forward under
+           no_grad (old log-probs), then the same forward with grad, a loss on the answer log-probs
+           weighted by the advantages, backward, AdamW step (over the LM's parameters). Left out: sampling
+           (randn, multinomial), stop decisions, mask/position building, stacking, rewards and text
+           decoding, the surrogate's clipping arithmetic, grad-norm clipping. The latent and stop heads are
+           not backbone passes and are left out too (as in benchmarks/latent_engine.py), so the last line
+           counts them as engine cost.
+  bare+heads  the same, plus the heads where the engine runs them (latent head per slot, stop head per
+           group start; in scoring their Gaussian/stop log-probs join the loss, the AdamW step covers the
+           heads). This matters mostly for the backward: without the heads the loss does not depend on the
+           last layer's outputs at the prefix and latent columns, so autograd prunes that part of the graph
+           and the passes-only backward is much cheaper than the engine's. The passes-only ratio (the last
+           line) is therefore an upper bound on the overhead; `overhead counting the heads` is the tighter one.
+Checks printed first: every slot active, answer length, and that the bare passes reproduce the engine's
+answer log-probs (rollout) and the answer and latent log-probs of `score` (float noise only).
+
+The last line is `overhead_vs_bare_passes=<x>` (engine step time / bare time). Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import time
+import warnings
+from collections import defaultdict
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+import atp_latent.training.rl as rl_mod
+from atp_latent.config import load_config
+from atp_latent.data.sequences import builder_for
+from atp_latent.data.synthetic import SynthConfig, generate_benchmark
+from atp_latent.modeling.engine import backbone_forward, new_cache
+from atp_latent.modeling.factory import build_tiny_model
+from atp_latent.modeling.heads import gaussian_log_density
+from atp_latent.modeling.reasoner import LatentReasoner, ReasonerSpec
+from atp_latent.modeling.tokenizer import build_word_tokenizer
+from atp_latent.training.rl import group_advantages, grpo_update, rollout
+
+OVERHEAD_TARGET = 1.5
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--questions", type=int, default=16, help="B, questions per RL step")
+    p.add_argument("--group-size", type=int, default=8, help="G, rollouts per question")
+    p.add_argument("--minibatch", type=int, default=16, help="GRPO minibatch size")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="answer tokens (and coherence-decode tokens)")
+    p.add_argument("--preset", default="llama-tiny")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed repeats of engine step and bare passes (interleaved); the fastest of each is kept")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# setup
+# ----------------------------------------------------------------------------------------------------------
+def build(args):
+    bench = generate_benchmark(SynthConfig(seed=0, n_train=200, n_val=10, n_test=10, n_ood=10))
+    tok = build_word_tokenizer([p.question for p in bench["train"]])
+    seed_everything(args.seed)
+    lm = build_tiny_model(args.preset, tok, seed=args.seed)
+    spec = ReasonerSpec.for_method("atp", latents_per_step=2, max_latent_stage=4)
+    reasoner = LatentReasoner(lm, spec).eval()
+    with torch.no_grad():  # never stop: logits (continue=+5, stop=-5) whatever z is
+        last = reasoner.stop_head.mlp[2]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([5.0, -5.0]))
+    if reasoner.decoder is not None:
+        reasoner.decoder.requires_grad_(False)  # frozen, as in train_rl
+    builder = builder_for(tok, spec)
+    problems = [bench["train"][i % len(bench["train"])] for i in range(args.questions)]
+    cfg = load_config(None, [f"rl.questions_per_step={args.questions}", f"rl.group_size={args.group_size}",
+                             f"rl.minibatch_size={args.minibatch}", f"rl.max_new_tokens={args.max_new_tokens}",
+                             f"rl.coherence_max_tokens={args.max_new_tokens}", f"train.seed={args.seed}"])
+    return tok, reasoner, builder, problems, cfg
+
+
+class Clock:
+    """Wall time per named piece of the engine step, filled by wrappers around the calls the step makes."""
+
+    def __init__(self):
+        self.t: dict[str, float] = defaultdict(float)
+        self.phase = ""
+
+    def wrap(self, fn, name):
+        def inner(*a, **kw):
+            key = f"{self.phase}.{name}:{'grad' if torch.is_grad_enabled() else 'nograd'}"
+            t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            self.t[key] += time.perf_counter() - t0
+            return out
+        return inner
+
+
+def instrument(raw: LatentReasoner, clock: Clock) -> None:
+    """Time the reasoner's pieces where the step calls them (instance attributes shadow the methods;
+    `rollout` looks `decode_plans` up in its module). Overhead: one perf_counter pair per call."""
+    for name in ("answer", "fill", "decode_groups", "score", "lm_logits"):
+        setattr(raw, name, clock.wrap(getattr(raw, name), name))
+    rl_mod.decode_plans = clock.wrap(rl_mod.decode_plans, "decode_plans")
+
+
+def engine_step(model, raw, optimizer, accelerator, builder, problems, cfg, seed, adv_fixed, clock):
+    """One full RL step as train_rl runs it; returns (pieces in seconds, trajectories)."""
+    clock.t.clear()
+    gen = torch.Generator().manual_seed(seed * 1000)
+    perm_rng = torch.Generator().manual_seed(seed + 7)
+    clock.phase = "rollout"
+    t0 = time.perf_counter()
+    traj = rollout(raw, builder, problems, cfg, gen, torch.device("cpu"))
+    t1 = time.perf_counter()
+    adv = group_advantages(traj.rewards, cfg.rl.group_size)
+    t2 = time.perf_counter()
+    del adv  # random model: equal rewards, zero advantages; use the fixed random vector instead
+    clock.phase = "update"
+    stats = grpo_update(model, raw, optimizer, accelerator, traj, adv_fixed, cfg, perm_rng)
+    t3 = time.perf_counter()
+    pieces = {"rollout": t1 - t0, "advantages": t2 - t1, "grpo_update": t3 - t2, "total": t3 - t0} | dict(clock.t)
+    return pieces, traj, stats
+
+
+# ----------------------------------------------------------------------------------------------------------
+# bare passes
+# ----------------------------------------------------------------------------------------------------------
+def prepare_rollout(lm, batch, gen_tokens, end_id):
+    """Inputs of every backbone pass of the rollout's answer(): prefix (embedding looked up beforehand), one
+    single-column pass per latent slot with the engine's sampled z, one per answer token (its embedding
+    looked up beforehand; the lm_head runs on its column). Masks and positions are built beforehand."""
+    ids, mask, z, active = batch["prefix_ids"], batch["prefix_mask"], batch["rl_z"], batch["rl_active"]
+    n, P = ids.shape
+    table = lm.get_input_embeddings()
+    L, T = z.shape[1], gen_tokens.shape[1]
+    with torch.no_grad():
+        prefix_emb = table(ids)
+        answer_in = torch.cat([torch.full((n, 1), end_id, dtype=torch.long), gen_tokens[:, :-1]], dim=1)
+        answer_emb = table(answer_in)
+    full_mask = torch.cat([mask.long(), active.long(), torch.ones(n, T, dtype=torch.long)], dim=1)
+    prefix_pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    n_prefix = mask.long().sum(-1)
+    lat_pos = n_prefix[:, None] + active.long().cumsum(-1) - active.long()
+    after = n_prefix + active.long().sum(-1)
+    steps = []  # (embeds [n,1,d], mask, positions [n,1], with lm_head)
+    for t in range(L):
+        if active[:, t].any():  # the engine skips a slot no row uses
+            steps.append((z[:, t : t + 1].contiguous(), full_mask[:, : P + t + 1].contiguous(),
+                          lat_pos[:, t : t + 1].contiguous(), False))
+    for t in range(T):
+        steps.append((answer_emb[:, t : t + 1].contiguous(), full_mask[:, : P + L + t + 1].contiguous(),
+                      (after + t)[:, None].contiguous(), True))
+    return prefix_emb, mask.long(), prefix_pos, steps
+
+
+@torch.no_grad()
+def run_cached_passes(lm, prepared, prefix_head: bool = False, collect: bool = False):
+    """Prefix pass with a fresh cache (+ lm_head on its last column when `prefix_head`: the decoder's first
+    token), then the single-column passes (+ lm_head where flagged). `collect`: return the head outputs."""
+    prefix_emb, prefix_mask, prefix_pos, steps = prepared
+    head = lm.get_output_embeddings()
+    cache = new_cache(lm)
+    outs = []
+    hidden = backbone_forward(lm, prefix_emb, prefix_mask, prefix_pos, cache)
+    if prefix_head:
+        outs.append(head(hidden[:, -1]))
+    for emb, mask, pos, with_head in steps:
+        hidden = backbone_forward(lm, emb, mask, pos, cache)
+        if with_head:
+            outs.append(head(hidden[:, -1]))
+    return outs if collect else None
+
+
+def prepare_decode(raw: LatentReasoner, z, active, n_tokens, decoded):
+    """Coherence decoding: the decoder's prefix pass over the c latent inputs of each of the N active groups
+    (+ lm_head on its last column: the first token), then one single-column pass per further decoded token
+    (+ lm_head), `n_tokens` tokens in all (as many as the real decode produced)."""
+    dec = raw.step_decoder
+    c = raw.spec.latents_per_step
+    starts = active[:, ::c]
+    rows, groups = starts.nonzero(as_tuple=True)
+    zg = raw.decoder_inputs(z, rows, groups)
+    N = zg.shape[0]
+    table = dec.get_input_embeddings()
+    with torch.no_grad():
+        tok_emb = table(decoded)
+    mask = torch.ones(N, c + n_tokens, dtype=torch.long)
+    steps = [(tok_emb[:, t : t + 1].contiguous(), mask[:, : c + t + 1].contiguous(),
+              torch.full((N, 1), c + t, dtype=torch.long), True) for t in range(n_tokens - 1)]
+    pos = torch.arange(c)[None].expand(N, -1).contiguous()
+    return dec, (zg.to(table.weight.dtype).contiguous(), mask[:, :c].contiguous(), pos, steps)
+
+
+def prepare_scoring(lm, batch, chunks):
+    """Per minibatch (the engine's own shuffled chunks), the teacher-forced forward of `score`: prefix pass,
+    one single-column pass per latent slot (the rollout's z, fixed inputs), one pass over the suffix
+    [<end-latent>, answer tokens[:-1]] with the lm_head on every suffix column. Masks and positions are
+    built beforehand; embeddings are looked up inside the pass (the grad pass trains the table)."""
+    out = []
+    end_id = int(batch["end_id"])
+    for idx in chunks:
+        ids, mask = batch["prefix_ids"][idx], batch["prefix_mask"][idx].long()
+        z, active = batch["rl_z"][idx], batch["rl_active"][idx]
+        tokens, tmask = batch["rl_tokens"][idx], batch["rl_token_mask"][idx].long()
+        n, P = ids.shape
+        prefix_pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        n_prefix = mask.sum(-1)
+        lat_mask = torch.cat([mask, active.long()], dim=1)
+        lat_pos = n_prefix[:, None] + active.long().cumsum(-1) - active.long()
+        lat = [(z[:, t : t + 1].contiguous(), lat_mask[:, : P + t + 1].contiguous(), lat_pos[:, t : t + 1].contiguous())
+               for t in range(z.shape[1]) if active[:, t].any()]
+        suffix_in = torch.cat([torch.full((n, 1), end_id, dtype=torch.long), tokens[:, :-1]], dim=1)
+        suffix_mask = torch.cat([lat_mask, tmask], dim=1)
+        suffix_pos = (n_prefix + active.long().sum(-1))[:, None] + (tmask.cumsum(-1) - 1).clamp(min=0)
+        out.append(dict(ids=ids, mask=mask, pos=prefix_pos, lat=lat, suffix_in=suffix_in, suffix_mask=suffix_mask,
+                        suffix_pos=suffix_pos, tokens=tokens, tmask=tmask, idx=idx))
+    return out
+
+
+def score_forward(lm, mb, heads=None):
+    """The bare teacher-forced forward of one minibatch; returns (answer log-probs [n, T], latent term [n]).
+    With `heads` (latent_head, stop_head, c) the heads run where `score` runs them (the "+heads" variant)."""
+    table, head = lm.get_input_embeddings(), lm.get_output_embeddings()
+    cache = new_cache(lm)
+    hidden = backbone_forward(lm, table(mb["ids"]), mb["mask"], mb["pos"], cache)
+    h = hidden[:, -1]
+    lat_terms = []
+    for t, (z, mask, pos) in enumerate(mb["lat"]):
+        if heads is not None:
+            latent_head, stop_head, c = heads
+            mu, logvar = latent_head(h)
+            lat_terms.append(gaussian_log_density(z[:, 0], mu, logvar))
+            if t % c == 0:
+                lat_terms.append(torch.log_softmax(stop_head(z[:, 0]), -1)[:, 0])
+        h = backbone_forward(lm, z, mask, pos, cache)[:, -1]
+    hidden = backbone_forward(lm, table(mb["suffix_in"]), mb["suffix_mask"], mb["suffix_pos"], cache)
+    logp = torch.log_softmax(head(hidden).float(), -1).gather(-1, mb["tokens"][..., None]).squeeze(-1)
+    lat = torch.stack(lat_terms, 1).sum(1) if lat_terms else logp.new_zeros(logp.shape[0])
+    return logp * mb["tmask"], lat
+
+
+def run_bare(lm, prepared, optimizer, adv, heads=None):
+    """Bare passes of one RL step; returns seconds per piece (same order of work as the engine step)."""
+    rollout_prep, (dec, decode_prep), scoring = prepared
+    out = {}
+    t0 = time.perf_counter()
+    run_cached_passes(lm, rollout_prep)
+    if heads is not None:  # the heads as the rollout runs them: latent head per slot, stop head per group start
+        latent_head, stop_head, c = heads
+        with torch.no_grad():
+            h = rollout_prep[0][:, -1]
+            n_latent = sum(1 for s in rollout_prep[3] if not s[3])
+            for t in range(n_latent):
+                latent_head(h)
+                if t % c == 0:
+                    stop_head(h)
+    t1 = time.perf_counter()
+    run_cached_passes(dec, decode_prep, prefix_head=True)
+    t2 = time.perf_counter()
+    with torch.no_grad():
+        for mb in scoring:
+            score_forward(lm, mb, heads)
+    t3 = time.perf_counter()
+    fwd = bwd = 0.0
+    for mb in scoring:
+        a = time.perf_counter()
+        logp, lat = score_forward(lm, mb, heads)
+        ad = adv[mb["idx"]]
+        loss = -((logp.sum(-1) / mb["tmask"].sum(-1).clamp(min=1)) * ad).mean() - (lat * ad).mean()
+        b = time.perf_counter()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        fwd += b - a
+        bwd += time.perf_counter() - b
+    out.update(rollout=t1 - t0, decode=t2 - t1, score_old=t3 - t2, score_new=fwd, backward_step=bwd)
+    out["total"] = sum(out.values())
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    # rl.py's first-ratio check calls float() on a grad tensor; harmless here, and it would fire every step
+    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    tok, reasoner, builder, problems, cfg = build(args)
+    accelerator = Accelerator(cpu=True)
+    params = [p for p in reasoner.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay)
+    model, optimizer = accelerator.prepare(reasoner, optimizer)
+    raw = accelerator.unwrap_model(model)
+    raw.eval()
+    lm = raw.lm
+    n = args.questions * args.group_size
+    adv_fixed = torch.randn(n, generator=torch.Generator().manual_seed(args.seed + 1))
+    T = args.max_new_tokens
+    clock = Clock()
+    instrument(raw, clock)
+
+    # ---- warm-up step (untimed): also populates the optimizer state; then snapshot model + optimizer ----
+    engine_step(model, raw, optimizer, accelerator, builder, problems, cfg, args.seed, adv_fixed, clock)
+    snap_model = copy.deepcopy(raw.state_dict())
+    snap_opt = copy.deepcopy(optimizer.state_dict())
+
+    def restore():
+        raw.load_state_dict(snap_model)
+        optimizer.load_state_dict(snap_opt)
+
+    restore()
+    _, traj, stats = engine_step(model, raw, optimizer, accelerator, builder, problems, cfg, args.seed,
+                                 adv_fixed, clock)
+    batch = traj.batch
+    L = batch["rl_z"].shape[1]
+
+    # ---- bare inputs from the engine's own trajectories ----
+    gen_tokens = batch["rl_tokens"]
+    rollout_prep = prepare_rollout(lm, batch, gen_tokens, builder.end_id)
+    with torch.no_grad():
+        c = raw.spec.latents_per_step
+        rows, groups = batch["rl_active"][:, ::c].nonzero(as_tuple=True)
+        decoded = raw.decode_groups(raw.decoder_inputs(batch["rl_z"], rows, groups), tok.eos_token_id,
+                                    tok.pad_token_id, cfg.rl.coherence_max_tokens)
+    n_dec = decoded.shape[1]
+    decode_prep = prepare_decode(raw, batch["rl_z"], batch["rl_active"], n_dec, decoded)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed + 7))
+    chunks = [perm[i : i + args.minibatch] for i in range(0, n, args.minibatch)]
+    scoring = prepare_scoring(lm, batch, chunks)
+    prepared = (rollout_prep, decode_prep, scoring)
+    heads = (raw.latent_head, raw.stop_head, raw.spec.latents_per_step)
+    bare_params = [p for p in lm.parameters() if p.requires_grad]
+    bare_opt = torch.optim.AdamW(bare_params, lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay)
+    bare_opt_h = torch.optim.AdamW(params, lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay)
+    # checks that the bare passes compute the engine's numbers: the rollout's answer log-probs (weights
+    # restored to the rollout's), then `score` on the first minibatch against the bare scoring forward
+    restore()
+    with torch.no_grad():
+        lp = torch.log_softmax(torch.stack(run_cached_passes(lm, rollout_prep, collect=True), 1).float(), -1)
+        lp = lp.gather(-1, gen_tokens[..., None]).squeeze(-1) * batch["rl_token_mask"]
+        dev_roll = float((lp - traj.rollout_logps["answer"]).abs().max())
+        ref = raw.score({k: (v if k == "end_id" else v[chunks[0]]) for k, v in batch.items()})
+        logp, lat = score_forward(lm, scoring[0], heads)
+        dev_score = max(float((logp - ref["answer"]).abs().max()), float((lat - ref["latent"].sum(-1)).abs().max()))
+    run_bare(lm, prepared, bare_opt, adv_fixed)  # warm-up (and optimizer state)
+    run_bare(lm, prepared, bare_opt_h, adv_fixed, heads)
+
+    no_eos = int(((gen_tokens != tok.eos_token_id) & batch["rl_token_mask"]).sum(-1).eq(T).sum())
+    all_active = bool(batch["rl_active"].all()) and L == builder.cur.eval_slots
+    n_groups = int(rows.numel())
+    print(f"preset={args.preset} vocab={len(tok)} threads={torch.get_num_threads()} B={args.questions} "
+          f"G={args.group_size} rows={n} minibatch={args.minibatch} ({len(chunks)} minibatches) latent_slots={L} "
+          f"max_new_tokens={T} repeats={args.repeats}")
+    print(f"checks: all {L} slots active in every row: {all_active}; answer gen passes: {gen_tokens.shape[1]} "
+          f"(rows without eos: {no_eos}/{n}); coherence decode: {n_groups} groups x "
+          f"{n_dec} tokens; first-update ratio deviation {stats.get('first_ratio_dev', float('nan')):.1e}")
+    print(f"checks: max |bare - engine| answer log-prob in the rollout {dev_roll:.1e}; "
+          f"in scoring (answer and latent terms, +heads) {dev_score:.1e}")
+
+    # ---- timed: engine step and bare passes interleaved; the fastest repeat of each kept ----
+    best_e, best_b, best_bh = None, None, None
+    for _ in range(args.repeats):
+        restore()
+        e, _, _ = engine_step(model, raw, optimizer, accelerator, builder, problems, cfg, args.seed, adv_fixed,
+                              clock)
+        if best_e is None or e["total"] < best_e["total"]:
+            best_e = e
+        b = run_bare(lm, prepared, bare_opt, adv_fixed)
+        if best_b is None or b["total"] < best_b["total"]:
+            best_b = b
+        bh = run_bare(lm, prepared, bare_opt_h, adv_fixed, heads)
+        if best_bh is None or bh["total"] < best_bh["total"]:
+            best_bh = bh
+    restore()
+
+    e, b, bh = best_e, best_b, best_bh
+
+    def g(key):
+        return e.get(key, 0.0)
+
+    answer, plans = g("rollout.answer:nograd"), g("rollout.decode_plans:nograd")
+    old, new = g("update.score:nograd"), g("update.score:grad")
+    rows_out = [
+        ("rollout: answer() = fill + generate", answer, b["rollout"], bh["rollout"]),
+        ("rollout: decode_plans (coherence)", plans, b["decode"], bh["decode"]),
+        ("rollout: rewards, text, batch", e["rollout"] - answer - plans, 0.0, 0.0),
+        ("group_advantages", e["advantages"], 0.0, 0.0),
+        ("grpo: old log-probs (no_grad score)", old, b["score_old"], bh["score_old"]),
+        ("grpo: score forward with grad", new, b["score_new"], bh["score_new"]),
+        ("grpo: loss+backward+clip+step", e["grpo_update"] - old - new, b["backward_step"], bh["backward_step"]),
+    ]
+    print()
+    print(f"{'piece (ms per RL step)':<38}{'engine':>10}{'bare':>10}{'ratio':>8}{'bare+heads':>12}")
+    for name, te, tb, tbh in rows_out:
+        ratio = f"{te / tb:.2f}" if tb > 0 else "-"
+        print(f"{name:<38}{1e3 * te:>10.1f}{1e3 * tb:>10.1f}{ratio:>8}{1e3 * tbh:>12.1f}")
+    print(f"{'total':<38}{1e3 * e['total']:>10.1f}{1e3 * b['total']:>10.1f}{e['total'] / b['total']:>8.2f}"
+          f"{1e3 * bh['total']:>12.1f}")
+    print()
+    fill_r = g("rollout.fill:nograd")
+    print("engine sub-pieces (ms): "
+          f"rollout fill {1e3 * fill_r:.1f} + generate {1e3 * (answer - fill_r):.1f}; "
+          f"decode_groups {1e3 * g('rollout.decode_groups:nograd'):.1f} of decode_plans {1e3 * plans:.1f}")
+    print("  scoring (fill / teacher-forced suffix / heads+log-probs): "
+          f"no_grad {1e3 * g('update.fill:nograd'):.1f} / {1e3 * g('update.lm_logits:nograd'):.1f} / "
+          f"{1e3 * (old - g('update.fill:nograd') - g('update.lm_logits:nograd')):.1f}; "
+          f"grad {1e3 * g('update.fill:grad'):.1f} / {1e3 * g('update.lm_logits:grad'):.1f} / "
+          f"{1e3 * (new - g('update.fill:grad') - g('update.lm_logits:grad')):.1f}")
+    overhead = e["total"] / b["total"]
+    print(f"overhead counting the heads as model compute: {e['total'] / bh['total']:.3f}")
+    print(f"target overhead <= {OVERHEAD_TARGET:g}: {'met' if overhead <= OVERHEAD_TARGET else 'NOT met'}")
+    print(f"overhead_vs_bare_passes={overhead:.3f}")
+
+
+if __name__ == "__main__":
+    main()

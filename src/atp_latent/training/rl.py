@@ -1,0 +1,289 @@
+"""GRPO on the latent policy (METHOD.md §8), on the shared latent engine.
+
+Per RL step: B questions x G rollouts (sampled latents, sampled stops, sampled answer tokens), rewards
+(accuracy, format, coherence of the decoded steps), group-normalised advantages, then one pass over the
+shuffled buffer in minibatches with the clipped surrogate on three log-prob streams (latents, stop,
+answer). The step decoder is frozen; the base model and both heads train. No KL penalty, no reference.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
+
+from atp_latent.config import RunConfig
+from atp_latent.data.records import Problem
+from atp_latent.data.sequences import SequenceBuilder, _left_pad, builder_for
+from atp_latent.evaluation.answers import extract_answer
+from atp_latent.evaluation.benchmarks import load_data
+from atp_latent.evaluation.evaluate import evaluate
+from atp_latent.modeling.heads import gaussian_log_density
+from atp_latent.modeling.reasoner import LatentReasoner
+from atp_latent.modeling.tokenizer import END_LATENT
+from atp_latent.training.rewards import (
+    RewardWeights,
+    accuracy_reward,
+    coherence_reward,
+    format_reward,
+    total_reward,
+)
+from atp_latent.training.runs import RunDir, atomic_checkpoint, replicas_in_sync
+
+
+def reward_weights(cfg: RunConfig) -> RewardWeights:
+    r = cfg.rl
+    only = r.reward == "coherence_only"
+    return RewardWeights(
+        accuracy=r.w_acc if r.w_acc is not None else (0.0 if only else 1.0),
+        format=r.w_fmt if r.w_fmt is not None else 0.5,
+        coherence=r.w_coh if r.w_coh is not None else (1.0 if only else 0.1),
+    )
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """A_i = (r_i - mean_group) / (std_group + 1e-8); a group with equal rewards gets zeros."""
+    r = rewards.view(-1, group_size)
+    return ((r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True) + 1e-8)).flatten()
+
+
+def clipped_surrogate(logp, old, adv, mask, clip: float, clamp: float) -> tuple[torch.Tensor, dict]:
+    """-min(ratio*A, clip(ratio)*A), masked mean per sequence, mean over the batch."""
+    log_ratio = (logp - old).clamp(-clamp, clamp)
+    ratio = torch.exp(log_ratio)
+    a = adv.view(-1, *([1] * (logp.dim() - 1)))
+    per = -torch.min(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
+    mask = mask.float()
+    dims = tuple(range(1, logp.dim()))
+    seq = (per * mask).sum(dims) / mask.sum(dims).clamp(min=1) if dims else per * mask
+    n = mask.sum().clamp(min=1)
+    stats = {
+        "clip_frac": (((ratio - 1).abs() > clip).float() * mask).sum() / n,
+        "approx_kl": (((ratio - 1) - log_ratio) * mask).sum() / n,
+    }
+    return seq.mean(), stats
+
+
+@dataclass
+class Trajectories:
+    """B*G sampled trajectories and what they earned."""
+
+    batch: dict[str, torch.Tensor]  # the scoring batch (prefix, rl_* tensors)
+    rollout_logps: dict[str, torch.Tensor]  # log-probs recorded while sampling
+    rewards: torch.Tensor
+    terms: dict[str, torch.Tensor]  # per-trajectory acc / fmt / coh
+    latents_used: torch.Tensor
+    sigma: float
+
+
+@torch.no_grad()
+def rollout(model: LatentReasoner, builder: SequenceBuilder, problems: list[Problem], cfg: RunConfig,
+            generator: torch.Generator, device) -> Trajectories:
+    r = cfg.rl
+    tok = builder.tok
+    G = r.group_size
+    prompts = [builder.eval_prompt(p.question) for p in problems for _ in range(G)]
+    golds = [p.answer for p in problems for _ in range(G)]
+    ids, mask = _left_pad([p for p, _ in prompts], tok.pad_token_id)
+    n_slots = torch.tensor([s for _, s in prompts])
+    ids, mask, n_slots = ids.to(device), mask.to(device), n_slots.to(device)
+    state, gen = model.answer(ids, mask, n_slots, builder.end_id, tok.eos_token_id, tok.pad_token_id,
+                              r.max_new_tokens, sample_latents=True, stop_mode="sample",
+                              temperature=r.temperature, generator=generator)
+    # Rewards from the decoded answers and (for coherence) the decoded latent groups.
+    preds = [extract_answer(END_LATENT + tok.decode(gen.tokens[i, : int(gen.lengths[i])].tolist()))
+             for i in range(len(golds))]
+    steps = decode_plans(model, state, tok, r.coherence_max_tokens) if reward_weights(cfg).coherence else None
+    acc = torch.tensor([accuracy_reward(p, g) for p, g in zip(preds, golds)])
+    fmt = torch.tensor([format_reward(p) for p in preds])
+    coh = torch.tensor([coherence_reward(s, p, r.coherence_mode) for s, p in zip(steps, preds)]) if steps \
+        else torch.zeros(len(preds))
+    w = reward_weights(cfg)
+    rewards = torch.tensor([total_reward(a, f, c, w, r.reward == "coherence_only")
+                            for a, f, c in zip(acc.tolist(), fmt.tolist(), coh.tolist())])
+    batch = {
+        "prefix_ids": ids, "prefix_mask": mask, "n_slots": n_slots, "rl_z": state.z, "rl_active": state.active,
+        "rl_consulted": state.consulted, "rl_stopped": state.stopped, "rl_tokens": gen.tokens,
+        "rl_token_mask": gen.mask, "end_id": torch.tensor(builder.end_id),
+    }
+    sigma = float(torch.exp(0.5 * state.logvar)[state.active].mean()) if state.logvar is not None and \
+        state.active.any() else 0.0
+    latent_lp = gaussian_log_density(state.z, state.mu, state.logvar) * state.active if state.mu is not None \
+        else torch.zeros(state.active.shape, device=device)
+    return Trajectories(batch, {"answer": gen.logprobs, "latent_gaussian": latent_lp}, rewards, {"acc": acc, "fmt": fmt, "coh": coh},
+                        state.active.sum(-1).cpu(), sigma)
+
+
+@torch.no_grad()
+def decode_plans(model: LatentReasoner, state, tok, max_tokens: int) -> list[list[str]]:
+    """Decoded text of every active latent group of every trajectory, in one batched cached decode."""
+    c = model.spec.latents_per_step
+    n, L = state.active.shape
+    starts = state.active[:, ::c] if L else state.active
+    rows, groups = starts.nonzero(as_tuple=True)
+    plans: list[list[str]] = [[] for _ in range(n)]
+    if rows.numel() == 0:
+        return plans
+    decoded = model.decode_groups(model.decoder_inputs(state.z, rows, groups), tok.eos_token_id, tok.pad_token_id,
+                                  max_tokens)
+    for i, row in zip(rows.tolist(), decoded.tolist()):
+        cut = row.index(tok.eos_token_id) if tok.eos_token_id in row else len(row)
+        plans[i].append(tok.decode(row[:cut]))
+    return plans
+
+
+def _select(batch: dict, idx: torch.Tensor) -> dict:
+    return {k: (v if k == "end_id" else v[idx]) for k, v in batch.items()}
+
+
+def grpo_update(model, raw: LatentReasoner, optimizer, accelerator: Accelerator, traj: Trajectories,
+                adv: torch.Tensor, cfg: RunConfig, rng: torch.Generator) -> dict[str, float]:
+    """One pass over the shuffled buffer in minibatches. Old log-probs are scored per minibatch right before
+    the updates, with the same batch composition, so the first update's ratio is exactly 1."""
+    r = cfg.rl
+    n = adv.shape[0]
+    perm = torch.randperm(n, generator=rng).to(adv.device)
+    chunks = [perm[i: i + r.minibatch_size] for i in range(0, n, r.minibatch_size)]
+    with torch.no_grad():
+        olds = [raw.score(_select(traj.batch, idx), r.temperature) for idx in chunks]
+    stats: dict[str, list[float]] = {}
+    for k, (idx, old) in enumerate(zip(chunks, olds)):
+        mb = _select(traj.batch, idx)
+        new = model(mb) if r.temperature == 1.0 else raw.score(mb, r.temperature)
+        if k == 0:  # before any update the policy is unchanged: every ratio must be exactly 1
+            stats["first_ratio_dev"] = [max(float((new[s].detach() - old[s]).abs().max()) for s in new)]
+        a = adv[idx]
+        lat_loss, s_lat = clipped_surrogate(new["latent"], old["latent"], a, mb["rl_active"], r.clip, r.logratio_clamp)
+        stop_loss, _ = clipped_surrogate(new["stop"], old["stop"], a, mb["rl_stopped"].any(-1), r.clip,
+                                         r.logratio_clamp)
+        ans_loss, s_ans = clipped_surrogate(new["answer"], old["answer"], a, mb["rl_token_mask"], r.clip,
+                                            r.logratio_clamp)
+        loss = lat_loss + stop_loss + ans_loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError("non-finite RL loss (terms: latent, stop, answer = "
+                                     f"{lat_loss.item():.3g}, {stop_loss.item():.3g}, {ans_loss.item():.3g})")
+        optimizer.zero_grad()
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), r.max_grad_norm if r.max_grad_norm > 0 else 1e12)
+        optimizer.step()
+        for k, v in {"loss": loss, "latent_loss": lat_loss, "stop_loss": stop_loss, "answer_loss": ans_loss,
+                     "grad_norm": grad_norm, "clip_frac_latent": s_lat["clip_frac"],
+                     "clip_frac_answer": s_ans["clip_frac"], "approx_kl_latent": s_lat["approx_kl"],
+                     "approx_kl_answer": s_ans["approx_kl"]}.items():
+            stats.setdefault(k, []).append(float(v.detach()) if torch.is_tensor(v) else float(v))
+    return {k: sum(v) / len(v) for k, v in stats.items()}
+
+
+def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
+    """GRPO from an ATP SFT checkpoint (`model.init_from`); returns the run directory."""
+    if not cfg.model.init_from:
+        raise ValueError("atp-rl needs model.init_from: an ATP SFT checkpoint (RUN/best/model or RUN/final)")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    hf_logging.disable_progress_bar()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    set_seed(cfg.train.seed)
+    is_main = accelerator.is_main_process
+    run = RunDir.create(cfg.output_dir, cfg.name, resume=True) if is_main else None
+    if run is not None:
+        run.save_config(cfg)
+    train_set = load_data(cfg.data.train)[: cfg.data.max_train]
+    val_set = load_data(cfg.data.val, split="validation")[: cfg.data.max_val] if cfg.data.val else []
+
+    from atp_latent.training.sft import checkpoint_weights
+
+    progress = {"step": 0, "best_val": -1.0, "cursor": 0}
+    ckpt = run.latest_checkpoint() if (resume and run is not None) else None
+    model, tok = LatentReasoner.from_pretrained(ckpt / "model" if ckpt else checkpoint_weights(cfg.model.init_from))
+    if model.spec.method != "atp" or model.latent_head is None:
+        raise ValueError(f"{cfg.model.init_from}: atp-rl starts from an ATP checkpoint, got method "
+                         f"'{model.spec.method}'")
+    if model.decoder is not None:
+        model.decoder.requires_grad_(False)  # frozen: it only scores coherence
+    builder = builder_for(tok, model.spec)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay)
+    if ckpt is not None:
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        progress.update(state["progress"])
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
+    raw.eval()  # no dropout: rollouts and scoring must see the same policy
+    device = accelerator.device
+
+    B, world, rank = cfg.rl.questions_per_step, accelerator.num_processes, accelerator.process_index
+    total = cfg.rl.steps or max(1, len(train_set) // (B * world))
+    order = list(range(len(train_set)))
+    random.Random(cfg.train.seed).shuffle(order)
+    gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + rank + progress["step"])
+    perm_rng = torch.Generator().manual_seed(cfg.train.seed + 7 + progress["step"])
+    bar = tqdm(total=total, initial=progress["step"], desc="atp-rl", disable=not is_main)
+    t0 = time.time()
+    while progress["step"] < total:
+        # Each process rolls out its own questions: consecutive slices of one shared order.
+        start = (progress["cursor"] + rank * B) % len(order)
+        problems = [train_set[order[(start + i) % len(order)]] for i in range(B)]
+        progress["cursor"] = (progress["cursor"] + B * world) % len(order)
+        traj = rollout(raw, builder, problems, cfg, gen, device)
+        adv = group_advantages(traj.rewards, cfg.rl.group_size).to(device)
+        stats = grpo_update(model, raw, optimizer, accelerator, traj, adv, cfg, perm_rng)
+        progress["step"] += 1
+        equal = (traj.rewards.view(-1, cfg.rl.group_size).std(-1) == 0).float().mean()
+        lat = traj.latents_used.float()
+        metrics = {f"train/{k}": v for k, v in stats.items()} | {
+            "train/reward": float(traj.rewards.mean()), "train/accuracy": float(traj.terms["acc"].mean()),
+            "train/reward_accuracy": float(traj.terms["acc"].mean()), "train/reward_format": float(traj.terms["fmt"].mean()),
+            "train/reward_coherence": float(traj.terms["coh"].mean()), "train/equal_reward_groups": float(equal),
+            "train/active_latents": float(lat.mean()), "train/sigma": traj.sigma,
+        }
+        if is_main:
+            run.log(metrics, progress["step"])
+            run.log_histogram("train/latents_used", lat, progress["step"])
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['train/reward']:.3f}", acc=f"{metrics['train/accuracy']:.2f}",
+                            lat=f"{lat.mean():.1f}")
+            last = progress["step"] == total
+            if val_set and (progress["step"] % cfg.rl.val_every == 0 or last):
+                max_new = cfg.eval.max_new_tokens
+                summary, _ = evaluate(raw, builder, val_set, batch_size=cfg.eval.batch_size, max_new_tokens=max_new,
+                                      device=device, progress=False)
+                run.log({"eval/val_accuracy": summary.accuracy, "eval/val_tokens": summary.mean_tokens},
+                        progress["step"])
+                # Best checkpoint by validation accuracy, never test (METHOD.md §7).
+                if summary.accuracy > progress["best_val"]:
+                    progress["best_val"] = summary.accuracy
+                    _save(run.path / "best", raw, tok, optimizer, progress)
+            if progress["step"] % cfg.rl.checkpoint_every == 0 or last:
+                _save(run.checkpoint_dir_for(progress["step"]), raw, tok, optimizer, progress)
+                run.prune_checkpoints(cfg.train.keep_last)
+        if cfg.train.max_minutes and time.time() - t0 > 60 * cfg.train.max_minutes:
+            break
+    bar.close()
+    in_sync = replicas_in_sync(accelerator, model)
+    if not in_sync:
+        raise RuntimeError("parameters differ across processes: gradients were not synchronised")
+    if is_main:
+        run.log({"train/processes": accelerator.num_processes, "train/replicas_in_sync": int(in_sync)},
+                progress["step"])
+        with atomic_checkpoint(run.path / "final") as tmp:
+            raw.save_pretrained(tmp, tok)
+        run.log({"train/finished": 1, "train/minutes": (time.time() - t0) / 60}, progress["step"])
+        run.close()
+        print(f"run directory: {run.path}  (final weights: {run.path / 'final'})")
+    accelerator.wait_for_everyone()
+    return Path(cfg.output_dir) / (cfg.name or "")
+
+
+def _save(path: Path, raw: LatentReasoner, tok, optimizer, progress: dict) -> None:
+    with atomic_checkpoint(path) as tmp:
+        raw.save_pretrained(tmp / "model", tok)
+        torch.save({"optimizer": optimizer.state_dict(), "progress": dict(progress)}, tmp / "trainer_state.pt")
