@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (DataError, ConfigError, FileNotFoundError, ValueError, FloatingPointError) as e:
+    except (DataError, ConfigError, FileNotFoundError, FileExistsError, ValueError, FloatingPointError) as e:
         if os.environ.get("ATP_DEBUG"):
             raise
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)

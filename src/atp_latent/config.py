@@ -78,6 +78,9 @@ class OptimConfig:
     grad_accum: int = 1
     max_grad_norm: float = 0.0  # 0: no clipping (the reference)
     warmup_steps: int = 0
+    # constant (the reference) or cosine decay to 10% over the run; with train.max_minutes the run's
+    # progress is the larger of its step and time fractions, so a time-budgeted run still ends decayed
+    schedule: Literal["constant", "cosine"] = "constant"
     reset_each_epoch: bool = True  # the reference re-creates the optimizer every epoch
 
     def __post_init__(self):

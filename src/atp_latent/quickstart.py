@@ -43,6 +43,8 @@ def _train_job(name: str, out: Path, seed: int, scale: float) -> tuple[subproces
 
         minutes = load_config(str(config_path(name))).train.max_minutes or 10.0
         args += ["--set", f"train.max_minutes={minutes * scale:.3f}"]
+    if (out / "runs" / name / "config.yaml").is_file():
+        args.append("--resume")  # an interrupted quickstart continues where its checkpoints left off
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_MININTERVAL": "5", "PYTHONUNBUFFERED": "1"}

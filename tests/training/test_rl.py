@@ -142,3 +142,21 @@ def test_micro_rl_run_raises_mean_reward(toy):
     assert len(rewards) == 30
     first, last = sum(rewards[:8]) / 8, sum(rewards[-8:]) / 8
     assert last > first + 0.02, (first, last)
+
+
+def test_rollout_where_every_row_stops_early_can_be_rescored(setup):
+    """The latent loop ends before n_slots when all rows stopped; re-scoring must replay exactly those slots."""
+    model, tok, builder, cfg = setup
+    with torch.no_grad():
+        bias = model.stop_head.mlp[2].bias.clone()
+        model.stop_head.mlp[2].weight.mul_(0)
+        model.stop_head.mlp[2].bias.copy_(torch.tensor([-8.0, 8.0]))  # always stop at the first group start
+    try:
+        traj = rollout(model, builder, PROBLEMS, cfg, torch.Generator().manual_seed(4), "cpu")
+        assert traj.batch["rl_z"].shape[1] < int(traj.batch["n_slots"].max())
+        with torch.no_grad():
+            scored = model.score(traj.batch)
+        assert torch.isfinite(scored["stop"]).all() and (scored["stop"] < 0).all()
+    finally:
+        with torch.no_grad():
+            model.stop_head.mlp[2].bias.copy_(bias)

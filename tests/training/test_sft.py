@@ -68,3 +68,32 @@ def test_micro_atp_run_from_cot_checkpoint(data, tmp_path):
     assert {r["train/stage"] for r in train_rows} == {1, 2, 3}
     model, _ = LatentReasoner.from_pretrained(run / "final")
     assert model.latent_head is not None and model.decoder is not None
+
+
+def test_two_processes_match_one_process(data, tmp_path):
+    """DDP on 2 CPU processes (gloo): identical replicas, and the loss curve of a 1-process run with the same
+    global batch (per-process token means differ slightly from one global mean, hence the tolerance)."""
+    import subprocess
+    import sys
+
+    def run(name, procs, bs):
+        args = [sys.executable, "-m", "atp_latent.cli", "train", "--output-dir", str(tmp_path), "--name", name]
+        if procs > 1:
+            args += ["--num-processes", str(procs), "--port", "29571"]
+        for s in [f"data.train={data / 'train.jsonl'}", "data.val=null", "method.name=simcot", "train.epochs=2",
+                  f"optim.batch_size={bs}", "train.log_every=1", "train.threads=1", "method.latents_per_step=1",
+                  "curriculum.max_latent_stage=2", "curriculum.epochs_per_stage=1", "optim.lr=0.003",
+                  "optim.reset_each_epoch=false"]:  # a fresh Adam step is sign-sensitive to float noise
+            args += ["--set", s]
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return rows
+
+    one, two = run("one", 1, 16), run("two", 2, 8)
+    assert any(r.get("train/processes") == 2 and r.get("train/replicas_in_sync") == 1 for r in two)
+    l1 = [r["train/loss"] for r in one if "train/loss" in r]
+    l2 = [r["train/loss"] for r in two if "train/loss" in r]
+    assert len(l1) == len(l2) == 12
+    for a, b in zip(l1, l2):
+        assert abs(a - b) <= 0.05 * max(abs(a), 1.0), (l1, l2)

@@ -91,7 +91,7 @@ def fill_latents(
     B, P = prefix_ids.shape
     L = int(n_slots.max().item()) if n_slots.numel() else 0
     if forced_active is not None:
-        L = max(L, forced_active.shape[1])
+        L = forced_active.shape[1]  # teacher forcing replays exactly the slots that were run
     device = prefix_ids.device
     emb_table = lm.get_input_embeddings()
     cache = new_cache(lm)

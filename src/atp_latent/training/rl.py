@@ -192,20 +192,24 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     set_seed(cfg.train.seed)
     is_main = accelerator.is_main_process
-    run = RunDir.create(cfg.output_dir, cfg.name, resume=True) if is_main else None
-    if run is not None:
-        run.save_config(cfg)
+    from atp_latent.training.sft import checkpoint_weights, resume_point
+
+    # Inputs are checked before anything is written (no partial run directory).
     train_set = load_data(cfg.data.train)[: cfg.data.max_train]
     val_set = load_data(cfg.data.val, split="validation")[: cfg.data.max_val] if cfg.data.val else []
-
-    from atp_latent.training.sft import checkpoint_weights
-
-    progress = {"step": 0, "best_val": -1.0, "cursor": 0}
-    ckpt = run.latest_checkpoint() if (resume and run is not None) else None
+    run_path = Path(cfg.output_dir) / (cfg.name or time.strftime("%Y%m%d-%H%M%S"))
+    ckpt = resume_point(run_path, cfg) if resume else None
     model, tok = LatentReasoner.from_pretrained(ckpt / "model" if ckpt else checkpoint_weights(cfg.model.init_from))
     if model.spec.method != "atp" or model.latent_head is None:
         raise ValueError(f"{cfg.model.init_from}: atp-rl starts from an ATP checkpoint, got method "
                          f"'{model.spec.method}'")
+    run = None
+    if is_main:
+        run = RunDir.create(run_path.parent, run_path.name, resume=resume)
+        run.save_config(cfg)
+        if ckpt is not None:
+            run.truncate_metrics_after(int(ckpt.name.split("-")[-1]))
+    progress = {"step": 0, "best_val": -1.0, "cursor": 0}
     if model.decoder is not None:
         model.decoder.requires_grad_(False)  # frozen: it only scores coherence
     builder = builder_for(tok, model.spec)
@@ -226,6 +230,10 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
     random.Random(cfg.train.seed).shuffle(order)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + rank + progress["step"])
     perm_rng = torch.Generator().manual_seed(cfg.train.seed + 7 + progress["step"])
+    rngs = {"rollout": gen, "minibatch": perm_rng}
+    if ckpt is not None and rank == 0:  # the main process continues its exact random streams
+        for k, g in rngs.items():
+            g.set_state(state["rng"][k])
     bar = tqdm(total=total, initial=progress["step"], desc="atp-rl", disable=not is_main)
     t0 = time.time()
     while progress["step"] < total:
@@ -261,9 +269,9 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
                 # Best checkpoint by validation accuracy, never test (METHOD.md §7).
                 if summary.accuracy > progress["best_val"]:
                     progress["best_val"] = summary.accuracy
-                    _save(run.path / "best", raw, tok, optimizer, progress)
+                    _save(run.path / "best", raw, tok, optimizer, progress, rngs)
             if progress["step"] % cfg.rl.checkpoint_every == 0 or last:
-                _save(run.checkpoint_dir_for(progress["step"]), raw, tok, optimizer, progress)
+                _save(run.checkpoint_dir_for(progress["step"]), raw, tok, optimizer, progress, rngs)
                 run.prune_checkpoints(cfg.train.keep_last)
         if cfg.train.max_minutes and time.time() - t0 > 60 * cfg.train.max_minutes:
             break
@@ -280,10 +288,11 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
         run.close()
         print(f"run directory: {run.path}  (final weights: {run.path / 'final'})")
     accelerator.wait_for_everyone()
-    return Path(cfg.output_dir) / (cfg.name or "")
+    return run.path if run is not None else run_path
 
 
-def _save(path: Path, raw: LatentReasoner, tok, optimizer, progress: dict) -> None:
+def _save(path: Path, raw: LatentReasoner, tok, optimizer, progress: dict, rngs: dict) -> None:
     with atomic_checkpoint(path) as tmp:
         raw.save_pretrained(tmp / "model", tok)
-        torch.save({"optimizer": optimizer.state_dict(), "progress": dict(progress)}, tmp / "trainer_state.pt")
+        torch.save({"optimizer": optimizer.state_dict(), "progress": dict(progress),
+                    "rng": {k: g.get_state() for k, g in rngs.items()}}, tmp / "trainer_state.pt")

@@ -420,6 +420,14 @@ class RunDir:
                 writer.add_scalar(key, value, global_step=step)
             writer.flush()
 
+    def truncate_metrics_after(self, step: int) -> None:
+        """Drop metrics logged after `step` (a resumed run redoes those steps)."""
+        if not self.metrics_path.is_file():
+            return
+        keep = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.metrics_path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
     def log_histogram(self, name: str, values, step: int) -> None:
         """A histogram to TensorBoard, and its counts per integer value to metrics.jsonl (``name/hist``)."""
         import torch

@@ -6,6 +6,7 @@ stage's sequences, step the optimizer, log, checkpoint; validate at each epoch e
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -64,6 +65,18 @@ def build_reasoner(cfg: RunConfig, train: list[Problem]) -> tuple[LatentReasoner
     return LatentReasoner(lm, spec), tok
 
 
+def learning_rate(cfg: RunConfig, step: int, total_steps: int, elapsed: float) -> float:
+    """Linear warmup, then constant or cosine decay to 10% of optim.lr (see OptimConfig.schedule)."""
+    o = cfg.optim
+    warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
+    if o.schedule == "constant":
+        return o.lr * warm
+    frac = step / max(total_steps, 1)
+    if cfg.train.max_minutes:
+        frac = max(frac, elapsed / (60 * cfg.train.max_minutes))
+    return o.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
 def bucket_by_length(order: list[int], problems: list[Problem], chunk: int) -> list[int]:
     """Sort each chunk of the shuffled order by length, so a batch holds similar lengths and pads little."""
     def size(i: int) -> int:
@@ -100,20 +113,22 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     )
     set_seed(cfg.train.seed)
     is_main = accelerator.is_main_process
-    run = RunDir.create(cfg.output_dir, cfg.name, resume=True) if is_main else None
-    run_path = Path(cfg.output_dir) / (cfg.name or run.path.name if run else cfg.name or "")
-    if run is not None:
-        run.save_config(cfg)
-
+    # Everything a user can get wrong is checked before anything is written (no partial run directory).
     train_set = load_data(cfg.data.train)[: cfg.data.max_train]
     val_set = load_data(cfg.data.val, split="validation")[: cfg.data.max_val] if cfg.data.val else []
-
-    progress = {"epoch": 0, "batch": 0, "step": 0, "best_val": -1.0, "elapsed": 0.0}
-    ckpt = run.latest_checkpoint() if (resume and run is not None) else None
+    run_path = Path(cfg.output_dir) / (cfg.name or time.strftime("%Y%m%d-%H%M%S"))
+    ckpt = resume_point(run_path, cfg) if resume else None
     if ckpt is not None:
         model, tok = LatentReasoner.from_pretrained(ckpt / "model", spec=spec_of(cfg))
     else:
         model, tok = build_reasoner(cfg, train_set)
+    run = None
+    if is_main:
+        run = RunDir.create(run_path.parent, run_path.name, resume=resume)
+        run.save_config(cfg)
+        if ckpt is not None:
+            run.truncate_metrics_after(int(ckpt.name.split("-")[-1]))
+    progress = {"epoch": 0, "batch": 0, "step": 0, "best_val": -1.0, "elapsed": 0.0}
     cur = curriculum_of(cfg)
     builder = SequenceBuilder(tok, cfg.method.name, cur, mask_surplus=model.spec.use_stop_head)
     optimizer = make_optimizer(model, cfg)
@@ -129,6 +144,8 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     device = accelerator.device
 
     bs, world, rank = cfg.optim.batch_size, accelerator.num_processes, accelerator.process_index
+    per_epoch = max(1, min(len(train_set), cfg.data.epoch_size or len(train_set)) // (bs * world))
+    total_steps = min(cfg.train.max_steps or 10**12, per_epoch * cfg.train.epochs)
     t0 = time.time() - progress["elapsed"]
     out_of_time = False
     for epoch in range(progress["epoch"], cfg.train.epochs):
@@ -163,9 +180,8 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
                 accelerator.backward(out["loss"])
                 if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-                if cfg.optim.warmup_steps:
-                    for g in optimizer.param_groups:
-                        g["lr"] = cfg.optim.lr * min(1.0, (progress["step"] + 1) / cfg.optim.warmup_steps)
+                for g in optimizer.param_groups:
+                    g["lr"] = learning_rate(cfg, progress["step"], total_steps, time.time() - t0)
                 optimizer.step()
                 optimizer.zero_grad()
             progress["batch"] = bi + 1
@@ -173,9 +189,12 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
                 progress["step"] += 1
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss'].item():.3f}", lat=f"{out['active_latents'].item():.1f}")
-            if is_main and progress["step"] % cfg.train.log_every == 0:
-                run.log({f"train/{k}": v.item() for k, v in out.items()} | {"train/stage": stage, "train/epoch": epoch},
-                        progress["step"])
+            if progress["step"] % cfg.train.log_every == 0:
+                # Averaged over processes, so a run's curve does not depend on how many there are.
+                logged = {k: accelerator.reduce(v.detach(), "mean").item() for k, v in out.items()}
+                if is_main:
+                    run.log({f"train/{k}": v for k, v in logged.items()} | {"train/stage": stage, "train/epoch": epoch},
+                            progress["step"])
             progress["elapsed"] = time.time() - t0
             if cfg.train.checkpoint_every and progress["step"] % cfg.train.checkpoint_every == 0 and is_main:
                 save_checkpoint(run.checkpoint_dir_for(progress["step"]), accelerator, model, tok, optimizer, progress)
@@ -229,6 +248,38 @@ def validate(model: LatentReasoner, builder: SequenceBuilder, val_set: list[Prob
                           device=device, progress=False)
     model.train()
     return summary.accuracy
+
+
+# Settings that may change when a run is resumed: budgets and bookkeeping, not what is trained.
+RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.max_minutes", "train.threads", "train.log_every",
+                     "train.checkpoint_every", "train.keep_last", "eval.", "rl.steps", "rl.val_every",
+                     "rl.checkpoint_every")
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += config_changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def resume_point(run_path: Path, cfg: RunConfig) -> Path | None:
+    """The last complete checkpoint of `run_path`, after checking the run's saved config still applies."""
+    from atp_latent.configtools import load_yaml_dict, to_dict
+    from atp_latent.training.runs import latest_checkpoint
+
+    if not (run_path / "config.yaml").is_file():
+        raise ValueError(f"{run_path}: nothing to resume (no config.yaml); drop --resume to start a new run")
+    changed = [k for k in config_changes(load_yaml_dict(run_path / "config.yaml"), to_dict(cfg))
+               if not k.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        raise ValueError(f"{run_path}: --resume with a changed config ({', '.join(changed)}); "
+                         "use a new --name or restore these settings")
+    return latest_checkpoint(run_path)
 
 
 def checkpoint_weights(run_or_ckpt: str | Path) -> Path:
