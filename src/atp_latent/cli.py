@@ -151,6 +151,12 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from atp_latent.suite import run_bench
+
+    return run_bench(args)
+
+
 def cmd_quickstart(args) -> int:
     from atp_latent.quickstart import run_quickstart
 
@@ -207,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--n", type=int, default=5, help="with --data: the first N problems")
     ex.add_argument("--device", default=None)
     ex.set_defaults(func=cmd_explain)
+
+    bn = sub.add_parser("bench", help="train and compare every method the same way; tables and plots")
+    bn.add_argument("--suite", default="cpu", help="cpu (every method on the synthetic benchmark)")
+    bn.add_argument("--seeds", type=int, default=1)
+    bn.add_argument("--out", default="results/cpu")
+    bn.add_argument("--data-seed", type=int, default=0, help="the synthetic data (shared by every seed)")
+    bn.add_argument("--minutes", type=float, default=None, help="scale every training budget to fit this total")
+    bn.set_defaults(func=cmd_bench)
 
     qs = sub.add_parser("quickstart", help="the main job on the embedded default (synthetic data, tiny model, CPU)")
     qs.add_argument("--out", default="quickstart", help="output folder")

@@ -1,0 +1,119 @@
+"""Tables and plots for `atp-latent bench`: mean +- std over seeds, accuracy against # tokens, training
+curves, and the distribution of latents used."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from atp_latent.evaluation.evaluate import mean_std
+
+METRICS = ("accuracy", "mean_tokens", "mean_latents", "mean_answer_tokens")
+
+
+def aggregate(per_seed: list[dict[str, dict[str, dict]]]) -> dict[str, dict[str, dict]]:
+    """results[job][split][metric] over seeds -> mean and std (accuracy_std etc.)."""
+    out: dict[str, dict[str, dict]] = {}
+    for job in per_seed[0]:
+        out[job] = {}
+        for split in per_seed[0][job]:
+            cell = {}
+            for m in METRICS:
+                mean, std = mean_std([r[job][split][m] for r in per_seed])
+                cell[m], cell[f"{m}_std"] = mean, std
+            out[job][split] = cell
+    return out
+
+
+def mean_over_splits(results: dict[str, dict], per_seed: list[dict], job: str, splits: list[str]) -> tuple[float, float]:
+    """Mean accuracy over splits, its std over seeds."""
+    vals = [sum(r[job][s]["accuracy"] for s in splits) / len(splits) for r in per_seed]
+    return mean_std(vals)
+
+
+def results_table(agg: dict, per_seed: list[dict], splits: list[str], labels: dict[str, str]) -> str:
+    head = "| method | " + " | ".join(splits) + " | mean acc | # tokens | latents | answer tokens |"
+    lines = [head, "|" + "---|" * (len(splits) + 5)]
+    for job, per in agg.items():
+        cells = [f"{100 * per[s]['accuracy']:.1f} ± {100 * per[s]['accuracy_std']:.1f}" for s in splits]
+        m, sd = mean_over_splits(agg, per_seed, job, splits)
+        avg = {k: sum(per[s][k] for s in splits) / len(splits) for k in METRICS}
+        lines.append(f"| {labels.get(job, job)} | " + " | ".join(cells) + f" | {100 * m:.1f} ± {100 * sd:.1f} | "
+                     f"{avg['mean_tokens']:.1f} | {avg['mean_latents']:.1f} | {avg['mean_answer_tokens']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_accuracy_vs_tokens(agg: dict, per_seed: list[dict], splits: list[str], labels: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for job, per in agg.items():
+        m, sd = mean_over_splits(agg, per_seed, job, splits)
+        tok = sum(per[s]["mean_tokens"] for s in splits) / len(splits)
+        ax.errorbar(tok, 100 * m, yerr=100 * sd, fmt="o", capsize=3, label=labels.get(job, job))
+    ax.set_xscale("log")
+    ax.set_xlabel("# tokens (active latents + answer tokens; CoT: generated tokens)")
+    ax.set_ylabel("mean accuracy over test splits (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_training_curves(run_dirs: dict[str, list[Path]], labels: dict, path: Path) -> None:
+    """train/loss (SFT) or train/reward (RL) per step, one panel per method, one line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    jobs = list(run_dirs)
+    cols = 4
+    rows = (len(jobs) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, job in zip(axes.flat, jobs):
+        for seed, run in enumerate(run_dirs[job]):
+            path_m = run / "metrics.jsonl"
+            if not path_m.is_file():
+                continue
+            rows_m = [json.loads(line) for line in path_m.read_text().splitlines() if line.strip()]
+            key = "train/reward" if any("train/reward" in r for r in rows_m) else "train/loss"
+            pts = [(r["step"], r[key]) for r in rows_m if key in r]
+            if pts:
+                ax.plot(*zip(*pts), lw=1, label=f"seed {seed}")
+            ax.set_ylabel(key)
+        ax.set_title(labels.get(job, job), fontsize=9)
+        ax.set_xlabel("step")
+        if job in ("cot", "nocot", "coconut", "simcot", "atp"):
+            ax.set_yscale("log")
+    for ax in list(axes.flat)[len(jobs):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_latents(latents: dict[str, list[int]], labels: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    jobs = [j for j, v in latents.items() if v and max(v) > 0]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if jobs:
+        top = max(max(latents[j]) for j in jobs)
+        width = 0.8 / len(jobs)
+        for k, job in enumerate(jobs):
+            counts = [latents[job].count(n) / len(latents[job]) for n in range(top + 1)]
+            ax.bar([n + k * width for n in range(top + 1)], counts, width=width, label=labels.get(job, job))
+    ax.set_xlabel("latents used per problem (test splits)")
+    ax.set_ylabel("share of problems")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
