@@ -80,19 +80,21 @@ def _launch(args) -> int:
 
 def cmd_eval(args) -> int:
     from atp_latent.data.formats import load_records
-    from atp_latent.data.sequences import builder_for
     from atp_latent.evaluation.benchmarks import resolve_data
-    from atp_latent.evaluation.evaluate import evaluate, markdown_table, mean_std
-    from atp_latent.modeling.reasoner import LatentReasoner
-    from atp_latent.training.sft import checkpoint_weights
+    from atp_latent.evaluation.evaluate import (
+        default_max_new_tokens,
+        evaluate,
+        load_for_eval,
+        markdown_table,
+        mean_std,
+    )
+    from atp_latent.training.runs import checkpoint_weights
 
     device = _device(args.device)
     datasets = [resolve_data(d, args.data_dir) for d in args.data]
     weights = checkpoint_weights(args.checkpoint)
-    model, tok = LatentReasoner.from_pretrained(weights)
-    model.to(device).eval()
-    builder = builder_for(tok, model.spec)
-    max_new = args.max_new_tokens or (160 if model.spec.method == "cot" else 16)
+    model, tok, builder = load_for_eval(weights, device)
+    max_new = args.max_new_tokens or default_max_new_tokens(model.spec.method)
     seeds = args.seeds if args.latent_sample else 1
     results, rows_out = {}, {}
     for name, path in datasets:
@@ -127,17 +129,14 @@ def cmd_eval(args) -> int:
 
 def cmd_explain(args) -> int:
     from atp_latent.data.formats import load_records
-    from atp_latent.data.sequences import builder_for
     from atp_latent.evaluation.benchmarks import resolve_data
+    from atp_latent.evaluation.evaluate import load_for_eval
     from atp_latent.evaluation.explain import explain, format_explanation
-    from atp_latent.modeling.reasoner import LatentReasoner
-    from atp_latent.training.sft import checkpoint_weights
 
     if not args.question and not args.data:
         raise ValueError("explain needs --question TEXT or --data FILE")
     device = _device(args.device)
-    model, tok = LatentReasoner.from_pretrained(checkpoint_weights(args.checkpoint))
-    model.to(device)
+    model, tok, builder = load_for_eval(args.checkpoint, device)
     if not model.spec.latent:
         raise ValueError(f"{args.checkpoint}: method '{model.spec.method}' has no latent reasoning to explain")
     questions, golds = list(args.question or []), [None] * len(args.question or [])
@@ -145,7 +144,7 @@ def cmd_explain(args) -> int:
         problems = load_records(resolve_data(args.data, args.data_dir)[1])[: args.n]
         questions += [p.question for p in problems]
         golds += [p.answer for p in problems]
-    results = explain(model, builder_for(tok, model.spec), questions, device=device)
+    results = explain(model, builder, questions, device=device)
     for e, gold in zip(results, golds):
         print(format_explanation(e, gold, model.spec.latents_per_step, model.spec.use_decoder) + "\n")
     return 0

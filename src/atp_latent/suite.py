@@ -103,17 +103,13 @@ def run_phase(suite: Suite, jobs: list[str], out: Path, seed: int, scale: float 
 def evaluate_jobs(jobs: list[str], out: Path, batch_size: int = 100) -> tuple[dict, dict]:
     """Every job's best checkpoint on every test split. Returns (summaries, per-problem latent counts)."""
     from atp_latent.data.formats import load_records
-    from atp_latent.data.sequences import builder_for
-    from atp_latent.evaluation.evaluate import evaluate
-    from atp_latent.modeling.reasoner import LatentReasoner
-    from atp_latent.training.sft import checkpoint_weights
+    from atp_latent.evaluation.evaluate import default_max_new_tokens, evaluate, load_for_eval
 
     results: dict[str, dict[str, dict]] = {}
     latents: dict[str, list[int]] = {}
     for job in jobs:
-        model, tok = LatentReasoner.from_pretrained(checkpoint_weights(out / "runs" / job))
-        builder = builder_for(tok, model.spec)
-        max_new = 160 if model.spec.method == "cot" else 16
+        model, _, builder = load_for_eval(out / "runs" / job)
+        max_new = default_max_new_tokens(model.spec.method)
         results[job], latents[job] = {}, []
         for split in TEST_SPLITS:
             problems = load_records(out / "data" / f"{split}.jsonl")

@@ -86,6 +86,21 @@ def evaluate(
     return summary, done
 
 
+def default_max_new_tokens(method: str) -> int:
+    """16 answer tokens for latent methods and No-CoT (METHOD.md §9); CoT also writes its steps."""
+    return 160 if method == "cot" else 16
+
+
+def load_for_eval(run_or_checkpoint, device="cpu"):
+    """A run directory (its best/ or final/ weights) or a checkpoint -> (reasoner, tokenizer, builder)."""
+    from atp_latent.data.sequences import builder_for
+    from atp_latent.training.runs import checkpoint_weights
+
+    model, tok = LatentReasoner.from_pretrained(checkpoint_weights(run_or_checkpoint))
+    model.to(device).eval()
+    return model, tok, builder_for(tok, model.spec)
+
+
 def mean_std(xs: list[float]) -> tuple[float, float]:
     m = sum(xs) / len(xs)
     return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)

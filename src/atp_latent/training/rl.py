@@ -35,7 +35,14 @@ from atp_latent.training.rewards import (
     format_reward,
     total_reward,
 )
-from atp_latent.training.runs import RunDir, atomic_checkpoint, replicas_in_sync
+from atp_latent.training.runs import (
+    RunDir,
+    atomic_checkpoint,
+    checkpoint_weights,
+    replicas_in_sync,
+    resume_point,
+    save_training_checkpoint,
+)
 
 
 def reward_weights(cfg: RunConfig) -> RewardWeights:
@@ -192,8 +199,6 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     set_seed(cfg.train.seed)
     is_main = accelerator.is_main_process
-    from atp_latent.training.sft import checkpoint_weights, resume_point
-
     # Inputs are checked before anything is written (no partial run directory).
     train_set = load_data(cfg.data.train)[: cfg.data.max_train]
     val_set = load_data(cfg.data.val, split="validation")[: cfg.data.max_val] if cfg.data.val else []
@@ -292,7 +297,4 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
 
 
 def _save(path: Path, raw: LatentReasoner, tok, optimizer, progress: dict, rngs: dict) -> None:
-    with atomic_checkpoint(path) as tmp:
-        raw.save_pretrained(tmp / "model", tok)
-        torch.save({"optimizer": optimizer.state_dict(), "progress": dict(progress),
-                    "rng": {k: g.get_state() for k, g in rngs.items()}}, tmp / "trainer_state.pt")
+    save_training_checkpoint(path, raw, tok, optimizer, progress, {k: g.get_state() for k, g in rngs.items()})

@@ -54,6 +54,16 @@ _PACKAGES = ("torch", "transformers", "accelerate", "tokenizers", "safetensors")
 _ACTIVE_TMP: set[Path] = set()
 
 
+def save_training_checkpoint(path: Path, model, tokenizer, optimizer, progress: dict, rng: dict) -> None:
+    """Weights (save_pretrained form, in model/) + optimizer + loop position + RNG states, written atomically."""
+    import torch
+
+    with atomic_checkpoint(path) as tmp:
+        model.save_pretrained(tmp / "model", tokenizer)
+        torch.save({"optimizer": optimizer.state_dict(), "progress": dict(progress), "rng": rng},
+                   tmp / "trainer_state.pt")
+
+
 def replicas_in_sync(accelerator, model) -> bool:
     """True when every process holds the same parameters (a checksum per tensor, gathered and compared)."""
     import torch
@@ -470,3 +480,43 @@ class RunDir:
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
+
+
+# Settings that may change when a run is resumed: budgets and bookkeeping, not what is trained.
+RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.max_minutes", "train.threads", "train.log_every",
+                     "train.checkpoint_every", "train.keep_last", "eval.", "rl.steps", "rl.val_every",
+                     "rl.checkpoint_every")
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += config_changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def resume_point(run_path: Path, cfg) -> Path | None:
+    """The last complete checkpoint of `run_path`, after checking the run's saved config still applies."""
+    from atp_latent.configtools import load_yaml_dict, to_dict
+
+    if not (run_path / "config.yaml").is_file():
+        raise ValueError(f"{run_path}: nothing to resume (no config.yaml); drop --resume to start a new run")
+    changed = [k for k in config_changes(load_yaml_dict(run_path / "config.yaml"), to_dict(cfg))
+               if not k.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        raise ValueError(f"{run_path}: --resume with a changed config ({', '.join(changed)}); "
+                         "use a new --name or restore these settings")
+    return latest_checkpoint(run_path)
+
+
+def checkpoint_weights(run_or_ckpt: str | Path) -> Path:
+    """Resolve RUN_DIR (-> best/model, final) or a checkpoint directory to a save_pretrained directory."""
+    p = Path(run_or_ckpt)
+    for cand in (p / "best" / "model", p / "final", p / "model", p):
+        if (cand / "reasoner.json").is_file():
+            return cand
+    raise ValueError(f"{p}: no checkpoint found (expected reasoner.json in best/model, final/ or the folder itself)")

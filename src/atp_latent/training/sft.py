@@ -25,7 +25,13 @@ from atp_latent.evaluation.evaluate import evaluate
 from atp_latent.modeling.factory import build_tiny_model, load_pretrained
 from atp_latent.modeling.reasoner import LatentReasoner, ReasonerSpec
 from atp_latent.modeling.tokenizer import build_word_tokenizer
-from atp_latent.training.runs import RunDir, atomic_checkpoint, replicas_in_sync
+from atp_latent.training.runs import (
+    RunDir,
+    atomic_checkpoint,
+    replicas_in_sync,
+    resume_point,
+    save_training_checkpoint,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -91,14 +97,8 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimi
 
 
 def save_checkpoint(path: Path, accelerator: Accelerator, model, tokenizer, optimizer, progress: dict) -> None:
-    """Model (save_pretrained form) + optimizer + RNG + loop position, written atomically."""
-    with atomic_checkpoint(path) as tmp:
-        accelerator.unwrap_model(model).save_pretrained(tmp / "model", tokenizer)
-        torch.save({
-            "optimizer": optimizer.state_dict(),
-            "progress": progress,
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-        }, tmp / "trainer_state.pt")
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    save_training_checkpoint(path, accelerator.unwrap_model(model), tokenizer, optimizer, progress, rng)
 
 
 def train(cfg: RunConfig, resume: bool = False) -> Path:
@@ -248,46 +248,3 @@ def validate(model: LatentReasoner, builder: SequenceBuilder, val_set: list[Prob
                           device=device, progress=False)
     model.train()
     return summary.accuracy
-
-
-# Settings that may change when a run is resumed: budgets and bookkeeping, not what is trained.
-RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.max_minutes", "train.threads", "train.log_every",
-                     "train.checkpoint_every", "train.keep_last", "eval.", "rl.steps", "rl.val_every",
-                     "rl.checkpoint_every")
-
-
-def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += config_changes(a, b, f"{prefix}{k}.")
-        elif a != b:
-            keys.append(f"{prefix}{k}")
-    return keys
-
-
-def resume_point(run_path: Path, cfg: RunConfig) -> Path | None:
-    """The last complete checkpoint of `run_path`, after checking the run's saved config still applies."""
-    from atp_latent.configtools import load_yaml_dict, to_dict
-    from atp_latent.training.runs import latest_checkpoint
-
-    if not (run_path / "config.yaml").is_file():
-        raise ValueError(f"{run_path}: nothing to resume (no config.yaml); drop --resume to start a new run")
-    changed = [k for k in config_changes(load_yaml_dict(run_path / "config.yaml"), to_dict(cfg))
-               if not k.startswith(RESUMABLE_CHANGES)]
-    if changed:
-        raise ValueError(f"{run_path}: --resume with a changed config ({', '.join(changed)}); "
-                         "use a new --name or restore these settings")
-    return latest_checkpoint(run_path)
-
-
-def checkpoint_weights(run_or_ckpt: str | Path) -> Path:
-    """Resolve RUN_DIR (-> best/model, final) or a checkpoint directory to a save_pretrained directory."""
-    p = Path(run_or_ckpt)
-    for cand in (p / "best" / "model", p / "final", p / "model", p):
-        if (cand / "reasoner.json").is_file():
-            return cand
-    raise ValueError(f"{p}: no checkpoint found (expected reasoner.json in best/model, final/ or the folder itself)")
-
-
