@@ -15,15 +15,12 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
-from transformers.utils import logging as hf_logging
 
 from atp_latent.config import RunConfig
 from atp_latent.data.records import Problem
 from atp_latent.data.sequences import SequenceBuilder, _left_pad, builder_for
 from atp_latent.evaluation.answers import extract_answer
-from atp_latent.evaluation.benchmarks import load_data
 from atp_latent.evaluation.evaluate import evaluate
 from atp_latent.modeling.heads import gaussian_log_density
 from atp_latent.modeling.reasoner import LatentReasoner
@@ -36,13 +33,12 @@ from atp_latent.training.rewards import (
     total_reward,
 )
 from atp_latent.training.runs import (
-    RunDir,
     atomic_checkpoint,
     checkpoint_weights,
     replicas_in_sync,
-    resume_point,
     save_training_checkpoint,
 )
+from atp_latent.training.sft import open_run_dir, prepare_run
 
 
 def reward_weights(cfg: RunConfig) -> RewardWeights:
@@ -192,28 +188,13 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
     """GRPO from an ATP SFT checkpoint (`model.init_from`); returns the run directory."""
     if not cfg.model.init_from:
         raise ValueError("atp-rl needs model.init_from: an ATP SFT checkpoint (RUN/best/model or RUN/final)")
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    hf_logging.disable_progress_bar()
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    set_seed(cfg.train.seed)
+    accelerator, train_set, val_set, run_path, ckpt = prepare_run(cfg, resume, find_unused_parameters=True)
     is_main = accelerator.is_main_process
-    # Inputs are checked before anything is written (no partial run directory).
-    train_set = load_data(cfg.data.train)[: cfg.data.max_train]
-    val_set = load_data(cfg.data.val, split="validation")[: cfg.data.max_val] if cfg.data.val else []
-    run_path = Path(cfg.output_dir) / (cfg.name or time.strftime("%Y%m%d-%H%M%S"))
-    ckpt = resume_point(run_path, cfg) if resume else None
     model, tok = LatentReasoner.from_pretrained(ckpt / "model" if ckpt else checkpoint_weights(cfg.model.init_from))
     if model.spec.method != "atp" or model.latent_head is None:
         raise ValueError(f"{cfg.model.init_from}: atp-rl starts from an ATP checkpoint, got method "
                          f"'{model.spec.method}'")
-    run = None
-    if is_main:
-        run = RunDir.create(run_path.parent, run_path.name, resume=resume)
-        run.save_config(cfg)
-        if ckpt is not None:
-            run.truncate_metrics_after(int(ckpt.name.split("-")[-1]))
+    run = open_run_dir(run_path, cfg, resume, ckpt) if is_main else None
     progress = {"step": 0, "best_val": -1.0, "cursor": 0}
     if model.decoder is not None:
         model.decoder.requires_grad_(False)  # frozen: it only scores coherence

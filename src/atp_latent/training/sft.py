@@ -96,6 +96,35 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
 
 
+def prepare_run(cfg: RunConfig, resume: bool, find_unused_parameters: bool):
+    """Threads, accelerator, seed, data, and the run path with its checkpoint to resume from. Everything a user
+    can get wrong is checked here, before anything is written (no partial run directory)."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    hf_logging.disable_progress_bar()
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # on CPU, multi-process runs need cpu=True to pick gloo
+        mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+    )
+    set_seed(cfg.train.seed)
+    train_set = load_data(cfg.data.train)[: cfg.data.max_train]
+    val_set = load_data(cfg.data.val, split="validation")[: cfg.data.max_val] if cfg.data.val else []
+    run_path = Path(cfg.output_dir) / (cfg.name or time.strftime("%Y%m%d-%H%M%S"))
+    ckpt = resume_point(run_path, cfg) if resume else None
+    return accelerator, train_set, val_set, run_path, ckpt
+
+
+def open_run_dir(run_path: Path, cfg: RunConfig, resume: bool, ckpt: Path | None) -> RunDir:
+    """The run directory (main process only), with the resolved config; a resumed run forgets the metrics
+    logged after its checkpoint, since those steps are redone."""
+    run = RunDir.create(run_path.parent, run_path.name, resume=resume)
+    run.save_config(cfg)
+    if ckpt is not None:
+        run.truncate_metrics_after(int(ckpt.name.split("-")[-1]))
+    return run
+
+
 def save_checkpoint(path: Path, accelerator: Accelerator, model, tokenizer, optimizer, progress: dict) -> None:
     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
     save_training_checkpoint(path, accelerator.unwrap_model(model), tokenizer, optimizer, progress, rng)
@@ -103,31 +132,14 @@ def save_checkpoint(path: Path, accelerator: Accelerator, model, tokenizer, opti
 
 def train(cfg: RunConfig, resume: bool = False) -> Path:
     """Run SFT as configured; returns the run directory. Final weights are in RUN/final."""
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    hf_logging.disable_progress_bar()
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),  # on CPU, multi-process runs need cpu=True to pick gloo
-        mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.method.name not in ("cot", "nocot"))],
-    )
-    set_seed(cfg.train.seed)
+    accelerator, train_set, val_set, run_path, ckpt = prepare_run(
+        cfg, resume, find_unused_parameters=cfg.method.name not in ("cot", "nocot"))
     is_main = accelerator.is_main_process
-    # Everything a user can get wrong is checked before anything is written (no partial run directory).
-    train_set = load_data(cfg.data.train)[: cfg.data.max_train]
-    val_set = load_data(cfg.data.val, split="validation")[: cfg.data.max_val] if cfg.data.val else []
-    run_path = Path(cfg.output_dir) / (cfg.name or time.strftime("%Y%m%d-%H%M%S"))
-    ckpt = resume_point(run_path, cfg) if resume else None
     if ckpt is not None:
         model, tok = LatentReasoner.from_pretrained(ckpt / "model", spec=spec_of(cfg))
     else:
         model, tok = build_reasoner(cfg, train_set)
-    run = None
-    if is_main:
-        run = RunDir.create(run_path.parent, run_path.name, resume=resume)
-        run.save_config(cfg)
-        if ckpt is not None:
-            run.truncate_metrics_after(int(ckpt.name.split("-")[-1]))
+    run = open_run_dir(run_path, cfg, resume, ckpt) if is_main else None
     progress = {"epoch": 0, "batch": 0, "step": 0, "best_val": -1.0, "elapsed": 0.0}
     cur = curriculum_of(cfg)
     builder = SequenceBuilder(tok, cfg.method.name, cur, mask_surplus=model.spec.use_stop_head)
