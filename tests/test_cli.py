@@ -123,3 +123,18 @@ def test_explain_rejects_language_baseline(tmp_path, capsys):
     LatentReasoner(build_tiny_model("llama-tiny", tok), ReasonerSpec.for_method("cot")).save_pretrained(tmp_path / "c", tok)
     assert main(["explain", "--checkpoint", str(tmp_path / "c"), "--question", "a"]) == 1
     assert "no latent reasoning" in capsys.readouterr().err
+
+
+def test_eval_sharded_over_two_processes_matches_one(checkpoint):
+    data = checkpoint / "data" / "test_long.jsonl"
+    outs = {}
+    for n in (1, 2):
+        out = checkpoint / f"shard{n}.json"
+        args = [sys.executable, "-m", "atp_latent.cli", "eval", "--checkpoint", str(checkpoint / "run"), "--data",
+                str(data), "--out", str(out), "--max-new-tokens", "4", "--num-processes", str(n), "--port", "29581"]
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outs[n] = json.loads(out.read_text())["results"]["test_long"]
+    assert outs[2]["n"] == outs[1]["n"] == 6
+    for k in ("accuracy", "mean_tokens", "mean_latents", "mean_answer_tokens"):
+        assert outs[2][k] == pytest.approx(outs[1][k])

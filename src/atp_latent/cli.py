@@ -9,6 +9,12 @@ import sys
 from pathlib import Path
 
 
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _device(name: str | None):
     import torch
 
@@ -87,10 +93,18 @@ def cmd_eval(args) -> int:
         load_for_eval,
         markdown_table,
         mean_std,
+        summarize,
     )
     from atp_latent.training.runs import checkpoint_weights
 
-    device = _device(args.device)
+    if args.num_processes and args.num_processes > 1:
+        return _launch(args)
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    # Under `accelerate launch` every process evaluates its shard; rows are gathered on all processes.
+    state = PartialState(cpu=not torch_cuda())
+    device = _device(args.device) if state.num_processes == 1 else state.device
     datasets = [resolve_data(d, args.data_dir) for d in args.data]
     weights = checkpoint_weights(args.checkpoint)
     model, tok, builder = load_for_eval(weights, device)
@@ -99,11 +113,15 @@ def cmd_eval(args) -> int:
     results, rows_out = {}, {}
     for name, path in datasets:
         problems = load_records(path)[: args.limit]
+        shard = problems[state.process_index:: state.num_processes]
         runs = []
         for seed in range(seeds):
-            summary, rows = evaluate(model, builder, problems, batch_size=args.batch_size, max_new_tokens=max_new,
-                                     sample_latents=args.latent_sample, seed=seed, device=device, desc=name)
-            runs.append(summary.as_dict())
+            _, rows = evaluate(model, builder, shard, batch_size=args.batch_size, max_new_tokens=max_new,
+                               sample_latents=args.latent_sample, seed=seed, device=device, desc=name,
+                               progress=state.is_main_process)
+            if state.num_processes > 1:
+                rows = gather_object(rows)
+            runs.append(summarize(rows).as_dict())
             rows_out[name] = rows
         res = {k: mean_std([r[k] for r in runs])[0] for k in runs[0]}
         res["accuracy_std"] = mean_std([r["accuracy"] for r in runs])[1]
@@ -111,6 +129,8 @@ def cmd_eval(args) -> int:
         results[name] = res
     method = model.spec.method
     table = markdown_table({method: results}, [n for n, _ in datasets])
+    if not state.is_main_process:
+        return 0
     print(table)
     if args.out:
         out = Path(args.out)
@@ -202,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None, help="first N problems of each file")
     ev.add_argument("--predictions", action="store_true", help="also write per-problem predictions")
     ev.add_argument("--device", default=None)
+    ev.add_argument("--num-processes", type=int, default=None, help="shard the problems over N processes")
+    ev.add_argument("--port", type=int, default=29534, help="rendezvous port for --num-processes")
     ev.set_defaults(func=cmd_eval)
 
     ex = sub.add_parser("explain", help="decode a trained model's latent plan to text, group by group")

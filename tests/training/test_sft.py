@@ -97,3 +97,29 @@ def test_two_processes_match_one_process(data, tmp_path):
     assert len(l1) == len(l2) == 12
     for a, b in zip(l1, l2):
         assert abs(a - b) <= 0.05 * max(abs(a), 1.0), (l1, l2)
+
+
+def test_non_finite_loss_stops_with_step_and_term(data, tmp_path, monkeypatch):
+    """A NaN loss stops the run naming the step and the term; the last good checkpoint stays intact."""
+    from atp_latent.modeling.reasoner import LatentReasoner as LR
+
+    real_forward = LR.forward
+    calls = {"n": 0}
+
+    def forward(self, batch):
+        out = real_forward(self, batch)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            out["kl"] = out["kl"] * float("nan")
+            out["loss"] = out["loss"] + out["kl"]
+        return out
+
+    monkeypatch.setattr(LR, "forward", forward)
+    cfg = config(data, tmp_path, name="nan", **{"train.checkpoint_every": 2, "train.epochs": 1})
+    with pytest.raises(FloatingPointError, match=r"step 4 .*kl"):
+        train(cfg)
+    ckpts = sorted((tmp_path / "nan" / "checkpoints").glob("step-*"))
+    assert [c.name for c in ckpts] == ["step-00000002", "step-00000004"]
+    assert all((c / "COMPLETE").is_file() for c in ckpts)
+    LatentReasoner.from_pretrained(ckpts[-1] / "model")
+    assert not (tmp_path / "nan" / "final").exists()

@@ -74,16 +74,20 @@ def evaluate(
         bar.set_postfix(acc=f"{correct / min(start + batch_size, len(order)):.3f}")
     bar.close()
     done = [r for r in rows if r is not None]
-    n = max(len(done), 1)
-    summary = EvalSummary(
-        accuracy=sum(r["correct"] for r in done) / n,
-        n=len(done),
-        mean_tokens=sum(r["latents"] + r["answer_tokens"] for r in done) / n,
-        mean_latents=sum(r["latents"] for r in done) / n,
-        mean_answer_tokens=sum(r["answer_tokens"] for r in done) / n,
-        format_rate=sum(bool(r["pred"]) for r in done) / n,
+    return summarize(done), done
+
+
+def summarize(rows: list[dict]) -> EvalSummary:
+    """Accuracy and token counts from per-problem rows (also used after gathering shards)."""
+    n = max(len(rows), 1)
+    return EvalSummary(
+        accuracy=sum(r["correct"] for r in rows) / n,
+        n=len(rows),
+        mean_tokens=sum(r["latents"] + r["answer_tokens"] for r in rows) / n,
+        mean_latents=sum(r["latents"] for r in rows) / n,
+        mean_answer_tokens=sum(r["answer_tokens"] for r in rows) / n,
+        format_rate=sum(bool(r["pred"]) for r in rows) / n,
     )
-    return summary, done
 
 
 def default_max_new_tokens(method: str) -> int:
