@@ -4,7 +4,13 @@ import json
 
 import pytest
 
-from atp_latent.evaluation.report import aggregate, plot_accuracy_vs_tokens, plot_latents, plot_training_curves, results_table
+from atp_latent.evaluation.report import (
+    aggregate,
+    plot_accuracy_vs_tokens,
+    plot_latents,
+    plot_training_curves,
+    results_table,
+)
 
 
 def cell(acc, tok, lat):
