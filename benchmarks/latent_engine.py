@@ -31,7 +31,7 @@ import time
 import numpy as np
 import torch
 
-from atp_latent.data.sequences import _left_pad, builder_for
+from atp_latent.data.sequences import builder_for, left_pad
 from atp_latent.data.synthetic import SynthConfig, generate_benchmark
 from atp_latent.modeling.engine import backbone_forward, new_cache
 from atp_latent.modeling.factory import build_tiny_model
@@ -85,7 +85,7 @@ def make_batches(prompts, batch_size: int, pad_id: int):
     out = []
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i : i + batch_size]
-        ids, mask = _left_pad([p for p, _ in chunk], pad_id)
+        ids, mask = left_pad([p for p, _ in chunk], pad_id)
         out.append((ids, mask, torch.tensor([s for _, s in chunk], dtype=torch.long)))
     return out
 

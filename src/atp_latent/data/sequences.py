@@ -135,7 +135,7 @@ def sample_stage(cur: Curriculum, epoch: int, rng: random.Random) -> int:
     return cur.stage(epoch)
 
 
-def _left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -146,7 +146,7 @@ def _left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
     return ids, mask
 
 
-def _right_pad(
+def right_pad(
     seqs: list[list[int]], pad: int, width: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     width = width or max(len(s) for s in seqs)
@@ -160,9 +160,9 @@ def _right_pad(
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Batch: left-padded prefixes, slot counts and activity, right-padded suffixes, decoder targets."""
-    prefix_ids, prefix_mask = _left_pad([e.prefix for e in examples], pad_id)
-    suffix_ids, suffix_mask = _right_pad([e.suffix for e in examples], pad_id)
-    labels, _ = _right_pad([e.labels for e in examples], IGNORE)
+    prefix_ids, prefix_mask = left_pad([e.prefix for e in examples], pad_id)
+    suffix_ids, suffix_mask = right_pad([e.suffix for e in examples], pad_id)
+    labels, _ = right_pad([e.labels for e in examples], IGNORE)
     n_slots = torch.tensor([e.n_slots for e in examples], dtype=torch.long)
     L = int(n_slots.max())
     active = torch.arange(L)[None] < torch.tensor([e.n_active for e in examples])[:, None]
@@ -183,7 +183,7 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
             groups.append(g)
             targets.append(t)
     if targets:
-        dec_ids, dec_mask = _right_pad(targets, pad_id)
+        dec_ids, dec_mask = right_pad(targets, pad_id)
         batch.update(
             dec_rows=torch.tensor(rows), dec_groups=torch.tensor(groups), dec_ids=dec_ids, dec_mask=dec_mask
         )

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from atp_latent.data.records import Problem
-from atp_latent.data.sequences import SequenceBuilder, _left_pad
+from atp_latent.data.sequences import SequenceBuilder, left_pad
 from atp_latent.evaluation.answers import answers_match, extract_answer
 from atp_latent.modeling.reasoner import LatentReasoner
 from atp_latent.modeling.tokenizer import END_LATENT
@@ -54,7 +54,7 @@ def evaluate(
     correct = 0
     for start in range(0, len(order), batch_size):
         idx = order[start: start + batch_size]
-        ids, mask = _left_pad([prompts[i][0] for i in idx], tok.pad_token_id)
+        ids, mask = left_pad([prompts[i][0] for i in idx], tok.pad_token_id)
         n_slots = torch.tensor([prompts[i][1] for i in idx])
         state, out = reasoner.answer(
             ids.to(device), mask.to(device), n_slots.to(device), builder.end_id, tok.eos_token_id,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from atp_latent.data.sequences import SequenceBuilder, _left_pad
+from atp_latent.data.sequences import SequenceBuilder, left_pad
 from atp_latent.evaluation.answers import extract_answer
 from atp_latent.modeling.reasoner import LatentReasoner
 from atp_latent.modeling.tokenizer import END_LATENT
@@ -17,7 +17,7 @@ def explain(model: LatentReasoner, builder: SequenceBuilder, questions: list[str
     model.eval()
     tok = builder.tok
     prompts = [builder.eval_prompt(q) for q in questions]
-    ids, mask = _left_pad([p for p, _ in prompts], tok.pad_token_id)
+    ids, mask = left_pad([p for p, _ in prompts], tok.pad_token_id)
     n_slots = torch.tensor([s for _, s in prompts])
     state, gen = model.answer(ids.to(device), mask.to(device), n_slots.to(device), builder.end_id,
                               tok.eos_token_id, tok.pad_token_id, max_new_tokens)

@@ -13,6 +13,7 @@ column per generated token.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -21,9 +22,10 @@ from torch import nn
 from transformers import DynamicCache
 
 
-def _cache_kwarg(module: nn.Module) -> str:
-    # transformers renamed `past_key_values` to `cache` (5.2x); support both.
-    params = inspect.signature(module.forward).parameters
+@functools.cache
+def _cache_kwarg(module_type: type) -> str:
+    # transformers renamed `past_key_values` to `cache` (5.2x); support both. Looked up once per class.
+    params = inspect.signature(module_type.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
@@ -37,7 +39,7 @@ def new_cache(lm) -> DynamicCache:
 def backbone_forward(lm, embeds, attention_mask, position_ids, cache) -> torch.Tensor:
     """Last-layer (post final norm) hidden states of `lm`'s backbone for new columns, extending `cache`."""
     backbone = lm.base_model
-    kwargs = {_cache_kwarg(backbone): cache}
+    kwargs = {_cache_kwarg(type(backbone)): cache}
     out = backbone(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                    use_cache=True, **kwargs)
     return out.last_hidden_state

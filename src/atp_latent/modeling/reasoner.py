@@ -20,7 +20,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from atp_latent.modeling.engine import LatentState, backbone_forward, fill_latents, generate, new_cache
+from atp_latent.modeling.engine import (
+    LatentState,
+    backbone_forward,
+    fill_latents,
+    generate,
+    new_cache,
+    teacher_force,
+)
 from atp_latent.modeling.heads import LatentHead, StopHead, gaussian_log_density, kl_to_standard_normal
 
 METHODS = ("cot", "nocot", "coconut", "simcot", "atp")
@@ -109,8 +116,6 @@ class LatentReasoner(nn.Module):
         return out
 
     def lm_logits(self, state: LatentState, suffix_ids, suffix_mask) -> torch.Tensor:
-        from atp_latent.modeling.engine import teacher_force
-
         return teacher_force(self.lm, state, suffix_ids, suffix_mask)
 
     def stop_loss(self, state: LatentState, batch) -> torch.Tensor:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from atp_latent.config import RunConfig
 from atp_latent.data.records import Problem
-from atp_latent.data.sequences import SequenceBuilder, _left_pad, builder_for
+from atp_latent.data.sequences import SequenceBuilder, builder_for, left_pad
 from atp_latent.evaluation.answers import extract_answer
 from atp_latent.evaluation.evaluate import evaluate
 from atp_latent.modeling.heads import gaussian_log_density
@@ -94,7 +94,7 @@ def rollout(model: LatentReasoner, builder: SequenceBuilder, problems: list[Prob
     G = r.group_size
     prompts = [builder.eval_prompt(p.question) for p in problems for _ in range(G)]
     golds = [p.answer for p in problems for _ in range(G)]
-    ids, mask = _left_pad([p for p, _ in prompts], tok.pad_token_id)
+    ids, mask = left_pad([p for p, _ in prompts], tok.pad_token_id)
     n_slots = torch.tensor([s for _, s in prompts])
     ids, mask, n_slots = ids.to(device), mask.to(device), n_slots.to(device)
     state, gen = model.answer(ids, mask, n_slots, builder.end_id, tok.eos_token_id, tok.pad_token_id,
