@@ -33,12 +33,10 @@ from atp_latent.training.rewards import (
     total_reward,
 )
 from atp_latent.training.runs import (
-    atomic_checkpoint,
     checkpoint_weights,
-    replicas_in_sync,
     save_training_checkpoint,
 )
-from atp_latent.training.sft import open_run_dir, prepare_run
+from atp_latent.training.sft import finish_run, open_run_dir, prepare_run
 
 
 def reward_weights(cfg: RunConfig) -> RewardWeights:
@@ -262,17 +260,7 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
         if cfg.train.max_minutes and time.time() - t0 > 60 * cfg.train.max_minutes:
             break
     bar.close()
-    in_sync = replicas_in_sync(accelerator, model)
-    if not in_sync:
-        raise RuntimeError("parameters differ across processes: gradients were not synchronised")
-    if is_main:
-        run.log({"train/processes": accelerator.num_processes, "train/replicas_in_sync": int(in_sync)},
-                progress["step"])
-        with atomic_checkpoint(run.path / "final") as tmp:
-            raw.save_pretrained(tmp, tok)
-        run.log({"train/finished": 1, "train/minutes": (time.time() - t0) / 60}, progress["step"])
-        run.close()
-        print(f"run directory: {run.path}  (final weights: {run.path / 'final'})")
+    finish_run(accelerator, model, run, tok, progress["step"], (time.time() - t0) / 60)
     accelerator.wait_for_everyone()
     return run.path if run is not None else run_path
 

@@ -125,6 +125,21 @@ def open_run_dir(run_path: Path, cfg: RunConfig, resume: bool, ckpt: Path | None
     return run
 
 
+def finish_run(accelerator: Accelerator, model, run: RunDir | None, tokenizer, step: int, minutes: float) -> None:
+    """Check that every process holds the same parameters, then write RUN/final and close the run."""
+    in_sync = replicas_in_sync(accelerator, model)
+    if not in_sync:
+        raise RuntimeError("parameters differ across processes: gradients were not synchronised")
+    if run is None:
+        return
+    run.log({"train/processes": accelerator.num_processes, "train/replicas_in_sync": int(in_sync)}, step)
+    with atomic_checkpoint(run.path / "final") as tmp:
+        accelerator.unwrap_model(model).save_pretrained(tmp, tokenizer)
+    run.log({"train/finished": 1, "train/minutes": minutes}, step)
+    run.close()
+    print(f"run directory: {run.path}  (final weights: {run.path / 'final'})")
+
+
 def save_checkpoint(path: Path, accelerator: Accelerator, model, tokenizer, optimizer, progress: dict) -> None:
     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
     save_training_checkpoint(path, accelerator.unwrap_model(model), tokenizer, optimizer, progress, rng)
@@ -237,18 +252,8 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
         if out_of_time:
             break
 
-    in_sync = replicas_in_sync(accelerator, model)
-    if not in_sync:
-        raise RuntimeError("parameters differ across processes: gradients were not synchronised")
-    if is_main:
-        run.log({"train/processes": accelerator.num_processes, "train/replicas_in_sync": int(in_sync)},
-                progress["step"])
-        final = run.path / "final"
-        with atomic_checkpoint(final) as tmp:
-            accelerator.unwrap_model(model).save_pretrained(tmp, tok)
-        run.log({"train/finished": 1, "train/minutes": progress["elapsed"] / 60}, progress["step"])
-        run.close()
-        print(f"run directory: {run.path}  (final weights: {final})")
+    finish_run(accelerator, model, run, tok, progress["step"], progress["elapsed"] / 60)
+    if run is not None:
         run_path = run.path
     accelerator.wait_for_everyone()
     return run_path
