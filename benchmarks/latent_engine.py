@@ -25,11 +25,10 @@ Prints figures only; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import random
 import time
 
-import numpy as np
 import torch
+from accelerate.utils import set_seed
 
 from atp_latent.data.sequences import builder_for, left_pad
 from atp_latent.data.synthetic import SynthConfig, generate_benchmark
@@ -58,17 +57,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def build(args):
     cfg = SynthConfig(n_test=max(500, args.n, args.n_baseline), seed=args.seed)
     bench = generate_benchmark(cfg)
     tok = build_word_tokenizer([p.question for p in bench["train"]])
-    seed_everything(args.seed)
+    set_seed(args.seed)  # python, numpy and torch
     lm = build_tiny_model(args.preset, tok, seed=args.seed).eval()
     spec = ReasonerSpec.for_method("atp", latents_per_step=2, max_latent_stage=4)
     reasoner = LatentReasoner(lm, spec).eval()
@@ -188,7 +181,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
+    set_seed(args.seed)  # python, numpy and torch
     tok, reasoner, prompts = build(args)
     lm = reasoner.lm
     _, _, end_id = latent_token_ids(tok)

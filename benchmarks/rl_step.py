@@ -42,14 +42,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import random
 import time
 import warnings
 from collections import defaultdict
 
-import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 
 import atp_latent.training.rl as rl_mod
 from atp_latent.config import load_config
@@ -79,19 +78,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # setup
 # ----------------------------------------------------------------------------------------------------------
 def build(args):
     bench = generate_benchmark(SynthConfig(seed=0, n_train=200, n_val=10, n_test=10, n_ood=10))
     tok = build_word_tokenizer([p.question for p in bench["train"]])
-    seed_everything(args.seed)
+    set_seed(args.seed)  # python, numpy and torch
     lm = build_tiny_model(args.preset, tok, seed=args.seed)
     spec = ReasonerSpec.for_method("atp", latents_per_step=2, max_latent_stage=4)
     reasoner = LatentReasoner(lm, spec).eval()
@@ -316,7 +309,7 @@ def main(argv=None) -> None:
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
     if args.threads:
         torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
+    set_seed(args.seed)  # python, numpy and torch
     tok, reasoner, builder, problems, cfg = build(args)
     accelerator = Accelerator(cpu=True)
     params = [p for p in reasoner.parameters() if p.requires_grad]

@@ -184,7 +184,7 @@ class LatentReasoner(nn.Module):
             stop = (lp[..., 1] * batch["rl_stopped"]).sum(-1)
         latent = latent * batch["rl_active"]
         tokens, tmask = batch["rl_tokens"], batch["rl_token_mask"]
-        end = torch.full_like(tokens[:, :1], batch["end_id"].item() if torch.is_tensor(batch["end_id"]) else batch["end_id"])
+        end = torch.full_like(tokens[:, :1], int(batch["end_id"]))
         inputs = torch.cat([end, tokens[:, :-1]], dim=1)
         logits = self.lm_logits(state, inputs, tmask.long()).float() / temperature
         answer = torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1) * tmask

@@ -21,7 +21,6 @@ from atp_latent.config import RunConfig
 from atp_latent.data.records import Problem
 from atp_latent.data.sequences import SequenceBuilder, builder_for, left_pad
 from atp_latent.evaluation.answers import extract_answer
-from atp_latent.evaluation.evaluate import evaluate
 from atp_latent.modeling.heads import gaussian_log_density
 from atp_latent.modeling.reasoner import LatentReasoner
 from atp_latent.modeling.tokenizer import END_LATENT
@@ -36,7 +35,7 @@ from atp_latent.training.runs import (
     checkpoint_weights,
     save_training_checkpoint,
 )
-from atp_latent.training.sft import finish_run, open_run_dir, prepare_run
+from atp_latent.training.sft import finish_run, open_run_dir, prepare_run, validate
 
 
 def reward_weights(cfg: RunConfig) -> RewardWeights:
@@ -245,9 +244,7 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
                             lat=f"{lat.mean():.1f}")
             last = progress["step"] == total
             if val_set and (progress["step"] % cfg.rl.val_every == 0 or last):
-                max_new = cfg.eval.max_new_tokens
-                summary, _ = evaluate(raw, builder, val_set, batch_size=cfg.eval.batch_size, max_new_tokens=max_new,
-                                      device=device, progress=False)
+                summary = validate(raw, builder, val_set, cfg, device)
                 run.log({"eval/val_accuracy": summary.accuracy, "eval/val_tokens": summary.mean_tokens},
                         progress["step"])
                 # Best checkpoint by validation accuracy, never test (METHOD.md §7).
