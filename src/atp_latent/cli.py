@@ -240,7 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--seeds", type=int, default=1)
     bn.add_argument("--out", default="results/cpu")
     bn.add_argument("--data-seed", type=int, default=0, help="the synthetic data (shared by every seed)")
-    bn.add_argument("--minutes", type=float, default=None, help="scale every training budget to fit this total")
+    bn.add_argument("--minutes", type=float, default=None,
+                    help="scale every training budget by MINUTES/75 (75: one seed's budgets along its phases)")
+    bn.add_argument("--ablations", action="store_true",
+                    help="also train seed 0's ablations (no KL, no stop head, no decoder, coherence weight 0, "
+                         "longer RL) and report them on the val split")
     bn.set_defaults(func=cmd_bench)
 
     qs = sub.add_parser("quickstart", help="the main job on the embedded default (synthetic data, tiny model, CPU)")

@@ -22,15 +22,21 @@ from atp_latent.data.synthetic import SynthConfig, write_benchmark
 
 TEST_SPLITS = ["test", "test_large", "test_long", "test_perturbed"]
 LABELS = {"nocot": "No-CoT", "cot": "CoT-SFT", "coconut": "Coconut", "simcot": "SIM-CoT", "atp": "ATP-Latent (SFT)",
-          "atp_rl": "ATP-Latent (RL)", "atp_rl_coherence": "ATP-Latent (RL, coherence only)"}
+          "atp_rl": "ATP-Latent (RL)", "atp_rl_coherence": "ATP-Latent (RL, coherence only)",
+          "atp_no_kl": "ATP SFT, no KL (beta_kl=0)", "atp_no_stop": "ATP SFT, no stop head",
+          "atp_no_decoder": "ATP SFT, no decoder", "atp_rl_no_coherence": "ATP RL, coherence weight 0",
+          "atp_rl_long": "ATP RL, twice the steps"}
 # Where each job starts from (its best validation checkpoint).
-STARTS = {"coconut": "cot", "simcot": "cot", "atp": "cot", "atp_rl": "atp", "atp_rl_coherence": "atp"}
+STARTS = {"coconut": "cot", "simcot": "cot", "atp": "cot", "atp_rl": "atp", "atp_rl_coherence": "atp",
+          "atp_no_kl": "cot", "atp_no_stop": "cot", "atp_no_decoder": "cot", "atp_rl_no_coherence": "atp",
+          "atp_rl_long": "atp"}
 
 
 @dataclass(frozen=True)
 class Suite:
     name: str  # the configs/<name>/ folder
-    phases: tuple[tuple[str, ...], ...]
+    phases: tuple[tuple[str, ...], ...]  # the jobs, in priority order (a phase's jobs are independent)
+    ablations: tuple[str, ...] = ()  # extra jobs for seed 0, evaluated on the val split only
 
     @property
     def jobs(self) -> list[str]:
@@ -39,7 +45,8 @@ class Suite:
 
 SUITES = {
     "quickstart": Suite("quickstart", (("cot", "nocot"), ("atp", "coconut"), ("atp_rl",))),
-    "cpu": Suite("bench", (("cot", "nocot"), ("atp", "coconut"), ("simcot", "atp_rl"), ("atp_rl_coherence",))),
+    "cpu": Suite("bench", (("cot", "nocot"), ("atp", "coconut"), ("simcot", "atp_rl"), ("atp_rl_coherence",)),
+                 ablations=("atp_no_kl", "atp_no_stop", "atp_no_decoder", "atp_rl_no_coherence", "atp_rl_long")),
 }
 
 
@@ -85,19 +92,56 @@ def _status(run: Path) -> str:
     return "starting"
 
 
-def run_phase(suite: Suite, jobs: list[str], out: Path, seed: int, scale: float = 1.0,
-              extra: list[str] | None = None) -> None:
-    procs = {j: _start_job(suite, j, out, seed, scale, extra or []) for j in jobs}
-    print(f"training {', '.join(jobs)} side by side (logs in {out / 'logs'})", flush=True)
-    t0 = time.time()
-    while any(p.poll() is None for p, _ in procs.values()):
-        time.sleep(15)
-        status = "; ".join(f"{j}: {_status(out / 'runs' / j)}" for j in jobs)
-        print(f"  [{(time.time() - t0) / 60:4.1f} min] {status}", flush=True)
-    for j, (p, log) in procs.items():
-        if p.returncode != 0:
-            tail = log.read_text().strip().splitlines()[-3:]
-            raise RuntimeError(f"training {j} failed (exit {p.returncode}); see {log}: " + " | ".join(tail))
+def _done(out: Path, job: str) -> bool:
+    return (out / "runs" / job / "final" / "reasoner.json").is_file()
+
+
+def train_jobs(suite: Suite, tasks: list[tuple[Path, str, int]], scale: float = 1.0, extra: list[str] | None = None,
+               slots: int = 2) -> None:
+    """Train `tasks` ((output folder, job, seed), in priority order), at most `slots` at a time.
+
+    A job starts once the job it starts from (STARTS, same folder) has finished, so the jobs of several seeds
+    interleave and no slot idles while a later seed has work ready. Finished jobs are skipped; interrupted ones
+    resume from their last checkpoint.
+    """
+    pending = [t for t in tasks if not _done(t[0], t[1])]
+    running: dict[tuple[Path, str, int], tuple[subprocess.Popen, Path]] = {}
+
+    def name(t):
+        return f"{t[1]}" if len(tasks) == len({j for _, j, _ in tasks}) else f"{t[1]}@seed-{t[2]}"
+
+    t0, last = time.time(), 0.0
+    try:
+        while pending or running:
+            for t, (p, log) in list(running.items()):
+                if p.poll() is None:
+                    continue
+                del running[t]
+                if p.returncode != 0:
+                    tail = log.read_text().strip().splitlines()[-3:]
+                    raise RuntimeError(f"training {name(t)} failed (exit {p.returncode}); see {log}: " + " | ".join(tail))
+                print(f"  [{(time.time() - t0) / 60:5.1f} min] {name(t)} finished", flush=True)
+            for t in list(pending):
+                if len(running) >= slots:
+                    break
+                out, job, seed = t
+                if job in STARTS and not _done(out, STARTS[job]):
+                    continue
+                pending.remove(t)
+                running[t] = _start_job(suite, job, out, seed, scale, extra or [])
+                print(f"  [{(time.time() - t0) / 60:5.1f} min] {name(t)} started (log {running[t][1]})", flush=True)
+            if pending and not running:
+                raise RuntimeError("cannot start " + ", ".join(name(t) for t in pending) + ": the checkpoint they "
+                                   "start from is missing")
+            if time.time() - last > 30 and running:
+                last = time.time()
+                status = "; ".join(f"{name(t)}: {_status(t[0] / 'runs' / t[1])}" for t in running)
+                print(f"  [{(time.time() - t0) / 60:5.1f} min] {status}", flush=True)
+            time.sleep(2)
+    finally:  # on failure or Ctrl-C stop the others; they resume from their checkpoints next time
+        for p, _ in running.values():
+            if p.poll() is None:
+                p.terminate()
 
 
 def evaluate_jobs(jobs: list[str], out: Path, batch_size: int = 100) -> tuple[dict, dict]:
@@ -128,10 +172,7 @@ def run_suite(suite: Suite, out: Path, seed: int = 0, scale: float = 1.0, data_s
     if not (out / "data" / "train.jsonl").is_file():
         write_benchmark(out / "data", SynthConfig(seed=data_seed))
     print(f"synthetic benchmark in {out / 'data'}", flush=True)
-    for phase in suite.phases:
-        todo = [j for j in phase if not (out / "runs" / j / "final" / "reasoner.json").is_file()]
-        if todo:
-            run_phase(suite, todo, out, seed, scale, extra)
+    train_jobs(suite, [(out, j, seed) for j in suite.jobs], scale, extra)
     print("evaluating on every synthetic test split", flush=True)
     results, latents = evaluate_jobs(suite.jobs, out)
     (out / "results.json").write_text(json.dumps({"seed": seed, "results": results, "latents": latents}, indent=2))
@@ -156,8 +197,41 @@ def run_quickstart(args) -> int:
     return 0
 
 
+def evaluate_ablations(suite: Suite, out: Path, samples: int = 3, batch_size: int = 100) -> dict:
+    """Seed 0's models and the ablations on the val split only (never the test splits): greedy, plus the
+    latent methods with latents sampled from the VAE head (`samples` draws, mean and std)."""
+    from atp_latent.data.formats import load_records
+    from atp_latent.evaluation.evaluate import default_max_new_tokens, evaluate, load_for_eval, mean_std
+
+    problems = load_records(out / "data" / "val.jsonl")
+    rows: dict[str, dict] = {}
+    for job in suite.jobs + list(suite.ablations):
+        model, _, builder = load_for_eval(out / "runs" / job)
+        max_new = default_max_new_tokens(model.spec.method)
+        summary, _ = evaluate(model, builder, problems, batch_size=batch_size, max_new_tokens=max_new,
+                              progress=False)
+        rows[job] = summary.as_dict()
+        if model.spec.use_vae:
+            accs = [evaluate(model, builder, problems, batch_size=batch_size, max_new_tokens=max_new,
+                             sample_latents=True, seed=k, progress=False)[0].accuracy for k in range(samples)]
+            rows[job]["sampled_accuracy"], rows[job]["sampled_accuracy_std"] = mean_std(accs)
+        print(f"  val {_label(job)}: {100 * rows[job]['accuracy']:.1f}%", flush=True)
+    return rows
+
+
+def ablation_table(rows: dict) -> str:
+    lines = ["| model (seed 0) | val acc, greedy | val acc, sampled latents | # tokens | latents |", "|---|---|---|---|---|"]
+    for job, r in rows.items():
+        sampled = (f"{100 * r['sampled_accuracy']:.1f} ± {100 * r['sampled_accuracy_std']:.1f}"
+                   if "sampled_accuracy" in r else "-")
+        lines.append(f"| {_label(job)} | {100 * r['accuracy']:.1f} | {sampled} | {r['mean_tokens']:.1f} | "
+                     f"{r['mean_latents']:.1f} |")
+    return "\n".join(lines)
+
+
 def run_bench(args) -> int:
-    """`atp-latent bench --suite cpu --seeds N`: the whole suite per seed, then tables and plots."""
+    """`atp-latent bench --suite cpu --seeds N [--ablations]`: every job of every seed on one two-slot schedule,
+    then each seed evaluated on the test splits, tables and plots; the ablations on seed 0's val split."""
     from atp_latent.evaluation.report import (
         aggregate,
         plot_accuracy_vs_tokens,
@@ -169,31 +243,51 @@ def run_bench(args) -> int:
     if args.suite not in SUITES:
         raise ValueError(f"unknown suite {args.suite!r} (known: {', '.join(SUITES)})")
     suite, out = SUITES[args.suite], Path(args.out)
+    if args.ablations and not suite.ablations:
+        raise ValueError(f"suite {args.suite!r} has no ablations")
     scale = args.minutes / 75.0 if args.minutes else 1.0
     t0 = time.time()
+    seed_dirs = [out / f"seed-{seed}" for seed in range(args.seeds)]
+    for d in seed_dirs:
+        if not (d / "data" / "train.jsonl").is_file():
+            write_benchmark(d / "data", SynthConfig(seed=args.data_seed))
+    tasks = [(d, j, seed) for seed, d in enumerate(seed_dirs) for j in suite.jobs]
+    if args.ablations:
+        tasks += [(seed_dirs[0], j, 0) for j in suite.ablations]
+    print(f"training {len(tasks)} jobs, two at a time (logs in {out}/seed-*/logs)", flush=True)
+    train_jobs(suite, tasks, scale)
     per_seed, latents = [], {j: [] for j in suite.jobs}
-    for seed in range(args.seeds):
-        seed_dir = out / f"seed-{seed}"
-        print(f"== seed {seed} ==", flush=True)
-        per_seed.append(run_suite(suite, seed_dir, seed=seed, scale=scale, data_seed=args.data_seed))
-        saved = json.loads((seed_dir / "results.json").read_text())["latents"]
+    for seed, d in enumerate(seed_dirs):
+        print(f"evaluating seed {seed} on every synthetic test split", flush=True)
+        results, lat = evaluate_jobs(suite.jobs, d)
+        (d / "results.json").write_text(json.dumps({"seed": seed, "results": results, "latents": lat}, indent=2))
+        per_seed.append(results)
         for j in suite.jobs:
-            latents[j] += saved[j]
+            latents[j] += lat[j]
+    ablations = None
+    if args.ablations:
+        print("evaluating seed 0 and the ablations on the val split", flush=True)
+        ablations = evaluate_ablations(suite, seed_dirs[0])
     agg = aggregate(per_seed)
     table = results_table(agg, per_seed, TEST_SPLITS, LABELS)
     plot_accuracy_vs_tokens(agg, per_seed, TEST_SPLITS, LABELS, out / "accuracy_vs_tokens.png")
-    plot_training_curves({j: [out / f"seed-{s}" / "runs" / j for s in range(args.seeds)] for j in suite.jobs},
-                         LABELS, out / "training_curves.png")
+    plot_training_curves({j: [d / "runs" / j for d in seed_dirs] for j in suite.jobs}, LABELS,
+                         out / "training_curves.png")
     plot_latents(latents, LABELS, out / "latents_used.png")
     command = " ".join(["atp-latent", "bench", "--suite", args.suite, "--seeds", str(args.seeds)]
-                       + (["--minutes", str(args.minutes)] if args.minutes else []) + ["--out", str(out)])
+                       + (["--minutes", str(args.minutes)] if args.minutes else [])
+                       + (["--ablations"] if args.ablations else []) + ["--out", str(out)])
     (out / "results.json").write_text(json.dumps({"command": command, "seeds": args.seeds, "splits": TEST_SPLITS,
-                                                  "mean": agg, "per_seed": per_seed}, indent=2))
+                                                  "mean": agg, "per_seed": per_seed, "ablations_val": ablations},
+                                                 indent=2))
     minutes = (time.time() - t0) / 60
     text = (f"# CPU benchmark: every method on the synthetic benchmark\n\nCommand: `{command}` "
             f"({minutes:.0f} min on this machine). Accuracy (%) per test split, mean ± std over {args.seeds} seed(s); "
             f"# tokens = active latents + answer tokens (CoT: generated steps + answer).\n\n{table}\n\n"
             "Plots: `accuracy_vs_tokens.png`, `training_curves.png`, `latents_used.png`.\n")
+    if ablations:
+        text += ("\n## Ablations (val split only, seed 0)\n\nSampled latents: z drawn from the VAE head's "
+                 "N(mu, sigma) instead of z = mu, 3 draws.\n\n" + ablation_table(ablations) + "\n")
     notes = out / "NOTES.md"
     if notes.is_file():  # the analysis written by people stays with the table
         text += "\n" + notes.read_text()

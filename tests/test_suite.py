@@ -1,0 +1,103 @@
+"""The bench scheduler: two slots, dependencies through STARTS, finished jobs skipped, failures reported."""
+
+from pathlib import Path
+
+import pytest
+
+from atp_latent import suite as suite_mod
+from atp_latent.config import load_config
+from atp_latent.suite import STARTS, SUITES, config_path, train_jobs
+
+
+class FakeJob:
+    """Stands in for a training subprocess: finishes (writes final/reasoner.json) on its second poll."""
+
+    def __init__(self, run: Path, log: Path, returncode: int, events: list):
+        self.run, self.log, self.rc, self.events, self.polls, self.returncode = run, log, returncode, events, 0, None
+
+    def poll(self):
+        self.polls += 1
+        if self.polls < 2:
+            return None
+        if self.returncode is None:
+            self.returncode = self.rc
+            if self.rc == 0:
+                (self.run / "final").mkdir(parents=True)
+                (self.run / "final" / "reasoner.json").write_text("{}")
+            self.events.append(("end", self.run))
+        return self.returncode
+
+    def terminate(self):
+        self.events.append(("terminate", self.run))
+
+
+@pytest.fixture
+def fake_jobs(monkeypatch, tmp_path):
+    events, failing = [], set()
+
+    def start(suite, job, out, seed, scale, extra):
+        # A job may only start once the job it continues from has finished.
+        if job in STARTS:
+            assert (out / "runs" / STARTS[job] / "final" / "reasoner.json").is_file(), job
+        running = [r for kind, r in events if kind == "start"]
+        ended = [r for kind, r in events if kind == "end"]
+        assert len(running) - len(ended) < 2, "more than two jobs at once"
+        events.append(("start", out / "runs" / job))
+        log = tmp_path / f"{out.name}-{job}.log"
+        log.write_text(f"training {job}\nboom\n")
+        return FakeJob(out / "runs" / job, log, 1 if job in failing else 0, events), log
+
+    monkeypatch.setattr(suite_mod, "_start_job", start)
+    monkeypatch.setattr(suite_mod.time, "sleep", lambda s: None)
+    return events, failing
+
+
+def test_every_bench_config_loads():
+    s = SUITES["cpu"]
+    for job in s.jobs + list(s.ablations):
+        cfg = load_config(str(config_path(s, job)))
+        assert cfg.name == job
+        assert job in STARTS or job in ("cot", "nocot")
+    assert load_config(str(config_path(s, "atp_no_kl"))).method.beta_kl == 0.0
+    assert load_config(str(config_path(s, "atp_no_stop"))).method.use_stop_head is False
+    assert load_config(str(config_path(s, "atp_no_decoder"))).method.use_decoder is False
+    assert load_config(str(config_path(s, "atp_rl_no_coherence"))).rl.w_coh == 0.0
+
+
+def test_two_seeds_interleave_and_respect_starts(fake_jobs, tmp_path):
+    events, _ = fake_jobs
+    s = SUITES["cpu"]
+    tasks = [(tmp_path / f"seed-{k}", j, k) for k in range(2) for j in s.jobs]
+    tasks += [(tmp_path / "seed-0", j, 0) for j in s.ablations]
+    train_jobs(s, tasks)
+    started = [r for kind, r in events if kind == "start"]
+    assert sorted(map(str, started)) == sorted(str(d / "runs" / j) for d, j, _ in tasks)
+    # Seed 1's CoT starts before seed 0's last job ends: the second slot does not idle between seeds.
+    first_seed1 = next(i for i, (kind, r) in enumerate(events) if kind == "start" and "seed-1" in str(r))
+    last_seed0_end = max(i for i, (kind, r) in enumerate(events) if kind == "end" and "seed-0" in str(r)
+                         and r.name in s.jobs)
+    assert first_seed1 < last_seed0_end
+
+
+def test_finished_jobs_are_skipped(fake_jobs, tmp_path):
+    events, _ = fake_jobs
+    s = SUITES["quickstart"]
+    for job in ("cot", "nocot"):
+        (tmp_path / "runs" / job / "final").mkdir(parents=True)
+        (tmp_path / "runs" / job / "final" / "reasoner.json").write_text("{}")
+    train_jobs(s, [(tmp_path, j, 0) for j in s.jobs])
+    assert [r.name for kind, r in events if kind == "start"] == ["atp", "coconut", "atp_rl"]
+
+
+def test_failure_names_job_and_log_and_stops_the_rest(fake_jobs, tmp_path):
+    events, failing = fake_jobs
+    failing.add("nocot")
+    s = SUITES["quickstart"]
+    with pytest.raises(RuntimeError, match=r"training nocot failed \(exit 1\).*boom"):
+        train_jobs(s, [(tmp_path, j, 0) for j in s.jobs])
+    assert not any(r.name == "atp_rl" for kind, r in events if kind == "start")
+
+
+def test_missing_start_checkpoint_is_reported(fake_jobs, tmp_path):
+    with pytest.raises(RuntimeError, match="cannot start atp_rl"):
+        train_jobs(SUITES["quickstart"], [(tmp_path, "atp_rl", 0)])
