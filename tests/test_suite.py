@@ -101,3 +101,12 @@ def test_failure_names_job_and_log_and_stops_the_rest(fake_jobs, tmp_path):
 def test_missing_start_checkpoint_is_reported(fake_jobs, tmp_path):
     with pytest.raises(RuntimeError, match="cannot start atp_rl"):
         train_jobs(SUITES["quickstart"], [(tmp_path, "atp_rl", 0)])
+
+
+def test_ablation_table_rows():
+    rows = {"atp": {"accuracy": 0.125, "mean_tokens": 9.5, "mean_latents": 3.25, "sampled_accuracy": 0.1,
+                    "sampled_accuracy_std": 0.02},
+            "cot": {"accuracy": 0.4, "mean_tokens": 42.0, "mean_latents": 0.0}}
+    lines = suite_mod.ablation_table(rows).splitlines()
+    assert lines[2] == "| ATP-Latent (SFT) | 12.5 | 10.0 ± 2.0 | 9.5 | 3.2 |"
+    assert lines[3] == "| CoT-SFT | 40.0 | - | 42.0 | 0.0 |"
