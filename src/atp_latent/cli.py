@@ -243,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--minutes", type=float, default=None,
                     help="scale every training budget by MINUTES/75 (75: one seed's budgets along its phases)")
     bn.add_argument("--ablations", action="store_true",
-                    help="also train seed 0's ablations (no KL, no stop head, no decoder, coherence weight 0, "
-                         "longer RL) and report them on the val split")
+                    help="also train seed 0's ablations (no KL, no stop head, no decoder, no VAE, coherence weight 0, "
+                         "longer RL, lower RL lr) and report them on the val split")
     bn.set_defaults(func=cmd_bench)
 
     qs = sub.add_parser("quickstart", help="the main job on the embedded default (synthetic data, tiny model, CPU)")

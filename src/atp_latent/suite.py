@@ -25,11 +25,12 @@ LABELS = {"nocot": "No-CoT", "cot": "CoT-SFT", "coconut": "Coconut", "simcot": "
           "atp_rl": "ATP-Latent (RL)", "atp_rl_coherence": "ATP-Latent (RL, coherence only)",
           "atp_no_kl": "ATP SFT, no KL (beta_kl=0)", "atp_no_stop": "ATP SFT, no stop head",
           "atp_no_decoder": "ATP SFT, no decoder", "atp_rl_no_coherence": "ATP RL, coherence weight 0",
-          "atp_rl_long": "ATP RL, twice the steps"}
+          "atp_rl_long": "ATP RL, twice the steps", "atp_no_vae": "ATP SFT, no VAE (z = hidden state)",
+          "atp_rl_low_lr": "ATP RL, lr 1e-5"}
 # Where each job starts from (its best validation checkpoint).
 STARTS = {"coconut": "cot", "simcot": "cot", "atp": "cot", "atp_rl": "atp", "atp_rl_coherence": "atp",
           "atp_no_kl": "cot", "atp_no_stop": "cot", "atp_no_decoder": "cot", "atp_rl_no_coherence": "atp",
-          "atp_rl_long": "atp"}
+          "atp_rl_long": "atp", "atp_no_vae": "cot", "atp_rl_low_lr": "atp"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ class Suite:
 SUITES = {
     "quickstart": Suite("quickstart", (("cot", "nocot"), ("atp", "coconut"), ("atp_rl",))),
     "cpu": Suite("bench", (("cot", "nocot"), ("atp", "coconut"), ("simcot", "atp_rl"), ("atp_rl_coherence",)),
-                 ablations=("atp_no_kl", "atp_no_stop", "atp_no_decoder", "atp_rl_no_coherence", "atp_rl_long")),
+                 ablations=("atp_no_kl", "atp_no_stop", "atp_no_decoder", "atp_no_vae", "atp_rl_no_coherence",
+                            "atp_rl_long", "atp_rl_low_lr")),
 }
 
 
@@ -144,23 +146,39 @@ def train_jobs(suite: Suite, tasks: list[tuple[Path, str, int]], scale: float = 
                 p.terminate()
 
 
+def _cached(run: Path, name: str, compute, *args):
+    """An evaluation of a finished run, kept beside it (run/name) and reused while final/ is unchanged:
+    evaluation is deterministic, so re-running a bench only evaluates the runs that changed."""
+    path, final = run / name, run / "final" / "reasoner.json"
+    if path.is_file() and final.is_file() and path.stat().st_mtime >= final.stat().st_mtime:
+        return json.loads(path.read_text())
+    value = compute(*args)
+    path.write_text(json.dumps(value))
+    return value
+
+
 def evaluate_jobs(jobs: list[str], out: Path, batch_size: int = 100) -> tuple[dict, dict]:
     """Every job's best checkpoint on every test split. Returns (summaries, per-problem latent counts)."""
     from atp_latent.data.formats import load_records
     from atp_latent.evaluation.evaluate import default_max_new_tokens, evaluate, load_for_eval
 
-    results: dict[str, dict[str, dict]] = {}
-    latents: dict[str, list[int]] = {}
-    for job in jobs:
+    def run_job(job):
         model, _, builder = load_for_eval(out / "runs" / job)
         max_new = default_max_new_tokens(model.spec.method)
-        results[job], latents[job] = {}, []
+        res, lat = {}, []
         for split in TEST_SPLITS:
             problems = load_records(out / "data" / f"{split}.jsonl")
             summary, rows = evaluate(model, builder, problems, batch_size=batch_size, max_new_tokens=max_new,
                                      desc=f"{job}/{split}")
-            results[job][split] = summary.as_dict()
-            latents[job] += [r["latents"] for r in rows]
+            res[split] = summary.as_dict()
+            lat += [r["latents"] for r in rows]
+        return {"results": res, "latents": lat}
+
+    results: dict[str, dict[str, dict]] = {}
+    latents: dict[str, list[int]] = {}
+    for job in jobs:
+        cached = _cached(out / "runs" / job, "test_eval.json", run_job, job)
+        results[job], latents[job] = cached["results"], cached["latents"]
         acc = sum(r["accuracy"] for r in results[job].values()) / len(TEST_SPLITS)
         print(f"  evaluated {_label(job)}: mean accuracy {100 * acc:.1f}%", flush=True)
     return results, latents
@@ -204,17 +222,21 @@ def evaluate_ablations(suite: Suite, out: Path, samples: int = 3, batch_size: in
     from atp_latent.evaluation.evaluate import default_max_new_tokens, evaluate, load_for_eval, mean_std
 
     problems = load_records(out / "data" / "val.jsonl")
-    rows: dict[str, dict] = {}
-    for job in suite.jobs + list(suite.ablations):
+    def run_job(job):
         model, _, builder = load_for_eval(out / "runs" / job)
         max_new = default_max_new_tokens(model.spec.method)
         summary, _ = evaluate(model, builder, problems, batch_size=batch_size, max_new_tokens=max_new,
                               progress=False)
-        rows[job] = summary.as_dict()
+        row = summary.as_dict()
         if model.spec.use_vae:
             accs = [evaluate(model, builder, problems, batch_size=batch_size, max_new_tokens=max_new,
                              sample_latents=True, seed=k, progress=False)[0].accuracy for k in range(samples)]
-            rows[job]["sampled_accuracy"], rows[job]["sampled_accuracy_std"] = mean_std(accs)
+            row["sampled_accuracy"], row["sampled_accuracy_std"] = mean_std(accs)
+        return row
+
+    rows: dict[str, dict] = {}
+    for job in suite.jobs + list(suite.ablations):
+        rows[job] = _cached(out / "runs" / job, "val_eval.json", run_job, job)
         print(f"  val {_label(job)}: {100 * rows[job]['accuracy']:.1f}%", flush=True)
     return rows
 
