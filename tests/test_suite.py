@@ -87,7 +87,7 @@ def test_finished_jobs_are_skipped(fake_jobs, tmp_path):
     for job in ("cot", "nocot"):
         (tmp_path / "runs" / job / "final").mkdir(parents=True)
         (tmp_path / "runs" / job / "final" / "reasoner.json").write_text("{}")
-    train_jobs(s, [(tmp_path, j, 0) for j in s.jobs])
+    assert train_jobs(s, [(tmp_path, j, 0) for j in s.jobs]) == 3
     assert [r.name for kind, r in events if kind == "start"] == ["atp", "coconut", "atp_rl"]
 
 

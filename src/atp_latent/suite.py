@@ -99,14 +99,15 @@ def _done(out: Path, job: str) -> bool:
 
 
 def train_jobs(suite: Suite, tasks: list[tuple[Path, str, int]], scale: float = 1.0, extra: list[str] | None = None,
-               slots: int = 2) -> None:
+               slots: int = 2) -> int:
     """Train `tasks` ((output folder, job, seed), in priority order), at most `slots` at a time.
 
     A job starts once the job it starts from (STARTS, same folder) has finished, so the jobs of several seeds
     interleave and no slot idles while a later seed has work ready. Finished jobs are skipped; interrupted ones
-    resume from their last checkpoint.
+    resume from their last checkpoint. Returns how many jobs it trained.
     """
     pending = [t for t in tasks if not _done(t[0], t[1])]
+    n_todo = len(pending)
     running: dict[tuple[Path, str, int], tuple[subprocess.Popen, Path]] = {}
 
     def name(t):
@@ -144,6 +145,7 @@ def train_jobs(suite: Suite, tasks: list[tuple[Path, str, int]], scale: float = 
         for p, _ in running.values():
             if p.poll() is None:
                 p.terminate()
+    return n_todo
 
 
 def _cached(run: Path, name: str, compute, *args):
@@ -277,7 +279,7 @@ def run_bench(args) -> int:
     if args.ablations:
         tasks += [(seed_dirs[0], j, 0) for j in suite.ablations]
     print(f"training {len(tasks)} jobs, two at a time (logs in {out}/seed-*/logs)", flush=True)
-    train_jobs(suite, tasks, scale)
+    trained = train_jobs(suite, tasks, scale)
     per_seed, latents = [], {j: [] for j in suite.jobs}
     for seed, d in enumerate(seed_dirs):
         print(f"evaluating seed {seed} on every synthetic test split", flush=True)
@@ -303,8 +305,12 @@ def run_bench(args) -> int:
                                                   "mean": agg, "per_seed": per_seed, "ablations_val": ablations},
                                                  indent=2))
     minutes = (time.time() - t0) / 60
+    took = f"{minutes:.0f} min on this machine"
+    if trained < len(tasks):
+        took += (f" for this invocation, which trained {trained} of the {len(tasks)} runs and reused the others, "
+                 "finished by an earlier invocation of the same command")
     text = (f"# CPU benchmark: every method on the synthetic benchmark\n\nCommand: `{command}` "
-            f"({minutes:.0f} min on this machine). Accuracy (%) per test split, mean ± std over {args.seeds} seed(s); "
+            f"({took}). Accuracy (%) per test split, mean ± std over {args.seeds} seed(s); "
             f"# tokens = active latents + answer tokens (CoT: generated steps + answer).\n\n{table}\n\n"
             "Plots: `accuracy_vs_tokens.png`, `training_curves.png`, `latents_used.png`.\n")
     if ablations:
