@@ -41,7 +41,8 @@ def test_plots_are_written(tmp_path):
     plot_accuracy_vs_tokens(agg, PER_SEED, ["a", "b"], {}, tmp_path / "acc.png")
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.jsonl").write_text("\n".join(json.dumps({"step": i, "train/loss": 1 / i}) for i in range(1, 5)))
+    rows = [{"step": i, "train/loss": 1 / i} for i in range(1, 5)] + [{"step": 4, "eval/val_accuracy": 0.5}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     plot_training_curves({"cot": [run], "atp": [tmp_path / "missing"]}, {}, tmp_path / "curves.png")
     plot_latents({"atp": [3, 4, 4, 2], "cot": [0, 0]}, {}, tmp_path / "lat.png")
     for name in ("acc.png", "curves.png", "lat.png"):

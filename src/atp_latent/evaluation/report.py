@@ -65,7 +65,8 @@ def plot_accuracy_vs_tokens(agg: dict, per_seed: list[dict], splits: list[str], 
 
 
 def plot_training_curves(run_dirs: dict[str, list[Path]], labels: dict, path: Path) -> None:
-    """train/loss (SFT) or train/reward (RL) per step, one panel per method, one line per seed."""
+    """train/loss (SFT) or train/reward (RL) per step, and val accuracy (dashed, right axis); one panel per
+    method, one colour per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,6 +77,7 @@ def plot_training_curves(run_dirs: dict[str, list[Path]], labels: dict, path: Pa
     rows = (len(jobs) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
     for ax, job in zip(axes.flat, jobs):
+        val_ax = ax.twinx()  # validation accuracy (dashed) on the right axis
         for seed, run in enumerate(run_dirs[job]):
             path_m = run / "metrics.jsonl"
             if not path_m.is_file():
@@ -84,8 +86,12 @@ def plot_training_curves(run_dirs: dict[str, list[Path]], labels: dict, path: Pa
             key = "train/reward" if any("train/reward" in r for r in rows_m) else "train/loss"
             pts = [(r["step"], r[key]) for r in rows_m if key in r]
             if pts:
-                ax.plot(*zip(*pts), lw=1, label=f"seed {seed}")
+                line = ax.plot(*zip(*pts), lw=0.8, alpha=0.7, label=f"seed {seed}")[0]
+                val = [(r["step"], 100 * r["eval/val_accuracy"]) for r in rows_m if "eval/val_accuracy" in r]
+                if val:
+                    val_ax.plot(*zip(*val), ls="--", lw=1.2, color=line.get_color())
             ax.set_ylabel(key)
+        val_ax.set_ylabel("val accuracy (%), dashed", fontsize=8)
         ax.set_title(labels.get(job, job), fontsize=9)
         ax.set_xlabel("step")
         if job in ("cot", "nocot", "coconut", "simcot", "atp"):
