@@ -1,10 +1,10 @@
 """Train and compare several methods the same way: the quickstart and `atp-latent bench`.
 
-A suite is a folder of configs (configs/<suite>/) and a plan of phases. The jobs of a phase run side by side
-as one-thread processes (for tiny models two one-thread processes train faster than one two-thread process);
-phases run one after another because later methods start from earlier checkpoints (the latent methods from
-CoT-SFT, RL from ATP SFT; always the best validation checkpoint). Every model is then evaluated on every
-synthetic test split with the same harness.
+A suite is a folder of configs (configs/<suite>/) and its jobs in priority order. Jobs run two at a time as
+one-thread processes (for tiny models two one-thread processes train faster than one two-thread process); a
+job starts once the checkpoint it starts from exists (the latent methods from CoT-SFT, RL from ATP SFT; always
+the best validation checkpoint). Every model is then evaluated on every synthetic test split with the same
+harness.
 """
 
 from __future__ import annotations
@@ -110,8 +110,10 @@ def train_jobs(suite: Suite, tasks: list[tuple[Path, str, int]], scale: float = 
     n_todo = len(pending)
     running: dict[tuple[Path, str, int], tuple[subprocess.Popen, Path]] = {}
 
+    several_seeds = len({seed for _, _, seed in tasks}) > 1
+
     def name(t):
-        return f"{t[1]}" if len(tasks) == len({j for _, j, _ in tasks}) else f"{t[1]}@seed-{t[2]}"
+        return f"{t[1]}@seed-{t[2]}" if several_seeds else t[1]
 
     t0, last = time.time(), 0.0
     try:
@@ -186,17 +188,27 @@ def evaluate_jobs(jobs: list[str], out: Path, batch_size: int = 100) -> tuple[di
     return results, latents
 
 
-def run_suite(suite: Suite, out: Path, seed: int = 0, scale: float = 1.0, data_seed: int = 0,
-              extra: list[str] | None = None) -> dict:
-    """Data (shared by every method), the phases, the evaluation. Returns results[job][split]."""
+def write_data(out: Path, data_seed: int = 0) -> None:
+    """The synthetic benchmark every method of a seed folder shares (kept when already there)."""
     if not (out / "data" / "train.jsonl").is_file():
         write_benchmark(out / "data", SynthConfig(seed=data_seed))
+
+
+def evaluate_seed(jobs: list[str], out: Path, seed: int) -> tuple[dict, dict]:
+    """evaluate_jobs for one seed folder, also written to its results.json."""
+    results, latents = evaluate_jobs(jobs, out)
+    (out / "results.json").write_text(json.dumps({"seed": seed, "results": results, "latents": latents}, indent=2))
+    return results, latents
+
+
+def run_suite(suite: Suite, out: Path, seed: int = 0, scale: float = 1.0, data_seed: int = 0,
+              extra: list[str] | None = None) -> dict:
+    """Data (shared by every method), the training jobs, the evaluation. Returns results[job][split]."""
+    write_data(out, data_seed)
     print(f"synthetic benchmark in {out / 'data'}", flush=True)
     train_jobs(suite, [(out, j, seed) for j in suite.jobs], scale, extra)
     print("evaluating on every synthetic test split", flush=True)
-    results, latents = evaluate_jobs(suite.jobs, out)
-    (out / "results.json").write_text(json.dumps({"seed": seed, "results": results, "latents": latents}, indent=2))
-    return results
+    return evaluate_seed(suite.jobs, out, seed)[0]
 
 
 def run_quickstart(args) -> int:
@@ -273,8 +285,7 @@ def run_bench(args) -> int:
     t0 = time.time()
     seed_dirs = [out / f"seed-{seed}" for seed in range(args.seeds)]
     for d in seed_dirs:
-        if not (d / "data" / "train.jsonl").is_file():
-            write_benchmark(d / "data", SynthConfig(seed=args.data_seed))
+        write_data(d, args.data_seed)
     tasks = [(d, j, seed) for seed, d in enumerate(seed_dirs) for j in suite.jobs]
     if args.ablations:
         tasks += [(seed_dirs[0], j, 0) for j in suite.ablations]
@@ -283,8 +294,7 @@ def run_bench(args) -> int:
     per_seed, latents = [], {j: [] for j in suite.jobs}
     for seed, d in enumerate(seed_dirs):
         print(f"evaluating seed {seed} on every synthetic test split", flush=True)
-        results, lat = evaluate_jobs(suite.jobs, d)
-        (d / "results.json").write_text(json.dumps({"seed": seed, "results": results, "latents": lat}, indent=2))
+        results, lat = evaluate_seed(suite.jobs, d, seed)
         per_seed.append(results)
         for j in suite.jobs:
             latents[j] += lat[j]
