@@ -1,115 +1,385 @@
-"""GPU smoke test at the paper's scale: ATP SFT steps and one GRPO step on a LLaMA-3.2-1B-shaped model.
+"""GPU smoke check of the paper recipe at the paper's scale, through the real training entry points.
 
-The model is randomly initialised from LLaMA-3.2-1B's shape (no weights needed); data is the synthetic
-benchmark. Prints step times, tokens per second and peak GPU memory. `--cpu` runs a small shape so CI
-exercises the same code path. Asserts nothing.
+One script, one GPU (H100, 80 GB), under 10 minutes. Configs are the paper's (src/atp_latent/configs/paper/atp.yaml
+and atp_rl.yaml, loaded with `load_config`) with short-run overrides only (data files, epoch length, epochs,
+checkpointing, run folder), so fp32 master weights with bf16 autocast, `optim.reset_each_epoch`, the separate
+trainable step decoder, batch 32 and c = 2 are what runs. The model is a randomly initialised LLaMA-3.2-1B-shaped LM
+(16 layers, d = 2048, 128256-token vocabulary; no weights are downloaded) with a word-level tokenizer built on the
+synthetic benchmark; both are saved with save_pretrained (in bf16, as the real checkpoint is stored) and the SFT run
+loads them through `model.name_or_path`, the real-checkpoint path (`load_pretrained`).
+
+Checks, one line each (`CHECK <name> PASS|FAIL key=value ...`); the exit code is 1 if any fails:
+  paper_model      SFT's final/ holds the LM it loaded: 16 layers, d = 2048, 128256 rows (the latent tokens are
+                   already in the tokenizer, so nothing is resized), saved in fp32 (the master weights).
+  paper_config     the run's resolved config keeps the paper's knobs (fp32 master weights, bf16 autocast,
+                   reset_each_epoch, separate trainable decoder, c = 2); prints the batch (32 at full shape).
+  sft_run          3 short ATP SFT epochs (`sft.train`) finish, write final/, train latent slots, replicas in sync.
+                   Every epoch runs at the final stage (curriculum.stage_offset = max_latent_stage + 1: 20 latent
+                   slots, the heaviest shape) on the same records, so the epochs have the same shapes.
+  sft_memory_flat  GPU: train/peak_memory_gib of every epoch within --tolerance (default 5%) of epoch 1's, i.e. the
+                   optimizer re-created each epoch does not pile up on the old ones. CPU: no CUDA peak memory, so
+                   the metric must be absent; the run finishing is the check.
+  sft_throughput   train/step_seconds and train/tokens_per_s are logged, finite and positive for every epoch.
+  rl_grpo_step     one GRPO step (`rl.train_rl`, 16 questions x 8 rollouts) from the SFT run's final/ finishes with
+                   train/first_ratio_dev == 0 exactly under bf16 (old and new log-probs scored alike) and replicas
+                   in sync.
+TIME lines: each SFT epoch's step seconds, tokens/s and peak memory; the RL step's timings (whatever it logs), its
+peak memory and what SFT left allocated; each phase's wall time; free disk.
+
+Disk (64 GB on the GPU machine): train.save_checkpoints=false (no optimizer state on disk), the model folder is
+deleted once SFT has loaded it, and RL runs without validation, which would keep a best/ with optimizer state. At
+1B that leaves SFT final/ (LM + decoder in fp32, ~10 GB), RL's last-step checkpoint (~20 GB: RL does not read
+train.save_checkpoints) and RL final/ (~10 GB).
+
+`--cpu` hides any GPU and runs the same checks at small shapes (llama-tiny, batch 4, one step per epoch, 4 latent slots, 2 questions
+x 4 rollouts, 4-token answers) in well under a minute: what CI runs (tests/test_benchmarks.py). `--out DIR` also
+writes the summary to DIR/SMOKE.md (device, versions, command, every line).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
 import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from atp_latent.config import load_config
-from atp_latent.data.sequences import Curriculum, SequenceBuilder, builder_for, collate
-from atp_latent.data.synthetic import SynthConfig, generate_benchmark
-from atp_latent.modeling.factory import tiny_config
-from atp_latent.modeling.reasoner import LatentReasoner, ReasonerSpec
-from atp_latent.modeling.tokenizer import build_word_tokenizer
-from atp_latent.training.rl import group_advantages, grpo_update, rollout
-from atp_latent.training.sft import corpus_of
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT / "src" / "atp_latent" / "configs" / "paper"
+LLAMA3_VOCAB = 128256
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cpu", action="store_true", help="small shape on CPU (what CI runs)")
-    ap.add_argument("--sft-steps", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--questions", type=int, default=None)
-    ap.add_argument("--group-size", type=int, default=None)
-    args = ap.parse_args()
-    cpu = args.cpu or not torch.cuda.is_available()
-    device = torch.device("cpu" if cpu else "cuda")
-    preset = "llama-tiny" if cpu else "llama-1b-shape"
-    bs = args.batch_size or (4 if cpu else 32)
-    steps = args.sft_steps or (2 if cpu else 5)
-    B, G = args.questions or (2 if cpu else 16), args.group_size or (4 if cpu else 8)
-    dtype = torch.bfloat16 if not cpu else torch.float32
-    torch.manual_seed(0)
+@dataclass
+class Shape:
+    preset: str
+    batch_size: int
+    steps_per_epoch: int
+    questions: int
+    group_size: int
+    minibatch: int
+    max_val: int
+    latent_stage: int  # curriculum.max_latent_stage (the paper's 10: 20 latent slots with c = 2)
+    new_tokens: int  # rl.max_new_tokens and rl.coherence_max_tokens (the paper's 16)
 
-    data = generate_benchmark(SynthConfig(seed=0, n_train=bs * (steps + 1) + B, n_val=8, n_test=8, n_ood=8))["train"]
-    tok = build_word_tokenizer(corpus_of(data))
+    @property
+    def records(self) -> int:
+        return self.batch_size * self.steps_per_epoch
+
+
+@dataclass
+class Report:
+    lines: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def _emit(self, line: str) -> None:
+        self.lines.append(line)
+        print(line, flush=True)
+
+    def check(self, name: str, ok: bool, **info) -> None:
+        if not ok:
+            self.failed.append(name)
+        self._emit(f"CHECK {name} {'PASS' if ok else 'FAIL'} {fmt(info)}".rstrip())
+
+    def time(self, what: str, **info) -> None:
+        self._emit(f"TIME {what} {fmt(info)}".rstrip())
+
+
+def fmt(info: dict) -> str:
+    def one(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        if isinstance(v, list | tuple):
+            return "[" + ",".join(one(x) for x in v) + "]"
+        if v is None:
+            return "n/a"
+        return json.dumps(v[:300]) if isinstance(v, str) and (" " in v or not v) else str(v)
+
+    return " ".join(f"{k}={one(v)}" for k, v in info.items())
+
+
+def error_text(e: BaseException) -> str:
+    traceback.print_exception(e, file=sys.stderr)
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+
+
+def read_metrics(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def values(rows: list[dict], key: str) -> list:
+    return [r[key] for r in rows if key in r]
+
+
+def cuda_free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ----- the model and data the runs load -----
+
+def write_inputs(work: Path, shape: Shape, vocab: int | None, seed: int = 0) -> tuple[Path, Path, dict]:
+    """Synthetic data files, and a random LM of the preset's shape with a word-level tokenizer, saved with
+    save_pretrained; vocab None: the tokenizer's size. Returns (data dir, model dir, facts about the model)."""
     from transformers import AutoModelForCausalLM
 
-    vocab = len(tok) if cpu else 128256  # LLaMA-3's vocabulary size, so embedding and logits cost what they do
-    cfg = tiny_config(preset, vocab, tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
-    t0 = time.time()
-    lm = AutoModelForCausalLM.from_config(cfg).to(device)
-    spec = ReasonerSpec.for_method("atp", latents_per_step=2, max_latent_stage=10)
-    model = LatentReasoner(lm, spec).to(device)
-    n_params = sum(p.numel() for p in model.lm.parameters())
-    print(f"device={torch.cuda.get_device_name() if not cpu else 'cpu'} preset={preset} params={n_params / 1e6:.1f}M "
-          f"(+ decoder and heads) build={time.time() - t0:.1f}s")
+    from atp_latent.data.formats import write_jsonl
+    from atp_latent.data.synthetic import SynthConfig, generate_benchmark
+    from atp_latent.modeling.factory import tiny_config
+    from atp_latent.modeling.tokenizer import build_word_tokenizer
+    from atp_latent.training.sft import corpus_of
 
-    # --- ATP SFT at the final stage: every step latent, 20 latent slots ---
-    cur = Curriculum(latents_per_step=2, max_latent_stage=10)
-    builder = SequenceBuilder(tok, "atp", cur, mask_surplus=True)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.01)
-    model.train()
-    if not cpu:
-        torch.cuda.reset_peak_memory_stats()
-    times, tokens = [], 0
-    for i in range(steps + 1):  # the first step warms up and is not timed
-        batch = collate([builder.build(p, stage=11) for p in data[i * bs: (i + 1) * bs]], tok.pad_token_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        if not cpu:
-            torch.cuda.synchronize()
-        t = time.time()
-        with torch.autocast(device.type, dtype=dtype, enabled=not cpu):
-            out = model(batch)
-        out["loss"].backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if not cpu:
-            torch.cuda.synchronize()
-        if i > 0:
-            times.append(time.time() - t)
-            tokens += int(batch["prefix_mask"].sum() + batch["active"].sum() + batch["suffix_mask"].sum())
-    sft_step = sum(times) / len(times)
-    print(f"sft: batch={bs} latent_slots=20 step={sft_step:.3f}s tokens/s={tokens / sum(times):.0f} "
-          f"loss={out['loss'].item():.3f}")
-    if not cpu:
-        print(f"sft: peak_memory={torch.cuda.max_memory_allocated() / 2**30:.1f}GiB")
+    n_train = max(shape.records, shape.questions)
+    splits = generate_benchmark(SynthConfig(seed=seed, n_train=n_train, n_val=shape.max_val, n_test=4, n_ood=4))
+    data = work / "data"
+    for split in ("train", "val"):
+        write_jsonl(data / f"{split}.jsonl", splits[split])
+    tok = build_word_tokenizer(corpus_of(splits["train"] + splits["val"]))
+    vocab = vocab or len(tok)
+    cfg = tiny_config(shape.preset, vocab, tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
+    torch.manual_seed(seed)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        lm = AutoModelForCausalLM.from_config(cfg)
+    facts = {"layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size, "vocab": vocab,
+             "params_m": sum(p.numel() for p in lm.parameters()) / 1e6}
+    model_dir = work / "model"
+    lm.to(torch.bfloat16).save_pretrained(model_dir)  # bf16 on disk, like the released Llama-3.2-1B
+    tok.save_pretrained(model_dir)
+    del lm
+    cuda_free()
+    return data, model_dir, facts
 
-    # --- one GRPO step: B questions x G samples, coherence decoding, minibatch updates ---
-    rl_cfg = load_config(None, [f"rl.questions_per_step={B}", f"rl.group_size={G}", "rl.minibatch_size=16"])
-    model.eval()
-    model.decoder.requires_grad_(False)
-    from accelerate import Accelerator
 
-    acc = Accelerator(cpu=cpu)
-    if not cpu:
-        torch.cuda.reset_peak_memory_stats()
-        torch.cuda.synchronize()
+# ----- checks -----
+
+def lm_on_disk(final: Path) -> dict:
+    """Shape and weight dtype of the LM in a save_pretrained reasoner directory (final/lm)."""
+    from safetensors import safe_open
+
+    cfg = json.loads((final / "lm" / "config.json").read_text())
+    for shard in sorted((final / "lm").glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            name = next((k for k in f.keys() if "embed_tokens" in k), None)
+            if name is not None:
+                dtype, rows = f.get_slice(name).get_dtype(), f.get_slice(name).get_shape()[0]
+                break
+    else:
+        raise FileNotFoundError(f"{final / 'lm'}: no embed_tokens weight in any *.safetensors")
+    return {"layers": cfg["num_hidden_layers"], "hidden": cfg["hidden_size"], "vocab": cfg["vocab_size"],
+            "embedding_rows": rows, "dtype": dtype}
+
+
+def check_paper_model(report: Report, sft: Path, facts: dict) -> None:
+    try:
+        disk = lm_on_disk(sft / "final")
+    except Exception as e:  # noqa: BLE001 - a check reports any failure as FAIL
+        report.check("paper_model", False, error=error_text(e))
+        return
+    ok = (disk["layers"], disk["hidden"], disk["vocab"], disk["embedding_rows"]) == \
+        (facts["layers"], facts["hidden"], facts["vocab"], facts["vocab"]) and disk["dtype"] == "F32"
+    report.check("paper_model", ok, **disk, params_m=facts["params_m"], loaded_from="model.name_or_path")
+
+
+def check_paper_config(report: Report, sft: Path) -> None:
+    from atp_latent.configtools import load_yaml_dict
+
+    c = load_yaml_dict(sft / "config.yaml")
+    got = {"dtype": c["model"]["dtype"], "mixed_precision": c["train"]["mixed_precision"],
+           "reset_each_epoch": c["optim"]["reset_each_epoch"], "decoder": c["method"]["decoder_mode"],
+           "decoder_trainable": c["method"]["decoder_trainable"],
+           "batch": c["optim"]["batch_size"], "c": c["method"]["latents_per_step"]}
+    want = {"dtype": "float32", "mixed_precision": "bf16", "reset_each_epoch": True, "decoder": "separate",
+            "decoder_trainable": True, "c": 2}
+    report.check("paper_config", all(got[k] == v for k, v in want.items()), **got)
+
+
+def check_sft(report: Report, sft: Path, epochs: int, cpu: bool, tolerance: float) -> None:
+    rows = read_metrics(sft)
+    stages = sorted(set(values(rows, "train/stage")))
+    latents = values(rows, "train/active_latents")
+    ok = (sft / "final").is_dir() and 1 in values(rows, "train/finished") \
+        and values(rows, "train/replicas_in_sync") == [1] and len(set(values(rows, "train/epoch"))) == epochs \
+        and bool(latents) and min(latents) > 0
+    report.check("sft_run", ok, epochs=len(set(values(rows, "train/epoch"))), stages=stages,
+                 active_latents=max(latents, default=None), final=(sft / "final").is_dir())
+
+    peaks = values(rows, "train/peak_memory_gib")
+    if cpu:
+        report.check("sft_memory_flat", not peaks and ok, peak_gib="n/a(cpu)", run_finished=ok)
+    else:
+        flat = len(peaks) == epochs and all(abs(p - peaks[0]) <= tolerance * peaks[0] for p in peaks)
+        report.check("sft_memory_flat", flat, peak_gib=peaks, tolerance=f"{tolerance:.0%}_of_epoch_1")
+
+    secs, tps = values(rows, "train/step_seconds"), values(rows, "train/tokens_per_s")
+    good = len(secs) == len(tps) == epochs and all(math.isfinite(v) and v > 0 for v in secs + tps)
+    report.check("sft_throughput", good, step_seconds=secs, tokens_per_s=tps)
+    stage_of = {r["train/epoch"]: r["train/stage"] for r in rows if "train/stage" in r and "train/epoch" in r}
+    for r in (r for r in rows if "train/step_seconds" in r):
+        epoch = r.get("train/epoch")
+        report.time(f"sft epoch={epoch + 1 if epoch is not None else '?'}", stage=stage_of.get(epoch),
+                    step_seconds=r["train/step_seconds"], tokens_per_s=r.get("train/tokens_per_s"),
+                    peak_gib=r.get("train/peak_memory_gib"))
+
+
+def check_rl(report: Report, rl: Path, rollouts: int, peak_gib: float | None, before_gib: float | None) -> None:
+    rows = read_metrics(rl)
+    step = next((r for r in rows if "train/first_ratio_dev" in r), {})
+    dev = step.get("train/first_ratio_dev")
+    ok = (rl / "final").is_dir() and dev == 0 and values(rows, "train/replicas_in_sync") == [1]
+    report.check("rl_grpo_step", ok, rollouts=rollouts, first_ratio_dev=dev,
+                 replicas_in_sync=values(rows, "train/replicas_in_sync"), reward=step.get("train/reward"),
+                 active_latents=step.get("train/active_latents"), final=(rl / "final").is_dir())
+    timing = {k.removeprefix("train/"): v for k, v in step.items()
+              if any(s in k for s in ("seconds", "per_s", "memory")) and isinstance(v, int | float)}
+    report.time("rl step", **timing, peak_gib=peak_gib, allocated_before_rl_gib=before_gib)
+
+
+# ----- the runs -----
+
+def run_phase(report: Report, what: str, fn):
+    """Run a training entry point with its prints sent to stderr (stdout is the summary); time it."""
     t = time.time()
-    with torch.autocast(device.type, dtype=dtype, enabled=not cpu):
-        traj = rollout(model, builder_for(tok, spec), data[:B], rl_cfg, torch.Generator(device).manual_seed(0), device)
-        t_roll = time.time() - t
-        adv = group_advantages(traj.rewards, G).to(device)
-        if not adv.abs().sum():  # a random model earns equal rewards; give the update real work
-            adv = torch.randn(adv.shape, generator=torch.Generator().manual_seed(1)).to(device)
-        grpo_update(model, model, opt, acc, traj, adv, rl_cfg, torch.Generator().manual_seed(0))
-    if not cpu:
-        torch.cuda.synchronize()
-    t_rl = time.time() - t
-    gen_tokens = int(traj.batch["rl_token_mask"].sum() + traj.batch["rl_active"].sum())
-    print(f"rl: rollouts={B * G} step={t_rl:.2f}s (rollout+coherence {t_roll:.2f}s) "
-          f"sampled_tokens/s={gen_tokens / t_roll:.0f}")
-    if not cpu:
-        print(f"rl: peak_memory={torch.cuda.max_memory_allocated() / 2**30:.1f}GiB")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            out = fn()
+        return out, None
+    except Exception as e:  # noqa: BLE001 - reported as the failing check's error
+        return None, error_text(e)
+    finally:
+        report.time(f"{what} wall", seconds=time.time() - t)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cpu", action="store_true", help="hide any GPU; small shapes on CPU (what CI runs)")
+    ap.add_argument("--out", default=None, help="also write the summary to OUT/SMOKE.md")
+    ap.add_argument("--workdir", default=None, help="where runs are written (default: a temporary folder, removed)")
+    ap.add_argument("--preset", default=None, help="model shape (default llama-1b-shape; llama-tiny with --cpu)")
+    ap.add_argument("--vocab", type=int, default=None,
+                    help=f"vocabulary rows (default {LLAMA3_VOCAB}, LLaMA-3's; the tokenizer's size with --cpu)")
+    ap.add_argument("--batch-size", type=int, default=None, help="SFT batch (default 32; 4 with --cpu)")
+    ap.add_argument("--steps-per-epoch", type=int, default=None, help="SFT steps per epoch (default 3; 1 with --cpu)")
+    ap.add_argument("--questions", type=int, default=None, help="RL questions per step (default 16; 2 with --cpu)")
+    ap.add_argument("--group-size", type=int, default=None, help="RL rollouts per question (default 8; 4 with --cpu)")
+    ap.add_argument("--tolerance", type=float, default=0.05, help="sft_memory_flat: allowed change vs epoch 1")
+    args = ap.parse_args()
+    cpu = args.cpu
+    if cpu:  # hide any GPU before CUDA initialises: the training entry points pick the device themselves
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    if not cpu and not torch.cuda.is_available():
+        print("no CUDA device: this is the GPU check; use --cpu for the small CPU version", file=sys.stderr)
+        return 2
+    # CPU: bf16 autocast is emulated on most CPUs (~10x slower than fp32), hence 4 latent slots and short answers
+    if cpu:
+        shape = Shape("llama-tiny", batch_size=4, steps_per_epoch=1, questions=2, group_size=4, minibatch=4,
+                      max_val=4, latent_stage=2, new_tokens=4)
+    else:  # the paper's batch, c * max_latent_stage = 20 latent slots, RL shape and answer length
+        shape = Shape("llama-1b-shape", batch_size=32, steps_per_epoch=3, questions=16, group_size=8, minibatch=16,
+                      max_val=32, latent_stage=10, new_tokens=16)
+    shape.preset, shape.batch_size = args.preset or shape.preset, args.batch_size or shape.batch_size
+    shape.steps_per_epoch = args.steps_per_epoch or shape.steps_per_epoch
+    shape.questions, shape.group_size = args.questions or shape.questions, args.group_size or shape.group_size
+    vocab = args.vocab or (None if cpu else LLAMA3_VOCAB)  # LLaMA-3's: embedding and logits cost what they do
+    epochs = 3
+    report = Report()
+    device = "cpu" if cpu else torch.cuda.get_device_name()
+    header = (f"preset={shape.preset} vocab={vocab or 'tokenizer'} batch={shape.batch_size} "
+              f"steps_per_epoch={shape.steps_per_epoch} latent_slots={2 * shape.latent_stage} "
+              f"rl={shape.questions}x{shape.group_size}")
+    print(f"# device={device!r} {header}", flush=True)
+    header = (device, header)
+
+    from atp_latent.config import load_config
+    from atp_latent.training.rl import train_rl
+    from atp_latent.training.sft import train
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="gpu_smoke-"))
+    try:
+        built, err = run_phase(report, "build", lambda: write_inputs(work, shape, vocab))
+        if err:
+            report.check("paper_model", False, error=err)
+            return finish(report, args, header)
+        data, model_dir, facts = built
+        report.time("disk", free_gib=shutil.disk_usage(work).free / 2**30, workdir=str(work))
+        common = [f"data.train={data / 'train.jsonl'}", f"data.val={data / 'val.jsonl'}",
+                  f"data.max_val={shape.max_val}", f"output_dir={work / 'runs'}", "train.save_checkpoints=false"]
+        sft_set = common + [
+            f"model.name_or_path={model_dir}", f"data.max_train={shape.records}", f"data.epoch_size={shape.records}",
+            f"optim.batch_size={shape.batch_size}", f"train.epochs={epochs}", "train.eval_every_epoch=false",
+            "train.log_every=1",
+            "curriculum.epochs_per_stage=1", f"curriculum.max_latent_stage={shape.latent_stage}",
+            f"curriculum.stage_offset={shape.latent_stage + 1}", "name=atp"]
+        sft, err = run_phase(report, "sft", lambda: train(load_config(str(PAPER / "atp.yaml"), sft_set)))
+        shutil.rmtree(model_dir, ignore_errors=True)  # loaded; frees disk for the RL checkpoints
+        cuda_free()
+        if err:
+            for name in ("paper_model", "paper_config", "sft_run", "sft_memory_flat", "sft_throughput", "rl_grpo_step"):
+                report.check(name, False, error=err if name == "sft_run" else "no SFT run (see sft_run)")
+            return finish(report, args, header)
+        check_paper_model(report, sft, facts)
+        check_paper_config(report, sft)
+        check_sft(report, sft, epochs, cpu, args.tolerance)
+
+        rl_set = common + [
+            f"model.init_from={sft / 'final'}", "rl.steps=1", f"rl.questions_per_step={shape.questions}",
+            f"rl.group_size={shape.group_size}", f"rl.minibatch_size={shape.minibatch}",
+            f"rl.max_new_tokens={shape.new_tokens}", f"rl.coherence_max_tokens={shape.new_tokens}",
+            f"eval.max_new_tokens={shape.new_tokens}", "data.val=null", "name=atp_rl"]
+        left = None if cpu else torch.cuda.memory_allocated() / 2**30  # what SFT left allocated: should be ~0
+        if not cpu:
+            torch.cuda.reset_peak_memory_stats()
+        rl, err = run_phase(report, "rl", lambda: train_rl(load_config(str(PAPER / "atp_rl.yaml"), rl_set)))
+        peak = None if cpu else torch.cuda.max_memory_allocated() / 2**30
+        if err:
+            report.check("rl_grpo_step", False, error=err)
+        else:
+            check_rl(report, rl, shape.questions * shape.group_size, peak, left)
+        return finish(report, args, header)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def finish(report: Report, args, header: tuple[str, str]) -> int:
+    """The SUMMARY line, and OUT/SMOKE.md with --out; the exit code. header: (device name, shape line)."""
+    n = sum(line.startswith("CHECK ") for line in report.lines)
+    verdict = "PASS" if not report.failed else "FAIL"
+    summary = f"SUMMARY {verdict} {n - len(report.failed)}/{n} checks passed" + \
+        (f" failed={','.join(report.failed)}" if report.failed else "")
+    print(summary, flush=True)
+    if args.out:
+        import transformers
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        command = " ".join(["bash benchmarks/gpu_smoke.sh", *sys.argv[1:]])
+        text = "\n".join([
+            "# GPU smoke check of the paper recipe", "",
+            f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+            f"- device: {header[0]}",
+            f"- shape: {header[1]}",
+            f"- torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}",
+            f"- command: `{command}`",
+            f"- result: {summary.removeprefix('SUMMARY ')}", "",
+            "What each check means: see the docstring of benchmarks/gpu_smoke.py.", "",
+            "```", *report.lines, summary, "```", "",
+        ])
+        (out / "SMOKE.md").write_text(text)
+        print(f"# wrote {out / 'SMOKE.md'}", flush=True)
+    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

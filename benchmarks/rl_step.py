@@ -140,7 +140,7 @@ def engine_step(model, raw, optimizer, accelerator, builder, problems, cfg, seed
     t2 = time.perf_counter()
     del adv  # random model: equal rewards, zero advantages; use the fixed random vector instead
     clock.phase = "update"
-    stats = grpo_update(model, raw, optimizer, accelerator, traj, adv_fixed, cfg, perm_rng)
+    stats = grpo_update(model, optimizer, accelerator, traj, adv_fixed, cfg, perm_rng)
     t3 = time.perf_counter()
     pieces = {"rollout": t1 - t0, "advantages": t2 - t1, "grpo_update": t3 - t2, "total": t3 - t0} | dict(clock.t)
     return pieces, traj, stats
@@ -364,7 +364,7 @@ def main(argv=None) -> None:
         lp = torch.log_softmax(torch.stack(run_cached_passes(lm, rollout_prep, collect=True), 1).float(), -1)
         lp = lp.gather(-1, gen_tokens[..., None]).squeeze(-1) * batch["rl_token_mask"]
         dev_roll = float((lp - traj.rollout_logps["answer"]).abs().max())
-        ref = raw.score({k: (v if k == "end_id" else v[chunks[0]]) for k, v in batch.items()})
+        ref = raw.score({k: (v if v.dim() == 0 else v[chunks[0]]) for k, v in batch.items()})
         logp, lat = score_forward(lm, scoring[0], heads)
         dev_score = max(float((logp - ref["answer"]).abs().max()), float((lat - ref["latent"].sum(-1)).abs().max()))
     run_bare(lm, prepared, bare_opt, adv_fixed)  # warm-up (and optimizer state)

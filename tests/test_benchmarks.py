@@ -17,9 +17,23 @@ def run(args):
     return proc.stdout.strip().splitlines()
 
 
-def test_gpu_smoke_cpu():
-    out = run(["bash", "benchmarks/gpu_smoke.sh", "--cpu"])
-    assert any(line.startswith("sft: batch=") for line in out) and any(line.startswith("rl: rollouts=") for line in out)
+SMOKE_CHECKS = ["paper_model", "paper_config", "sft_run", "sft_memory_flat", "sft_throughput", "rl_grpo_step"]
+
+
+def test_gpu_smoke_cpu(tmp_path):
+    """The GPU smoke check at CPU shapes: the paper configs through sft.train and rl.train_rl, every check PASS,
+    one timing line per SFT epoch and one for the RL step, and the markdown summary."""
+    out = run(["bash", "benchmarks/gpu_smoke.sh", "--cpu", "--out", str(tmp_path)])
+    checks = [line.split() for line in out if line.startswith("CHECK ")]
+    assert [c[1] for c in checks] == SMOKE_CHECKS, out
+    assert all(c[2] == "PASS" for c in checks), "\n".join(out)
+    assert "first_ratio_dev=0" in next(" ".join(c) for c in checks if c[1] == "rl_grpo_step")
+    assert [line.split()[2] for line in out if line.startswith("TIME sft epoch=")] == ["epoch=1", "epoch=2", "epoch=3"]
+    assert any(line.startswith("TIME rl step step_seconds=") for line in out)
+    assert any(line.startswith("SUMMARY PASS 6/6") for line in out)
+    md = (tmp_path / "SMOKE.md").read_text()
+    assert "- device: cpu" in md and "transformers" in md and "gpu_smoke.sh --cpu" in md
+    assert all(" ".join(c) in md for c in checks)
 
 
 @pytest.mark.parametrize("script,args,last", [

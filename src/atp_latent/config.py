@@ -99,6 +99,9 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     threads: int | None = None  # torch CPU threads (None: torch's default)
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0: at each epoch end only)
+    # false: no resumable step checkpoints (optimizer state: 16 bytes per trainable parameter, ~20 GB at 1B with
+    # a separate decoder); best/ and epoch-N/ then hold weights only; final/ is always written
+    save_checkpoints: bool = True
     keep_last: int = 2
     keep_epochs: list[int] = field(default_factory=list)  # also keep RUN/epoch-N after these (1-based) epochs
     log_every: int = 10

@@ -234,3 +234,76 @@ def test_shared_data(shared_data):
     text = out.getvalue()
     assert "gsm8k_test.jsonl: format=shared-jsonl records=1319 steps: with=1301" in text
     assert text.count("warning: ") == 20  # the 20 repeated MultiArith questions
+
+
+def test_bracketed_steps_are_stripped_by_every_loader(tmp_path):
+    # GSM8k-Aug / iCoT JSON copies store "<<16-3-4=9>>"; a Problem holds "16-3-4=9" whichever way it came.
+    path = jsonl(tmp_path / "aug.jsonl", [
+        {"question": "Q1", "answer": "18", "steps": ["<<16-3-4=9>>", "<<9*2=18>>"]},
+        {"question": "Q2", "answer": "18", "steps": ["16-3-4=9", " << 9*2=18 >> "]},
+    ])
+    assert [p.steps for p in load_records(path)] == [["16-3-4=9", "9*2=18"]] * 2
+    assert check_file(path).ok
+
+
+@pytest.mark.parametrize("step", ["<<<<16-3-4=9>>>>", "<<16-3-4=9", "16-3-4=9>>"])
+def test_stray_brackets_in_steps_are_errors(tmp_path, step):
+    path = jsonl(tmp_path / "bad.jsonl", [{"question": "Q", "answer": "9", "steps": [step]}])
+    with pytest.raises(DataError, match=r":1: steps\[0\]: stray '<<' or '>>'"):
+        load_records(path)
+
+
+@pytest.mark.parametrize("row", [
+    # whynlp/gsm8k-aug as published: "steps" is a list of bracketed equations
+    {"question": "Q", "steps": ["<<16-3-4=9>>", "<<9*2=18>>"], "answer": "18"},
+    {"question": "Q", "cot": ["<<16-3-4=9>>", "<<9*2=18>>"], "answer": "18"},  # cot as a list, bracketed
+    {"question": "Q", "cot": ["16-3-4=9", "9*2=18"], "answer": "18"},  # cot as a list, bare
+    {"question": "Q", "cot": "<<16-3-4=9>> <<9*2=18>>", "answer": "18"},  # cot as one annotated string
+    {"question": "Q", "cot": "16-3-4=9 9*2=18", "answer": "18"},  # cot as one bare string
+    {"question": "Q", "cot": ("<<16-3-4=9>>", "9*2=18"), "answer": 18},  # a tuple, a number answer
+])
+def test_hf_row_shapes(row):
+    p = _hf_row_to_problem("x[train]", 1, row, "x")
+    assert (p.question, p.steps, p.answer, p.source) == ("Q", ["16-3-4=9", "9*2=18"], "18", "x")
+
+
+def test_hf_row_bad_cot():
+    with pytest.raises(DataError, match=r"^x\[train\]:2: cot: unclosed '<<'"):
+        _hf_row_to_problem("x[train]", 2, {"question": "Q", "cot": "<<16-3-4=9", "answer": "9"}, "x")
+    with pytest.raises(DataError, match=r"^x\[train\]:3: cot: expected a string or a list"):
+        _hf_row_to_problem("x[train]", 3, {"question": "Q", "cot": 5, "answer": "9"}, "x")
+
+
+def fake_hub(splits):
+    """A stand-in `datasets` module whose one dataset has the given splits (errors like the real one)."""
+    calls = []
+
+    def load_dataset(name, split):
+        calls.append(split)
+        if split not in splits:
+            raise ValueError(f'Unknown split "{split}". Should be one of {list(splits)}.')
+        return splits[split]
+
+    return types.SimpleNamespace(load_dataset=load_dataset), calls
+
+
+def test_hf_validation_split_aliases(monkeypatch):
+    row = {"question": "Q", "steps": ["<<2+3=5>>"], "answer": "5"}
+    fake, calls = fake_hub({"train": [row], "valid": [row]})
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    with pytest.warns(UserWarning, match=r"no split 'validation'; using its 'valid' split"):
+        (p,) = load_hf_dataset("some/aug", "validation")
+    assert p.steps == ["2+3=5"] and calls == ["validation", "valid"]
+    # The asked name, when present, is used without a warning or a second try.
+    fake, calls = fake_hub({"validation": [row]})
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    assert len(load_hf_dataset("some/aug", "validation")) == 1 and calls == ["validation"]
+    # Not a validation name: no aliases; a miss is a DataError naming the asked split and the loader's error.
+    fake, calls = fake_hub({"train": [row]})
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    with pytest.raises(DataError, match=r"^some/aug\[test\]: path: cannot load dataset: Unknown split \"test\""):
+        load_hf_dataset("some/aug", "test")
+    assert calls == ["test"]
+    with pytest.raises(DataError, match=r"^some/aug\[val\]: path: .*Unknown split \"val\""):
+        load_hf_dataset("some/aug", "val")
+    assert calls == ["test", "val", "validation", "valid"]

@@ -3,6 +3,7 @@ import pickle
 import pytest
 
 from atp_latent.data import DataError, Problem, evaluate_expression, parse_equation, parse_number
+from atp_latent.data.records import bare_step
 
 
 def test_problem_roundtrip():
@@ -48,3 +49,11 @@ def test_parse_number():
         assert parse_number(text) == value
     for bad in ["", "abc", "nan", "inf", "1_000", "3/4", "$", "1.2.3"]:
         assert parse_number(bad) is None
+
+
+def test_bare_step():
+    assert bare_step("<<16-3-4=9>>") == "16-3-4=9"
+    assert bare_step(" 16-3-4=9 ") == "16-3-4=9"  # already bare: unchanged but for whitespace
+    assert bare_step("<< 9*2=18 >>") == "9*2=18"
+    assert bare_step("<<<<16-3-4=9>>>>") == "<<16-3-4=9>>"  # one pair only; loaders reject the rest
+    assert bare_step("<<16-3-4=9") == "<<16-3-4=9"  # unmatched: left for the loader to report

@@ -1,11 +1,13 @@
 """Curriculum sequences, labels and decoder targets (METHOD.md §2-§3, §6)."""
 
+import json
 import random
 
 import pytest
 
+from atp_latent.data.formats import load_records
 from atp_latent.data.records import Problem
-from atp_latent.data.sequences import IGNORE, Curriculum, SequenceBuilder, collate, sample_stage
+from atp_latent.data.sequences import IGNORE, Curriculum, SequenceBuilder, collate, sample_stage, step_text
 from atp_latent.modeling.tokenizer import build_word_tokenizer, latent_token_ids
 
 P = Problem(question="Ann has 3 cats and 4 dogs.", steps=["3+4=7", "7*2=14", "14-5=9"], answer="9")
@@ -75,7 +77,7 @@ def test_decoder_targets(tok):
     b = SequenceBuilder(tok, "atp", cur, mask_surplus=True)
     # Beyond max with 3 steps and 2 groups: group 0 = step 0, the last group merges steps 1..2.
     ex = b.build(P, stage=3)
-    assert [text(tok, t) for t in ex.group_targets] == ["<<3+4=7>><|eos|>", "<<7*2=14>><<14-5=9>><|eos|>"]
+    assert [text(tok, t) for t in ex.group_targets] == ["<<3+4=7>><|eos|>", "<<7*2=14>>\n<<14-5=9>><|eos|>"]
     # At stage 2 <= max, the second group is one step only.
     assert text(tok, b.build(P, stage=2).group_targets[1]) == "<<7*2=14>><|eos|>"
     # A record with fewer steps than groups: the surplus group is eos-only.
@@ -95,9 +97,67 @@ def test_collate_shapes_and_activity(tok):
     assert (batch["labels"][batch["suffix_mask"] == 0] == IGNORE).all()
 
 
-def test_uniform_stage_sampling():
-    cur = Curriculum(max_latent_stage=3, uniform_prob=1.0)
+def ids_of(tok, tokens):
+    """Token ids from a hand-written token list (one vocabulary lookup each, independent of the encoder)."""
+    ids = tok.convert_tokens_to_ids(tokens)
+    assert tok.unk_token_id not in ids
+    return ids
+
+
+def test_merged_last_group_is_newline_joined_by_hand(tok):
+    # max_latent_stage 2, stage 3 > max: all 3 steps latent; group 1 (the last) merges steps 1..2 with "\n".
+    b = SequenceBuilder(tok, "atp", Curriculum(latents_per_step=2, max_latent_stage=2), mask_surplus=True)
+    targets = b.build(P, stage=3).group_targets
+    step0 = list("<<3+4=7>>")
+    merged = list("<<7*2=14>>") + ["\n"] + list("<<14-5=9>>")
+    assert targets == [ids_of(tok, step0) + [tok.eos_token_id], ids_of(tok, merged) + [tok.eos_token_id]]
+
+
+BRACKETED = Problem(question=P.question, steps=["<<3+4=7>>", "<<7*2=14>>", "<<14-5=9>>"], answer="9")
+
+
+def test_step_text_is_idempotent():
+    assert step_text("16-3-4=9") == "<<16-3-4=9>>"
+    assert step_text("<<16-3-4=9>>") == "<<16-3-4=9>>"
+    assert step_text(step_text("16-3-4=9")) == "<<16-3-4=9>>"
+    assert step_text(" << 16-3-4=9 >> ") == "<<16-3-4=9>>"
+
+
+@pytest.mark.parametrize("stage", [0, 1, 3])
+def test_bracketed_steps_get_one_pair_of_brackets(tok, stage):
+    # A Problem built by hand with bracketed steps writes exactly the sequences of the bare one.
+    cur = Curriculum(latents_per_step=2, max_latent_stage=2)
+    for method in ("cot", "atp"):
+        b = SequenceBuilder(tok, method, cur, mask_surplus=True)
+        got, want = b.build(BRACKETED, stage), b.build(P, stage)
+        assert (got.suffix, got.labels, got.group_targets) == (want.suffix, want.labels, want.group_targets)
+    cot = SequenceBuilder(tok, "cot", cur).build(BRACKETED, 0)
+    assert labelled(tok, cot) == "<<3+4=7>>\n<<7*2=14>>\n<<14-5=9>>\n### 9<|eos|>"
+    assert "<<<<" not in labelled(tok, cot)
+
+
+def test_bracketed_steps_through_the_loader(tok, tmp_path):
+    # GSM8k-Aug / iCoT JSON copies store bracketed steps: the loader strips them, the builder adds one pair.
+    f = tmp_path / "aug.jsonl"
+    f.write_text(json.dumps({"question": P.question, "steps": BRACKETED.steps, "answer": "9"}) + "\n")
+    (p,) = load_records(f)
+    assert p.steps == ["3+4=7", "7*2=14", "14-5=9"]
+    ex = SequenceBuilder(tok, "cot", Curriculum()).build(p, 0)
+    body = ids_of(tok, [*"<<3+4=7>>", "\n", *"<<7*2=14>>", "\n", *"<<14-5=9>>", "\n", "#", "#", "#", "\u2581", "9"])
+    assert ex.suffix[1:] == body + [tok.eos_token_id]
+
+
+def test_uniform_stage_sampling_is_per_record():
+    # uniform_prob 1: a record with n steps gets a stage drawn uniformly from 0..n (inclusive), whatever max is.
+    cur = Curriculum(max_latent_stage=10, uniform_prob=1.0)
     rng = random.Random(0)
-    stages = {sample_stage(cur, 0, rng) for _ in range(200)}
-    assert stages == {0, 1, 2, 3, 4}
-    assert {sample_stage(Curriculum(uniform_prob=0.0), 4, rng) for _ in range(10)} == {3}
+    for n in (0, 1, 3):
+        draws = [sample_stage(cur, 0, rng, n) for _ in range(600)]
+        assert set(draws) == set(range(n + 1))
+        assert min(draws.count(k) for k in range(n + 1)) > 600 / (n + 1) / 2  # roughly uniform
+    # uniform_prob 0: the epoch's stage, regardless of the record.
+    assert {sample_stage(Curriculum(uniform_prob=0.0), 4, rng, 7) for _ in range(10)} == {3}
+    # In between: about that share of records is redrawn (here the epoch's stage 5 is out of 0..2).
+    half = Curriculum(epochs_per_stage=1, stage_offset=0, uniform_prob=0.5)
+    draws = [sample_stage(half, 5, rng, 2) for _ in range(1000)]
+    assert 400 < sum(d != 5 for d in draws) < 600

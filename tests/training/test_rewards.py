@@ -38,11 +38,33 @@ def test_coherence_modes(steps, pred, strict, reference):
 def test_accuracy_format_and_total():
     assert accuracy_reward("1,234", "1234") == 1.0 and accuracy_reward("12", "13") == 0.0
     assert accuracy_reward(None, "1") == 0.0
-    assert format_reward("7") == 1.0 and format_reward("") == 0.0 and format_reward(None) == 0.0
     w = RewardWeights()
     assert total_reward(1, 1, 0.5, w) == pytest.approx(1 + 0.5 + 0.05)
     assert total_reward(0, 1, 1.0, w) == pytest.approx(0.5)  # coherence counts only when correct
     assert total_reward(0, 1, 0.5, RewardWeights(0.0, 0.5, 1.0), coherence_only=True) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("generated,expected", [
+    # the text generated after <|end-latent|> (marker excluded), as our sequences write it: "### 9"
+    ("### 9", 1.0),
+    ("###9", 1.0),
+    ("### 1,234.<|eot_id|>", 1.0),                  # trailing special token text cut, like extract_answer
+    ("### 9\n<<3+4=7>>", 1.0),                       # only the first line is the answer
+    ("  ### 9", 1.0),                                # leading spaces: a tokenizer may fold one into `###`
+    ("\t### 9", 1.0),
+    ("\n### 9", 0.0),                                # a newline before ### is text before the marker
+    ("<<3+4=7>>\n### 7", 0.0),                       # a language step before ### (the old rule gave 1)
+    ("The answer is ### 7", 0.0),                    # any other text before ### (the old rule gave 1)
+    ("7", 0.0),                                      # no marker at all
+    ("###", 0.0),                                    # marker, empty answer
+    ("###   ", 0.0),
+    ("### \n9", 0.0),                                # the answer must be on the marker's line
+    ("### <|eot_id|>", 0.0),                         # only a special token after the marker
+    ("### .", 0.0),
+    ("", 0.0),
+])
+def test_format_reward(generated, expected):
+    assert format_reward(generated) == expected
 
 
 def test_group_advantages_by_hand():

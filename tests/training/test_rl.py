@@ -59,7 +59,7 @@ def test_first_update_ratio_is_exactly_one(setup):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     traj = rollout(model, builder, PROBLEMS, cfg, torch.Generator().manual_seed(2), "cpu")
     adv = torch.randn(traj.rewards.shape[0], generator=torch.Generator().manual_seed(0))
-    stats = grpo_update(model, model, opt, Accelerator(cpu=True), traj, adv, cfg, torch.Generator().manual_seed(0))
+    stats = grpo_update(model, opt, Accelerator(cpu=True), traj, adv, cfg, torch.Generator().manual_seed(0))
     assert stats["first_ratio_dev"] == 0.0
     assert stats["grad_norm"] > 0
 
@@ -73,7 +73,27 @@ def test_clipped_surrogate_by_hand():
     # row 0: ratios 1, e^.5 (clipped to 1.2 for A>0) -> -(1 + 1.2)/2; row 1: ratio 1 -> -(1*-2) = 2 (one element)
     expect = (-(1 + 1.2) / 2 + 2.0) / 2
     torch.testing.assert_close(loss, torch.tensor(expect))
-    assert stats["clip_frac"].item() == pytest.approx(1 / 3)
+    assert stats["clipped"].item() == 1 and stats["n"].item() == 3
+
+
+def test_clipped_surrogate_every_sign_and_clip_case_by_hand():
+    """One position per row: A > 0 / A < 0, ratio above / below the clip range, the log-ratio clamp, no clip."""
+    import math
+
+    diff = torch.tensor([0.5, -0.5, 0.5, -0.5, 4.0, 0.1])
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0, 1.0, -1.0])
+    logp = diff.clone()[:, None].requires_grad_(True)
+    loss, stats = clipped_surrogate(logp, torch.zeros(6, 1), adv, torch.ones(6, 1), clip=0.2, clamp=3.0)
+    e = math.exp
+    # -min(r A, clip(r) A): 1.2 (clipped) | e^-.5 | -e^.5 | -0.8 (clipped) | 1.2 (clamped then clipped) | -e^.1
+    per_row = [-1.2, -e(-0.5), e(0.5), 0.8, -1.2, e(0.1)]
+    assert loss.item() == pytest.approx(sum(per_row) / 6, rel=1e-6)
+    loss.backward()
+    removed = torch.tensor([True, False, False, True, True, False])
+    assert torch.equal(logp.grad[:, 0] == 0, removed)  # the stat counts exactly the positions without gradient
+    assert stats["clipped"].item() == 3 and stats["n"].item() == 6
+    lr = [0.5, -0.5, 0.5, -0.5, 3.0, 0.1]  # the k3 estimator on the clamped log-ratio
+    assert stats["kl"].item() == pytest.approx(sum(e(x) - 1 - x for x in lr), rel=1e-6)
 
 
 def test_select_keeps_scalars(setup):
@@ -160,3 +180,94 @@ def test_rollout_where_every_row_stops_early_can_be_rescored(setup):
     finally:
         with torch.no_grad():
             model.stop_head.mlp[2].bias.copy_(bias)
+
+
+# ----- paper-scale defects (regressions) -----
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state; tests that change mixed precision reset it around themselves."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_first_ratio_is_exactly_one(setup, fresh_accelerate_state):
+    """Under mixed_precision bf16, old and new log-probs come from the same autocast module call: ratio 1."""
+    model, tok, builder, cfg = setup
+    model = LatentReasoner(model.lm, model.spec, decoder=model.decoder)
+    acc = Accelerator(cpu=True, mixed_precision="bf16")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    wrapped, opt = acc.prepare(model, opt)
+    wrapped.eval()
+    with acc.autocast():
+        traj = rollout(model, builder, PROBLEMS, cfg, torch.Generator().manual_seed(2), "cpu")
+    adv = torch.randn(traj.rewards.shape[0], generator=torch.Generator().manual_seed(0))
+    stats = grpo_update(wrapped, opt, acc, traj, adv, cfg, torch.Generator().manual_seed(0))
+    assert stats["first_ratio_dev"] == 0.0 and stats["grad_norm"] > 0
+
+
+def test_every_temperature_scores_through_the_wrapped_module(setup):
+    """Old and new log-probs at temperature != 1 go through the (DDP-)wrapped module's forward, so gradients are
+    all-reduced; the answer stream is the log-softmax at that temperature."""
+    model, tok, builder, cfg = setup
+    cfg = load_config(None, ["rl.group_size=4", "rl.minibatch_size=3", "rl.max_new_tokens=5", "rl.temperature=0.5"])
+    traj = rollout(model, builder, PROBLEMS, cfg, torch.Generator().manual_seed(5), "cpu")
+    mask = traj.batch["rl_token_mask"]
+    with torch.no_grad():  # the rollout sampled at 0.5 and recorded its log-probs: scoring must agree
+        scored = model.score(traj.batch)
+    torch.testing.assert_close(scored["answer"][mask], traj.rollout_logps["answer"][mask], atol=1e-4, rtol=1e-4)
+
+    class Wrapper(torch.nn.Module):  # stands in for DDP: counts the calls that go through it
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, batch):
+            self.calls += 1
+            return self.inner(batch)
+
+    wrapped = Wrapper(LatentReasoner(model.lm, model.spec, decoder=model.decoder).eval())
+    opt = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=1e-4)
+    adv = torch.randn(traj.rewards.shape[0], generator=torch.Generator().manual_seed(0))
+    grpo_update(wrapped, opt, Accelerator(cpu=True), traj, adv, cfg, torch.Generator().manual_seed(0))
+    n_chunks = -(-traj.rewards.shape[0] // cfg.rl.minibatch_size)
+    assert wrapped.calls == 2 * n_chunks
+
+
+@pytest.mark.parametrize("rewards", [
+    [1.0 + 0.5 + 0.1 * 1.0] * 8,  # all correct, coherence 1: r = 1.6 (does not sum exactly in float32)
+    [0.5 * 1.0 + 1.0 * (1 / 3)] * 8,  # coherence-only, r = 0.8333...
+])
+def test_equal_reward_groups_get_exactly_zero_advantage(rewards):
+    from atp_latent.training.rl import equal_reward_groups, group_advantages
+
+    r = torch.tensor(rewards + [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0], dtype=torch.float32)
+    adv = group_advantages(r, group_size=8)
+    assert torch.equal(adv[:8], torch.zeros(8))
+    # the other group by hand: mean 0.25, sample std sqrt(2 * 0.75^2 + 6 * 0.25^2) / 7)
+    std = ((2 * 0.75**2 + 6 * 0.25**2) / 7) ** 0.5
+    torch.testing.assert_close(adv[8:], torch.tensor([0.75, -0.25, -0.25, -0.25, 0.75, -0.25, -0.25, -0.25]) / std)
+    assert equal_reward_groups(r, 8).tolist() == [True, False]
+
+
+def test_rl_honours_model_dtype_and_warns_on_a_shared_decoder(tmp_path):
+    """RL loads its start checkpoint in model.dtype (bf16 here, from an fp32 checkpoint), and a shared decoder,
+    which makes the policy its own coherence judge, is flagged."""
+    from atp_latent.data.formats import write_jsonl
+    from atp_latent.training.rl import train_rl
+
+    tok = build_word_tokenizer([p.question for p in PROBLEMS] + ["<<3+4=7>>\n### 7"])
+    spec = ReasonerSpec.for_method("atp", latents_per_step=2, max_latent_stage=2, decoder_mode="shared")
+    LatentReasoner(build_tiny_model("llama-tiny", tok), spec).save_pretrained(tmp_path / "start", tok)
+    write_jsonl(tmp_path / "train.jsonl", PROBLEMS)
+    sets = [f"data.train={tmp_path / 'train.jsonl'}", "data.val=null", "method.name=atp-rl",
+            f"model.init_from={tmp_path / 'start'}", "model.dtype=bfloat16", "rl.questions_per_step=2",
+            "rl.group_size=2", "rl.minibatch_size=4", "rl.steps=1", "rl.max_new_tokens=3", f"output_dir={tmp_path}",
+            "name=rl"]
+    with pytest.warns(UserWarning, match="own coherence judge"):
+        run = train_rl(load_config(None, sets))
+    final, _ = LatentReasoner.from_pretrained(run / "final")
+    assert final.lm.dtype == torch.bfloat16 and final.latent_head.mu.weight.dtype == torch.bfloat16

@@ -123,3 +123,105 @@ def test_non_finite_loss_stops_with_step_and_term(data, tmp_path, monkeypatch):
     assert all((c / "COMPLETE").is_file() for c in ckpts)
     LatentReasoner.from_pretrained(ckpts[-1] / "model")
     assert not (tmp_path / "nan" / "final").exists()
+
+
+# ----- paper-scale defects (regressions) -----
+
+def test_reset_each_epoch_keeps_one_optimizer_state(data, tmp_path, monkeypatch):
+    """reset_each_epoch (the paper setting) resets AdamW in place: after 3 epochs exactly one optimizer state is
+    alive (accelerate keeps every prepared optimizer, so re-creating one per epoch piled up ~20 GB each at 1B),
+    and its step count is that of the last epoch only."""
+    import gc
+    import weakref
+
+    from atp_latent.training import sft
+
+    made, seen = [], {}
+    real_make, real_finish = sft.make_optimizer, sft.finish_run
+
+    def make(model, cfg):
+        opt = real_make(model, cfg)
+        made.append(weakref.ref(opt))
+        return opt
+
+    def finish(accelerator, model, run, tok, step, minutes):
+        gc.collect()
+        alive = [r() for r in made if r() is not None]
+        seen["alive"] = len(alive)
+        seen["steps"] = {float(s["step"]) for o in alive for s in o.state.values()}
+        return real_finish(accelerator, model, run, tok, step, minutes)
+
+    monkeypatch.setattr(sft, "make_optimizer", make)
+    monkeypatch.setattr(sft, "finish_run", finish)
+    train(config(data, tmp_path, method="atp", name="reset", **{"optim.reset_each_epoch": "true", "data.val": "null"}))
+    assert seen["alive"] == 1
+    assert seen["steps"] == {6.0}  # 96 records / batch 16 = 6 steps in the last epoch, not 18
+
+
+def test_bf16_model_dtype_trains_and_resumes_exactly(data, tmp_path):
+    """model.dtype=bfloat16 without autocast: an ATP run trains, its heads are bf16, and a resumed run ends
+    with the weights of the uninterrupted one."""
+    over = {"model.dtype": "bfloat16", "data.val": "null", "optim.lr": "0.001", "train.epochs": 2, "data.max_train": 48}
+    full = train(config(data, tmp_path, method="atp", name="bf_full", **over))
+    train(config(data, tmp_path, method="atp", name="bf_cut", **over, **{"train.max_steps": 4}))  # mid-epoch 1
+    resumed = train(config(data, tmp_path, method="atp", name="bf_cut", **over), resume=True)
+    a, _ = LatentReasoner.from_pretrained(full / "final")
+    b, _ = LatentReasoner.from_pretrained(resumed / "final")
+    assert a.lm.dtype == torch.bfloat16 and a.latent_head.mu.weight.dtype == torch.bfloat16
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, msg=name)
+
+
+CLOCK_SCRIPT = '''
+import os, sys, time as _time
+from atp_latent.config import load_config
+from atp_latent.training import rl, sft
+
+if os.environ.get("RANK") == "1":  # this process's clock runs 1000x fast: it alone believes the budget is spent
+    start = _time.time()
+
+    class FastClock:
+        def __getattr__(self, name):
+            return getattr(_time, name)
+
+        def time(self):
+            return start + (_time.time() - start) * 1000
+
+    sft.time = rl.time = FastClock()
+(sft.train if sys.argv[1] == "sft" else rl.train_rl)(load_config(None, sys.argv[2:]))
+'''
+
+
+@pytest.mark.parametrize("kind", ["sft", "rl"])
+def test_time_budget_stop_is_one_decision_across_processes(data, tmp_path, kind):
+    """Two processes whose clocks disagree stop at the same step (one collective decision), instead of one
+    entering the final gather while the other all-reduces the next step's gradients (a hang)."""
+    import subprocess
+    import sys
+
+    from atp_latent.modeling.factory import build_tiny_model
+    from atp_latent.modeling.reasoner import ReasonerSpec
+    from atp_latent.modeling.tokenizer import build_word_tokenizer
+
+    script = tmp_path / "clock.py"
+    script.write_text(CLOCK_SCRIPT)
+    sets = [f"data.train={data / 'train.jsonl'}", "data.val=null", "train.threads=1", "train.max_minutes=0.5",
+            "train.log_every=1", f"output_dir={tmp_path}", "name=clock"]
+    if kind == "sft":
+        sets += ["method.name=simcot", "train.epochs=2", "optim.batch_size=8", "method.latents_per_step=1",
+                 "curriculum.max_latent_stage=2"]
+    else:
+        tok = build_word_tokenizer(["Ann has 3 cats. How many?", "<<1+2=3>>\n### 3"])
+        spec = ReasonerSpec.for_method("atp", latents_per_step=1, max_latent_stage=2)
+        LatentReasoner(build_tiny_model("llama-tiny", tok), spec).save_pretrained(tmp_path / "start", tok)
+        sets += ["method.name=atp-rl", f"model.init_from={tmp_path / 'start'}", "rl.steps=20",
+                 "rl.questions_per_step=2", "rl.group_size=2", "rl.minibatch_size=4", "rl.max_new_tokens=3"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           "29581" if kind == "sft" else "29582", str(script), kind, *sets]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "clock" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "train/loss" in r]
+    assert steps == [1]  # rank 1 was out of time after its first step; rank 0 (30 s left) stopped with it
+    assert any(r.get("train/replicas_in_sync") == 1 for r in rows)

@@ -4,9 +4,11 @@ Formats (detected from the file itself, see `detect_format`):
   gsm8k-jsonl   original GSM8K: {"question", "answer"} where answer is the solution text with
                 <<expr=result>> annotations and a final "#### N" line.
   shared-jsonl  our JSONL schema: {"question", "answer": number text, "steps": [str]} or, for
-                SVAMP/MultiArith, an "equation" instead of steps, or neither (GSM-Hard).
+                SVAMP/MultiArith, an "equation" instead of steps, or neither (GSM-Hard). Steps may be
+                bare ("16-3-4=9") or bracketed ("<<16-3-4=9>>", as GSM8k-Aug copies store them).
   icot-txt      iCoT text, one problem a line: "question||<<eq>> <<eq>> #### answer" (*.txt).
 Plus `load_hf_dataset` for Hugging Face datasets (optional `datasets` package).
+Every loader strips one surrounding "<<"/">>" pair, so a Problem's steps are bare equations.
 
 `load_records` stops at the first error; `check_file` / `check_files` collect all of them.
 Every error is a DataError that prints as "file:line: field: problem".
@@ -17,12 +19,13 @@ from __future__ import annotations
 import json
 import re
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .records import DataError, Problem, parse_equation, parse_number
+from .records import DataError, Problem, bare_step, parse_equation, parse_number
 
 FORMATS = ("gsm8k-jsonl", "shared-jsonl", "icot-txt")
 
@@ -102,16 +105,22 @@ def _make_problem(
         raise DataError(where, line, "answer", f"not a number: {answer!r}")
     if not isinstance(steps, list):
         raise DataError(where, line, "steps", f"expected a list of strings, got {type(steps).__name__}")
+    bare = []
     for i, step in enumerate(steps):
         if not isinstance(step, str):
             raise DataError(where, line, f"steps[{i}]", f"expected a string, got {type(step).__name__}")
+        # GSM8k-Aug / iCoT copies store "<<16-3-4=9>>"; a Problem holds the bare equation (sequences add "<<>>").
+        step = bare_step(step)
+        if "<<" in step or ">>" in step:
+            raise DataError(where, line, f"steps[{i}]", f"stray '<<' or '>>' in {step!r}")
         try:
             parse_equation(step)
         except ValueError as e:
             raise DataError(where, line, f"steps[{i}]", f"unparseable equation: {e}") from None
+        bare.append(step)
     return Problem(
         question=question.strip(),
-        steps=[s.strip() for s in steps],
+        steps=bare,
         answer=answer,
         id=None if id is None else str(id),
         source=source,
@@ -215,12 +224,18 @@ def write_jsonl(path: str | Path, problems: Iterable[Problem]) -> Path:
     return path
 
 
+# Copies of one dataset name their validation split differently (whynlp/gsm8k-aug: "validation"; other
+# GSM8k-Aug copies: "valid"); a missing one of these falls back to the others, with a warning.
+_SPLIT_ALIASES = ("validation", "valid", "val")
+
+
 def load_hf_dataset(name_or_path: str, split: str = "train") -> list[Problem]:
     """Load a Hugging Face dataset with GSM8K-style columns (needs `pip install atp-latent[hf]`).
 
     Columns: question (or "input"/"problem"); answer (or "target"), either plain number text or a
-    GSM8K solution with "#### N"; steps from a "steps" list, a "cot" string of <<eq>> annotations
-    (whynlp/gsm8k-aug), or the solution's annotations.
+    GSM8K solution with "#### N"; steps from a "steps" list (whynlp/gsm8k-aug: ["<<16-3-4=9>>", ...]),
+    a "cot" list of steps or string of <<eq>> annotations, or the solution's annotations.
+    A validation split missing under the asked name is looked up under the other names in _SPLIT_ALIASES.
     """
     try:
         import datasets  # optional dependency, imported lazily so the core package does not need it
@@ -231,12 +246,33 @@ def load_hf_dataset(name_or_path: str, split: str = "train") -> list[Problem]:
             "datasets",
             "the optional 'datasets' package is not installed: pip install atp-latent[hf]",
         ) from None
-    where = f"{name_or_path}[{split}]"
-    try:
-        rows = datasets.load_dataset(name_or_path, split=split)
-    except Exception as e:  # any loader failure (network, unknown name, bad split) is a data error here
-        raise DataError(where, None, "path", f"cannot load dataset: {e}") from None
-    return [_hf_row_to_problem(where, i, row, name_or_path) for i, row in enumerate(rows, start=1)]
+    tries = [split] + ([a for a in _SPLIT_ALIASES if a != split] if split in _SPLIT_ALIASES else [])
+    first_error = None
+    for name in tries:
+        try:
+            rows = datasets.load_dataset(name_or_path, split=name)
+        except Exception as e:  # any loader failure (network, unknown name, bad split) is a data error here
+            first_error = first_error or e
+            continue
+        if name != split:
+            warnings.warn(f"{name_or_path}: no split {split!r}; using its {name!r} split", stacklevel=2)
+        where = f"{name_or_path}[{name}]"
+        return [_hf_row_to_problem(where, i, row, name_or_path) for i, row in enumerate(rows, start=1)]
+    raise DataError(f"{name_or_path}[{split}]", None, "path", f"cannot load dataset: {first_error}")
+
+
+def _cot_steps(where: str, line: int, cot: Any) -> list:
+    """Steps from a "cot" column: a list of steps, or one string of "<<eq>>" annotations (else whitespace-split)."""
+    if isinstance(cot, str):
+        if "<<" not in cot:
+            return cot.split()  # bare equations such as "16-3-4=9 9*2=18"
+        found = _ANNOTATION_RE.findall(cot)
+        if not found:
+            raise DataError(where, line, "cot", f"unclosed '<<' in {cot!r}")
+        return found
+    if isinstance(cot, (list, tuple)):
+        return list(cot)
+    raise DataError(where, line, "cot", f"expected a string or a list of steps, got {type(cot).__name__}")
 
 
 def _hf_row_to_problem(where: str, line: int, row: dict[str, Any], source: str) -> Problem:
@@ -252,8 +288,10 @@ def _hf_row_to_problem(where: str, line: int, row: dict[str, Any], source: str) 
         steps, answer = _split_solution(where, line, answer, "answer")
     if "steps" in row:
         steps = row["steps"]
-    elif isinstance(row.get("cot"), str):
-        steps = _ANNOTATION_RE.findall(row["cot"])
+        if isinstance(steps, tuple):
+            steps = list(steps)
+    elif row.get("cot") is not None:
+        steps = _cot_steps(where, line, row["cot"])
     return _make_problem(where, line, question, answer, steps, row.get("id"), source)
 
 

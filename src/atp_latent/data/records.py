@@ -1,8 +1,8 @@
 """The record every loader produces, the error every loader raises, and small arithmetic helpers.
 
-A `Problem` is one math word problem: the question text, its calculator steps (e.g. "16-3-4=9") in
-order, and the final answer as number text. Steps may be empty (SVAMP, MultiArith, GSM-Hard give
-no step-by-step equations).
+A `Problem` is one math word problem: the question text, its calculator steps as bare equations (e.g.
+"16-3-4=9", never "<<16-3-4=9>>") in order, and the final answer as number text. Steps may be empty
+(SVAMP, MultiArith, GSM-Hard give no step-by-step equations).
 """
 
 from __future__ import annotations
@@ -64,6 +64,18 @@ class DataError(ValueError):
 
 # -----------------------------------------------------------------------------
 # equations and numbers
+
+
+def bare_step(step: str) -> str:
+    """A step without one surrounding `<<`/`>>` pair: "<<16-3-4=9>>" -> "16-3-4=9"; bare steps pass unchanged.
+
+    GSM8k-Aug / iCoT JSON copies store steps with the brackets; a Problem holds bare equations so that the
+    sequence builder adds exactly one pair.
+    """
+    s = step.strip()
+    if s.startswith("<<") and s.endswith(">>") and len(s) >= 4:
+        s = s[2:-2].strip()
+    return s
 
 
 def parse_equation(eq: str) -> tuple[str, str]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from atp_latent.data.records import Problem
+from atp_latent.data.records import Problem, bare_step
 from atp_latent.modeling.tokenizer import latent_token_ids
 
 IGNORE = -100
@@ -62,7 +62,8 @@ class Example:
 
 
 def step_text(step: str) -> str:
-    return f"<<{step}>>"
+    """A step as written in sequences, `<<16-3-4=9>>`; idempotent, so an already bracketed step keeps one pair."""
+    return f"<<{bare_step(step)}>>"
 
 
 class SequenceBuilder:
@@ -110,13 +111,14 @@ class SequenceBuilder:
 
     def group_targets(self, steps: list[str], removed: int, groups: int, stage: int) -> list[list[int]]:
         """Decoder target per latent group: one step each; the last of max_latent_stage groups takes every
-        remaining step when all steps are latent; a group beyond the record's steps is eos-only."""
+        remaining step, newline-separated as in the reference, when all steps are latent; a group beyond the
+        record's steps is eos-only."""
         out = []
         last = self.cur.max_latent_stage - 1
         for g in range(groups):
             if g < removed:
                 merged = g == last and stage > self.cur.max_latent_stage
-                text = "".join(step_text(s) for s in (steps[g:] if merged else [steps[g]]))
+                text = "\n".join(step_text(s) for s in (steps[g:] if merged else [steps[g]]))
                 out.append(self.encode(text) + [self.eos_id])
             else:
                 out.append([self.eos_id])
@@ -128,10 +130,11 @@ class SequenceBuilder:
         return self.prefix(question), slots
 
 
-def sample_stage(cur: Curriculum, epoch: int, rng: random.Random) -> int:
-    """The epoch's stage, or with probability uniform_prob a uniformly random one (0..max+1)."""
+def sample_stage(cur: Curriculum, epoch: int, rng: random.Random, n_steps: int) -> int:
+    """The epoch's stage, or with probability uniform_prob a uniformly random one in 0..n_steps (inclusive),
+    n_steps being the record's own number of steps (as Coconut/ATP's reference draws it)."""
     if cur.uniform_prob > 0 and rng.random() < cur.uniform_prob:
-        return rng.randint(0, cur.max_latent_stage + 1)
+        return rng.randint(0, n_steps)
     return cur.stage(epoch)
 
 

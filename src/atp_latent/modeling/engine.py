@@ -178,13 +178,20 @@ def fill_latents(
     )
 
 
-def teacher_force(lm, state: LatentState, suffix_ids: torch.Tensor, suffix_mask: torch.Tensor) -> torch.Tensor:
-    """Run the right-padded suffix in one pass after the latents; return its logits [B, S, V]."""
+def teacher_force_hidden(lm, state: LatentState, suffix_ids: torch.Tensor, suffix_mask: torch.Tensor) -> torch.Tensor:
+    """Run the right-padded suffix in one pass after the latents; return its last hidden states [B, S, d].
+    Callers apply the output head only where a label is (a 128k-vocabulary fp32 logit row per padded
+    position would cost gigabytes at the paper's batch)."""
     mask = torch.cat([state.attention_mask, suffix_mask.long()], dim=1)
     position = state.next_position[:, None] + (suffix_mask.long().cumsum(-1) - 1).clamp(min=0)
     hidden = backbone_forward(lm, lm.get_input_embeddings()(suffix_ids), mask, position, state.cache)
     state.attention_mask = mask
-    return lm.get_output_embeddings()(hidden)
+    return hidden
+
+
+def teacher_force(lm, state: LatentState, suffix_ids: torch.Tensor, suffix_mask: torch.Tensor) -> torch.Tensor:
+    """Run the right-padded suffix in one pass after the latents; return its logits [B, S, V]."""
+    return lm.get_output_embeddings()(teacher_force_hidden(lm, state, suffix_ids, suffix_mask))
 
 
 @dataclass
@@ -206,11 +213,14 @@ def generate(
     pad_id: int,
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
+    embed: nn.Module | None = None,
 ) -> Generation:
-    """Greedy (temperature 0) or sampled decoding, one batched cached pass per token, rows stop at eos."""
+    """Greedy (temperature 0) or sampled decoding, one batched cached pass per token, rows stop at eos.
+    `embed` embeds the fed-back tokens (default: `lm`'s own input table; the step decoder reads text through
+    the base model's table, as it was trained)."""
     B = first_ids.shape[0]
     device = first_ids.device
-    emb_table, head = lm.get_input_embeddings(), lm.get_output_embeddings()
+    emb_table, head = embed if embed is not None else lm.get_input_embeddings(), lm.get_output_embeddings()
     cur = first_ids
     mask, next_pos = state.attention_mask, state.next_position
     done = torch.zeros(B, dtype=torch.bool, device=device)

@@ -42,12 +42,14 @@ def tiny_config(preset: str, vocab_size: int, pad_id: int, bos_id: int, eos_id: 
     )
 
 
-def build_tiny_model(preset: str, tokenizer, seed: int = 0) -> PreTrainedModel:
-    """A randomly initialised causal LM of a named preset, sized to `tokenizer`."""
+def build_tiny_model(preset: str, tokenizer, seed: int = 0, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """A randomly initialised causal LM of a named preset, sized to `tokenizer`. Built in `dtype` the way
+    from_pretrained builds it (buffers such as RoPE frequencies stay fp32; `.to(dtype)` would round them, and
+    a resumed run, which loads with from_pretrained, would then compute differently)."""
     cfg = tiny_config(preset, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(cfg)
+        model = AutoModelForCausalLM.from_config(cfg, **({"dtype": dtype} if dtype is not None else {}))
     return model
 
 
@@ -68,13 +70,18 @@ def init_latent_rows(model: PreTrainedModel, tokenizer, new_ids: list[int], copy
 
 
 def load_pretrained(name_or_path: str, dtype: torch.dtype | None = None, trust_remote_code: bool = False):
-    """Load any HF causal LM and its tokenizer, add the latent tokens, initialise their rows. Returns (model, tok)."""
+    """Load any HF causal LM and its tokenizer, add the latent tokens, initialise their rows. Returns (model, tok).
+
+    `dtype` None keeps the checkpoint's dtype (on transformers 4.x as on 5.x)."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, TypeError) as e:  # 4.x: a folder without vocab files fails with TypeError
         raise ValueError(f"{name_or_path}: cannot load a tokenizer ({str(e).splitlines()[0]})") from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        # None means the checkpoint's own dtype: transformers 5.x's default, while 4.x would load fp32.
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=dtype if dtype is not None else "auto", trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"{name_or_path}: not a loadable causal LM ({str(e).splitlines()[0]})") from None
     before = len(tokenizer)

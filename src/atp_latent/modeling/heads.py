@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-# Keeps exp(logvar) finite in fp32 and bf16 and the Gaussian log-density well conditioned.
+# Keeps exp(logvar) finite in fp32 and bf16 and the Gaussian log-density well conditioned. The bound is soft
+# (see soft_clamp): a hard clamp would zero the gradient of every dimension beyond it (docs/deviations.md).
 LOGVAR_MIN, LOGVAR_MAX = -12.0, 6.0
+
+
+def soft_clamp(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """A smooth clamp into (lo, hi): identity to within exp(-(x - lo)) + exp(-(hi - x)) in the middle, with a
+    non-zero gradient everywhere (softplus on each side)."""
+    return hi - F.softplus(hi - (lo + F.softplus(x - lo)))
 
 
 class LatentHead(nn.Module):
@@ -21,7 +31,8 @@ class LatentHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.trunk(h)
-        return self.mu(x), self.logvar(x).clamp(LOGVAR_MIN, LOGVAR_MAX)
+        logvar = self.logvar(x)
+        return self.mu(x), soft_clamp(logvar.float(), LOGVAR_MIN, LOGVAR_MAX).to(logvar.dtype)
 
 
 class StopHead(nn.Module):
@@ -37,10 +48,13 @@ class StopHead(nn.Module):
 
 
 def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mu, exp(logvar)) summed over the last dimension."""
-    return (-0.5 * (logvar + (z - mu) ** 2 * torch.exp(-logvar) + torch.log(torch.tensor(2 * torch.pi)))).sum(-1)
+    """log N(z; mu, exp(logvar)) summed over the last dimension, in fp32 whatever the inputs' dtype: a bf16 sum of
+    2048 terms of size ~1 carries rounding errors far beyond the PPO clip range."""
+    z, mu, logvar = z.float(), mu.float(), logvar.float()
+    return (-0.5 * (logvar + (z - mu) ** 2 * torch.exp(-logvar) + math.log(2 * math.pi))).sum(-1)
 
 
 def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per dimension (same shape as mu)."""
+    """KL(N(mu, exp(logvar)) || N(0, I)) per dimension (same shape as mu), in fp32."""
+    mu, logvar = mu.float(), logvar.float()
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)

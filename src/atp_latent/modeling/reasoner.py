@@ -26,7 +26,7 @@ from atp_latent.modeling.engine import (
     fill_latents,
     generate,
     new_cache,
-    teacher_force,
+    teacher_force_hidden,
 )
 from atp_latent.modeling.heads import LatentHead, StopHead, gaussian_log_density, kl_to_standard_normal
 
@@ -75,8 +75,10 @@ class LatentReasoner(nn.Module):
         self.lm = lm
         self.spec = spec
         d = lm.config.get_text_config().hidden_size if hasattr(lm.config, "get_text_config") else lm.config.hidden_size
-        self.latent_head = LatentHead(d) if spec.use_vae else None
-        self.stop_head = StopHead(d) if spec.use_stop_head else None
+        # The heads follow the LM's dtype and device, so a bf16 model runs without autocast too.
+        weight = lm.get_input_embeddings().weight
+        self.latent_head = LatentHead(d).to(weight.device, weight.dtype) if spec.use_vae else None
+        self.stop_head = StopHead(d).to(weight.device, weight.dtype) if spec.use_stop_head else None
         self.decoder = None
         if spec.use_decoder and spec.decoder_mode == "separate":
             self.decoder = decoder if decoder is not None else copy.deepcopy(lm)
@@ -99,8 +101,11 @@ class LatentReasoner(nn.Module):
             return self.score(batch)
         state = self.fill(batch["prefix_ids"], batch["prefix_mask"], batch["n_slots"],
                           stop_mode="forced", forced_active=batch["active"], sample_latents=self.training)
-        logits = self.lm_logits(state, batch["suffix_ids"], batch["suffix_mask"])
-        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+        hidden = teacher_force_hidden(self.lm, state, batch["suffix_ids"], batch["suffix_mask"])
+        targets = batch["labels"][:, 1:]
+        labelled = targets != -100  # the output head runs only where a label is
+        logits = self.lm.get_output_embeddings()(hidden[:, :-1][labelled]).float()
+        ce = F.cross_entropy(logits, targets[labelled]) if labelled.any() else logits.sum() * 0.0
         zero = ce.new_zeros(())
         out = {"ce": ce, "kl": zero, "decoder": zero, "stop": zero}
         active = batch["active"][:, : state.z.shape[1]]
@@ -115,8 +120,10 @@ class LatentReasoner(nn.Module):
         out["active_latents"] = active.sum(-1).float().mean()
         return out
 
-    def lm_logits(self, state: LatentState, suffix_ids, suffix_mask) -> torch.Tensor:
-        return teacher_force(self.lm, state, suffix_ids, suffix_mask)
+    def lm_logits(self, state: LatentState, suffix_ids, suffix_mask, where: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the suffix after the latents: [B, S, V], or [n, V] at the positions `where` is true."""
+        hidden = teacher_force_hidden(self.lm, state, suffix_ids, suffix_mask)
+        return self.lm.get_output_embeddings()(hidden if where is None else hidden[where])
 
     def stop_loss(self, state: LatentState, batch) -> torch.Tensor:
         """CE of the stop head; label 1 at slots beyond the record's steps (surplus), else 0."""
@@ -146,16 +153,9 @@ class LatentReasoner(nn.Module):
         rows, groups, ids, mask = rows[keep], groups[keep], ids[keep], mask[keep]
         if rows.numel() == 0:
             return z.new_zeros(())
-        zg = self.decoder_inputs(z, rows, groups)
-        c = zg.shape[1]
-        dec = self.step_decoder
-        text = self.lm.get_input_embeddings()(ids[:, :-1])
-        embeds = torch.cat([zg.to(text.dtype), text], dim=1)
-        attn = torch.cat([torch.ones_like(mask[:, :c]), mask[:, :-1]], dim=1)
-        pos = torch.arange(embeds.shape[1], device=z.device)[None].expand(embeds.shape[0], -1)
-        hidden = dec.base_model(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
-        logits = dec.get_output_embeddings()(hidden[:, c - 1:]).float()
-        tok_ce = F.cross_entropy(logits.flatten(0, 1), ids.flatten(), reduction="none").view_as(ids) * mask
+        logits = self.decoder_logits(self.decoder_inputs(z, rows, groups), ids, mask.bool())
+        tok_ce = torch.zeros(ids.shape, device=z.device)
+        tok_ce[mask.bool()] = F.cross_entropy(logits, ids[mask.bool()], reduction="none")
         per_pair = tok_ce.sum(-1)
         n_groups = int(groups.max()) + 1
         sums = torch.zeros(n_groups, device=z.device).index_add(0, groups, per_pair)
@@ -163,13 +163,26 @@ class LatentReasoner(nn.Module):
         present = counts > 0
         return (sums[present] / counts[present]).sum() / present.sum()
 
+    def decoder_logits(self, zg: torch.Tensor, ids: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced step decoder: latent group zg [N, c, d] then the step text ids [N, S] embedded with
+        the base model's table (METHOD.md §6); logits [n, V] predicting ids at the positions `where` is true."""
+        c = zg.shape[1]
+        dec = self.step_decoder
+        text = self.lm.get_input_embeddings()(ids[:, :-1])
+        embeds = torch.cat([zg.to(text.dtype), text], dim=1)
+        attn = torch.cat([where.new_ones(where.shape[0], c, dtype=torch.long), where[:, :-1].long()], dim=1)
+        pos = torch.arange(embeds.shape[1], device=zg.device)[None].expand(embeds.shape[0], -1)
+        hidden = dec.base_model(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+        return dec.get_output_embeddings()(hidden[:, c - 1:][where]).float()
+
     # ----- RL: log-probabilities of sampled trajectories -----
-    def score(self, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> dict[str, torch.Tensor]:
+    def score(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-position log-probs of trajectories sampled by `answer(sample_latents=True, stop_mode="sample")`,
         recomputed by teacher forcing the same latents, stop decisions and answer tokens (METHOD.md §8):
           latent [N, L]: Gaussian log-density of z_t (+ log p(continue) where the stop head let it continue)
           stop   [N]:    log p(stop) at the slot where the stop head fired (0 where it never fired)
-          answer [N, T]: token log-probs at `temperature`."""
+          answer [N, T]: token log-probs at the sampling temperature `batch["rl_temperature"]` (default 1).
+        It is reached through `forward`, so a DDP-wrapped model scores (and synchronises gradients) alike."""
         state = self.fill(batch["prefix_ids"], batch["prefix_mask"], batch["n_slots"], stop_mode="forced",
                           forced_active=batch["rl_active"], forced_z=batch["rl_z"])
         L = batch["rl_active"].shape[1]
@@ -186,8 +199,11 @@ class LatentReasoner(nn.Module):
         tokens, tmask = batch["rl_tokens"], batch["rl_token_mask"]
         end = torch.full_like(tokens[:, :1], int(batch["end_id"]))
         inputs = torch.cat([end, tokens[:, :-1]], dim=1)
-        logits = self.lm_logits(state, inputs, tmask.long()).float() / temperature
-        answer = torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1) * tmask
+        temperature = float(batch["rl_temperature"]) if "rl_temperature" in batch else 1.0
+        where = tmask.bool()
+        logits = self.lm_logits(state, inputs, tmask.long(), where).float() / temperature
+        answer = torch.zeros(tokens.shape, device=logits.device)
+        answer[where] = torch.log_softmax(logits, -1).gather(-1, tokens[where][:, None]).squeeze(-1)
         return {"latent": latent, "stop": stop, "answer": answer}
 
     # ----- inference -----
@@ -202,21 +218,26 @@ class LatentReasoner(nn.Module):
         return state, gen
 
     @torch.no_grad()
-    def decode_groups(self, zg: torch.Tensor, eos_id: int, pad_id: int, max_new_tokens: int = 16) -> torch.Tensor:
-        """Greedy text of each latent group zg [N, c, d] through the step decoder, batched and KV-cached."""
+    def decode_groups(self, zg: torch.Tensor, eos_id: int, pad_id: int, max_new_tokens: int = 16,
+                      text_embed: nn.Module | None = None) -> torch.Tensor:
+        """Greedy text of each latent group zg [N, c, d] through the step decoder, batched and KV-cached.
+
+        Generated tokens are fed back through the table the decoder was trained with: the base model's
+        (METHOD.md §6), or `text_embed`, e.g. RL's frozen snapshot of it taken when RL started."""
         dec = self.step_decoder
+        text_embed = text_embed if text_embed is not None else self.lm.get_input_embeddings()
         N, c, _ = zg.shape
         cache = new_cache(dec)
         mask = torch.ones(N, c, dtype=torch.long, device=zg.device)
         pos = torch.arange(c, device=zg.device)[None].expand(N, -1)
-        table = dec.get_input_embeddings()
-        hidden = backbone_forward(dec, zg.to(table.weight.dtype), mask, pos, cache)
+        hidden = backbone_forward(dec, zg.to(text_embed.weight.dtype), mask, pos, cache)
         first = dec.get_output_embeddings()(hidden[:, -1]).argmax(-1)
         state = LatentState(cache, mask, torch.full((N,), c, device=zg.device), hidden[:, -1], zg, None, None,
                             torch.ones(N, 0, dtype=torch.bool), None, torch.ones(N, 0, dtype=torch.bool),
                             torch.ones(N, 0, dtype=torch.bool), 1)
         first_done = first == eos_id
-        gen = generate(dec, state, first[:, None], max_new_tokens - 1, eos_id, pad_id) if max_new_tokens > 1 else None
+        gen = generate(dec, state, first[:, None], max_new_tokens - 1, eos_id, pad_id, embed=text_embed) \
+            if max_new_tokens > 1 else None
         rest = gen.tokens if gen is not None else first.new_zeros(N, 0)
         rest = torch.where(first_done[:, None], torch.full_like(rest, pad_id), rest)
         return torch.cat([first[:, None], rest], dim=1)
@@ -251,6 +272,7 @@ class LatentReasoner(nn.Module):
             raise ValueError(f"{path}: not a checkpoint (missing reasoner.json or lm/)")
         saved = ReasonerSpec(**json.loads((path / "reasoner.json").read_text()))
         spec = spec or saved
+        dtype = dtype if dtype is not None else "auto"  # the saved dtype (4.x would default to fp32, 5.x does this)
         lm = AutoModelForCausalLM.from_pretrained(path / "lm", dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path / "lm")
         decoder = None

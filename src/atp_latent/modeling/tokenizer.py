@@ -6,6 +6,7 @@ local model and a real checkpoint alike.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -51,11 +52,31 @@ def build_word_tokenizer(corpus: Iterable[str], max_vocab: int = 4096, min_frequ
     return fast
 
 
+# The add_special_tokens keyword that keeps the tokenizer's own extra special tokens (a chat model's tool or
+# image tokens) instead of replacing them: renamed in transformers 5.x.
+_KEEP_SPECIALS_KW = ("replace_extra_special_tokens", "replace_additional_special_tokens")  # 5.x, 4.x
+
+
+def _add_extra_specials(tokenizer, new: list[str]) -> None:
+    """Add `new` as extra special tokens, keeping the existing ones, on transformers 4.x and 5.x alike."""
+    try:
+        params = inspect.signature(tokenizer.add_special_tokens).parameters
+    except (TypeError, ValueError):
+        params = {}
+    kw = next((k for k in _KEEP_SPECIALS_KW if k in params), None)
+    if kw is not None:
+        tokenizer.add_special_tokens({"additional_special_tokens": new}, **{kw: False})
+        return
+    # Neither keyword: the call replaces the list, so pass the existing tokens along with the new ones.
+    old = [str(t) for t in (getattr(tokenizer, "additional_special_tokens", None) or [])]
+    tokenizer.add_special_tokens({"additional_special_tokens": old + [t for t in new if t not in old]})
+
+
 def add_latent_tokens(tokenizer) -> list[int]:
     """Add the latent tokens (and a pad token if missing) to an existing HF tokenizer; return their ids."""
     new = [t for t in LATENT_TOKENS if t not in tokenizer.get_vocab()]
     if new:
-        tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
+        _add_extra_specials(tokenizer, new)
     if tokenizer.pad_token is None:
         # Reference pads with eos; we keep pad = eos for pretrained tokenizers (never stripped by id: masks decide).
         tokenizer.pad_token = tokenizer.eos_token

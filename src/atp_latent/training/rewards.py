@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from atp_latent.data.records import parse_number
-from atp_latent.evaluation.answers import answers_match
+from atp_latent.evaluation.answers import ANSWER_MARKER, answers_match, extract_answer
 
 _RESULT = re.compile(r"=([^=]*?)>>")
 _NUMBER = re.compile(r"(?<![\d.])-?\d+(?:\.\d+)?")  # "12-7" -> 12, 7; "(-3)" -> -3
@@ -16,9 +16,19 @@ def accuracy_reward(pred: str | None, gold: str) -> float:
     return 1.0 if answers_match(pred, gold) else 0.0
 
 
-def format_reward(pred: str | None) -> float:
-    """1 when a non-empty answer follows `<|end-latent|>###` (extract_answer gives None or '' otherwise)."""
-    return 1.0 if pred else 0.0
+def format_reward(generated: str) -> float:
+    """1 when the answer text generated after `<|end-latent|>` (marker excluded) is `###` then a non-empty answer.
+
+    Sequences are written `<|end-latent|>### 9`, so `###` must come first: any text, a newline included, before
+    it gives 0. Leading spaces/tabs are allowed, because a tokenizer may fold a space into its `###` token
+    and decoding then shows it. The answer is the rest of that first line (cut at special tokens, as in
+    extract_answer); an empty one ("###", or `###` then a newline) gives 0.
+    """
+    text = (generated or "").lstrip(" \t")
+    first = text.split("\n", 1)[0]
+    if not first.startswith(ANSWER_MARKER):
+        return 0.0
+    return 1.0 if extract_answer(first, after=None) else 0.0
 
 
 def step_result(step: str) -> str:

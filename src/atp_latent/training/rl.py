@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM
 
 from atp_latent.config import RunConfig
 from atp_latent.data.records import Problem
@@ -35,7 +37,7 @@ from atp_latent.training.runs import (
     checkpoint_weights,
     save_training_checkpoint,
 )
-from atp_latent.training.sft import finish_run, open_run_dir, prepare_run, validate
+from atp_latent.training.sft import DTYPES, finish_run, open_run_dir, prepare_run, validate
 
 
 def reward_weights(cfg: RunConfig) -> RewardWeights:
@@ -48,26 +50,45 @@ def reward_weights(cfg: RunConfig) -> RewardWeights:
     )
 
 
+# Rewards are sums of a few weighted terms; members whose rewards differ by less than this are equal.
+EQUAL_REWARD_TOL = 1e-6
+
+
+def equal_reward_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[n_groups] bool: every member of the group earned the same reward (no learning signal)."""
+    r = rewards.double().view(-1, group_size)
+    return (r.max(-1).values - r.min(-1).values) <= EQUAL_REWARD_TOL
+
+
 def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """A_i = (r_i - mean_group) / (std_group + 1e-8); a group with equal rewards gets zeros."""
-    r = rewards.view(-1, group_size)
-    return ((r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True) + 1e-8)).flatten()
+    """A_i = (r_i - mean_group) / (std_group + 1e-8), in float64; a group with equal rewards gets exact zeros.
+
+    In float32, 8 equal rewards such as 1.6 need not sum exactly, so the mean is one ulp off, the std ~1e-7,
+    and the quotient +-0.87 for every member: equal groups are detected by their spread instead."""
+    r = rewards.double().view(-1, group_size)
+    adv = (r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True) + 1e-8)
+    adv = torch.where(equal_reward_groups(rewards, group_size)[:, None], torch.zeros_like(adv), adv)
+    return adv.flatten().to(torch.float32)
 
 
 def clipped_surrogate(logp, old, adv, mask, clip: float, clamp: float) -> tuple[torch.Tensor, dict]:
-    """-min(ratio*A, clip(ratio)*A), masked mean per sequence, mean over the batch."""
-    log_ratio = (logp - old).clamp(-clamp, clamp)
+    """-min(ratio*A, clip(ratio)*A), masked mean per sequence, mean over the batch.
+
+    Stats are sums over the masked positions, so they pool across minibatches: `clipped` counts the positions
+    whose gradient the clip removed (the clipped term was the minimum, or the log-ratio hit its clamp),
+    `kl` sums the approximate KL (ratio - 1) - log ratio, `n` counts the positions."""
+    diff = logp - old
+    log_ratio = diff.clamp(-clamp, clamp)
     ratio = torch.exp(log_ratio)
     a = adv.view(-1, *([1] * (logp.dim() - 1)))
     per = -torch.min(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
-    mask = mask.float()
+    maskf = mask.float()
     dims = tuple(range(1, logp.dim()))
-    seq = (per * mask).sum(dims) / mask.sum(dims).clamp(min=1) if dims else per * mask
-    n = mask.sum().clamp(min=1)
-    stats = {
-        "clip_frac": (((ratio - 1).abs() > clip).float() * mask).sum() / n,
-        "approx_kl": (((ratio - 1) - log_ratio) * mask).sum() / n,
-    }
+    seq = (per * maskf).sum(dims) / maskf.sum(dims).clamp(min=1) if dims else per * maskf
+    with torch.no_grad():
+        removed = ((a > 0) & (ratio > 1 + clip)) | ((a < 0) & (ratio < 1 - clip)) | (diff.abs() > clamp)
+        stats = {"clipped": (removed.float() * maskf).sum(), "kl": (((ratio - 1) - log_ratio) * maskf).sum(),
+                 "n": maskf.sum()}
     return seq.mean(), stats
 
 
@@ -85,7 +106,9 @@ class Trajectories:
 
 @torch.no_grad()
 def rollout(model: LatentReasoner, builder: SequenceBuilder, problems: list[Problem], cfg: RunConfig,
-            generator: torch.Generator, device) -> Trajectories:
+            generator: torch.Generator, device, text_embed: torch.nn.Module | None = None) -> Trajectories:
+    """G sampled trajectories per problem and their rewards. `text_embed`: the table the step decoder reads
+    its own tokens through when decoding plans for coherence (RL passes a frozen snapshot of the base table)."""
     r = cfg.rl
     tok = builder.tok
     G = r.group_size
@@ -98,11 +121,12 @@ def rollout(model: LatentReasoner, builder: SequenceBuilder, problems: list[Prob
                               r.max_new_tokens, sample_latents=True, stop_mode="sample",
                               temperature=r.temperature, generator=generator)
     # Rewards from the decoded answers and (for coherence) the decoded latent groups.
-    preds = [extract_answer(END_LATENT + tok.decode(gen.tokens[i, : int(gen.lengths[i])].tolist()))
-             for i in range(len(golds))]
-    steps = decode_plans(model, state, tok, r.coherence_max_tokens) if reward_weights(cfg).coherence else None
+    texts = [tok.decode(gen.tokens[i, : int(gen.lengths[i])].tolist()) for i in range(len(golds))]
+    preds = [extract_answer(END_LATENT + t) for t in texts]
+    steps = decode_plans(model, state, tok, r.coherence_max_tokens, text_embed) if reward_weights(cfg).coherence \
+        else None
     acc = torch.tensor([accuracy_reward(p, g) for p, g in zip(preds, golds)])
-    fmt = torch.tensor([format_reward(p) for p in preds])
+    fmt = torch.tensor([format_reward(t) for t in texts])
     coh = torch.tensor([coherence_reward(s, p, r.coherence_mode) for s, p in zip(steps, preds)]) if steps \
         else torch.zeros(len(preds))
     w = reward_weights(cfg)
@@ -112,6 +136,7 @@ def rollout(model: LatentReasoner, builder: SequenceBuilder, problems: list[Prob
         "prefix_ids": ids, "prefix_mask": mask, "n_slots": n_slots, "rl_z": state.z, "rl_active": state.active,
         "rl_consulted": state.consulted, "rl_stopped": state.stopped, "rl_tokens": gen.tokens,
         "rl_token_mask": gen.mask, "end_id": torch.tensor(builder.end_id),
+        "rl_temperature": torch.tensor(float(r.temperature)),
     }
     sigma = float(torch.exp(0.5 * state.logvar)[state.active].mean()) if state.logvar is not None and \
         state.active.any() else 0.0
@@ -122,7 +147,8 @@ def rollout(model: LatentReasoner, builder: SequenceBuilder, problems: list[Prob
 
 
 @torch.no_grad()
-def decode_plans(model: LatentReasoner, state, tok, max_tokens: int) -> list[list[str]]:
+def decode_plans(model: LatentReasoner, state, tok, max_tokens: int,
+                 text_embed: torch.nn.Module | None = None) -> list[list[str]]:
     """Decoded text of every active latent group of every trajectory, in one batched cached decode."""
     c = model.spec.latents_per_step
     n, L = state.active.shape
@@ -132,7 +158,7 @@ def decode_plans(model: LatentReasoner, state, tok, max_tokens: int) -> list[lis
     if rows.numel() == 0:
         return plans
     decoded = model.decode_groups(model.decoder_inputs(state.z, rows, groups), tok.eos_token_id, tok.pad_token_id,
-                                  max_tokens)
+                                  max_tokens, text_embed=text_embed)
     for i, row in zip(rows.tolist(), decoded.tolist()):
         cut = row.index(tok.eos_token_id) if tok.eos_token_id in row else len(row)
         plans[i].append(tok.decode(row[:cut]))
@@ -140,23 +166,28 @@ def decode_plans(model: LatentReasoner, state, tok, max_tokens: int) -> list[lis
 
 
 def _select(batch: dict, idx: torch.Tensor) -> dict:
-    return {k: (v if k == "end_id" else v[idx]) for k, v in batch.items()}
+    return {k: (v if v.dim() == 0 else v[idx]) for k, v in batch.items()}
 
 
-def grpo_update(model, raw: LatentReasoner, optimizer, accelerator: Accelerator, traj: Trajectories,
-                adv: torch.Tensor, cfg: RunConfig, rng: torch.Generator) -> dict[str, float]:
-    """One pass over the shuffled buffer in minibatches. Old log-probs are scored per minibatch right before
-    the updates, with the same batch composition, so the first update's ratio is exactly 1."""
+def grpo_update(model, optimizer, accelerator: Accelerator, traj: Trajectories, adv: torch.Tensor, cfg: RunConfig,
+                rng: torch.Generator) -> dict[str, float]:
+    """One pass over the shuffled buffer in minibatches.
+
+    Old and new log-probs come from the same call of the accelerate-wrapped module (same autocast precision,
+    same DDP wrapper, so gradients are all-reduced), old ones per minibatch right before the updates with the
+    same batch composition: the first update's ratio is exactly 1, in bf16 too. Clip and KL statistics pool the
+    positions of every minibatch after the first (the first never clips: its policy is the rollout's)."""
     r = cfg.rl
     n = adv.shape[0]
     perm = torch.randperm(n, generator=rng).to(adv.device)
     chunks = [perm[i: i + r.minibatch_size] for i in range(0, n, r.minibatch_size)]
     with torch.no_grad():
-        olds = [raw.score(_select(traj.batch, idx), r.temperature) for idx in chunks]
+        olds = [{k: v.detach() for k, v in model(_select(traj.batch, idx)).items()} for idx in chunks]
     stats: dict[str, list[float]] = {}
+    pooled: dict[str, torch.Tensor] = {}
     for k, (idx, old) in enumerate(zip(chunks, olds)):
         mb = _select(traj.batch, idx)
-        new = model(mb) if r.temperature == 1.0 else raw.score(mb, r.temperature)
+        new = model(mb)
         if k == 0:  # before any update the policy is unchanged: every ratio must be exactly 1
             stats["first_ratio_dev"] = [max(float((new[s].detach() - old[s]).abs().max()) for s in new)]
         a = adv[idx]
@@ -173,12 +204,19 @@ def grpo_update(model, raw: LatentReasoner, optimizer, accelerator: Accelerator,
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), r.max_grad_norm if r.max_grad_norm > 0 else 1e12)
         optimizer.step()
-        for k, v in {"loss": loss, "latent_loss": lat_loss, "stop_loss": stop_loss, "answer_loss": ans_loss,
-                     "grad_norm": grad_norm, "clip_frac_latent": s_lat["clip_frac"],
-                     "clip_frac_answer": s_ans["clip_frac"], "approx_kl_latent": s_lat["approx_kl"],
-                     "approx_kl_answer": s_ans["approx_kl"]}.items():
-            stats.setdefault(k, []).append(float(v.detach()) if torch.is_tensor(v) else float(v))
-    return {k: sum(v) / len(v) for k, v in stats.items()}
+        for name, v in {"loss": loss, "latent_loss": lat_loss, "stop_loss": stop_loss, "answer_loss": ans_loss,
+                        "grad_norm": grad_norm}.items():
+            stats.setdefault(name, []).append(float(v.detach()) if torch.is_tensor(v) else float(v))
+        if k > 0:
+            for stream, st in (("latent", s_lat), ("answer", s_ans)):
+                for name, v in st.items():
+                    pooled[f"{name}_{stream}"] = pooled.get(f"{name}_{stream}", 0.0) + v
+    out = {k: sum(v) / len(v) for k, v in stats.items()}
+    for stream in ("latent", "answer"):
+        n_pos = float(pooled.get(f"n_{stream}", 0.0))
+        out[f"clip_frac_{stream}"] = float(pooled[f"clipped_{stream}"]) / n_pos if n_pos else 0.0
+        out[f"approx_kl_{stream}"] = float(pooled[f"kl_{stream}"]) / n_pos if n_pos else 0.0
+    return out
 
 
 def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
@@ -187,10 +225,14 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
         raise ValueError("atp-rl needs model.init_from: an ATP SFT checkpoint (RUN/best/model or RUN/final)")
     accelerator, train_set, val_set, run_path, ckpt = prepare_run(cfg, resume, find_unused_parameters=True)
     is_main = accelerator.is_main_process
-    model, tok = LatentReasoner.from_pretrained(ckpt / "model" if ckpt else checkpoint_weights(cfg.model.init_from))
+    model, tok = LatentReasoner.from_pretrained(ckpt / "model" if ckpt else checkpoint_weights(cfg.model.init_from),
+                                                dtype=DTYPES[cfg.model.dtype])
     if model.spec.method != "atp" or model.latent_head is None:
         raise ValueError(f"{cfg.model.init_from}: atp-rl starts from an ATP checkpoint, got method "
                          f"'{model.spec.method}'")
+    if model.spec.use_decoder and model.decoder is None and is_main:
+        warnings.warn("decoder_mode=shared: the policy decodes its own plans, so it is its own coherence judge "
+                      "and can learn to please it; a separate decoder is frozen during RL", stacklevel=2)
     run = open_run_dir(run_path, cfg, resume, ckpt) if is_main else None
     progress = {"step": 0, "best_val": -1.0, "cursor": 0}
     if model.decoder is not None:
@@ -202,7 +244,17 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
         state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         progress.update(state["progress"])
+    # The step decoder reads its own tokens through the base table it was trained with; RL keeps training that
+    # table, so coherence is judged through a frozen snapshot taken now (the decoder itself is frozen too).
+    # A resumed run takes it from the RL start weights again, so it continues exactly.
+    table = model.lm.get_input_embeddings().weight
+    if ckpt is not None:
+        start_lm = AutoModelForCausalLM.from_pretrained(checkpoint_weights(cfg.model.init_from) / "lm",
+                                                        dtype=table.dtype)
+        table = start_lm.get_input_embeddings().weight
+    text_embed = torch.nn.Embedding.from_pretrained(table.detach().clone(), freeze=True)
     model, optimizer = accelerator.prepare(model, optimizer)
+    text_embed = text_embed.to(accelerator.device)
     raw = accelerator.unwrap_model(model)
     raw.eval()  # no dropout: rollouts and scoring must see the same policy
     device = accelerator.device
@@ -224,17 +276,22 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
         start = (progress["cursor"] + rank * B) % len(order)
         problems = [train_set[order[(start + i) % len(order)]] for i in range(B)]
         progress["cursor"] = (progress["cursor"] + B * world) % len(order)
-        traj = rollout(raw, builder, problems, cfg, gen, device)
+        t_step = time.time()
+        with accelerator.autocast():  # sample in the precision the update scores in
+            traj = rollout(raw, builder, problems, cfg, gen, device, text_embed)
         adv = group_advantages(traj.rewards, cfg.rl.group_size).to(device)
-        stats = grpo_update(model, raw, optimizer, accelerator, traj, adv, cfg, perm_rng)
+        stats = grpo_update(model, optimizer, accelerator, traj, adv, cfg, perm_rng)
         progress["step"] += 1
-        equal = (traj.rewards.view(-1, cfg.rl.group_size).std(-1) == 0).float().mean()
+        equal = equal_reward_groups(traj.rewards, cfg.rl.group_size).float().mean()
         lat = traj.latents_used.float()
+        seconds = time.time() - t_step
+        sampled = int(traj.batch["rl_token_mask"].sum() + traj.batch["rl_active"].sum())
         metrics = {f"train/{k}": v for k, v in stats.items()} | {
             "train/reward": float(traj.rewards.mean()), "train/accuracy": float(traj.terms["acc"].mean()),
             "train/reward_accuracy": float(traj.terms["acc"].mean()), "train/reward_format": float(traj.terms["fmt"].mean()),
             "train/reward_coherence": float(traj.terms["coh"].mean()), "train/equal_reward_groups": float(equal),
             "train/active_latents": float(lat.mean()), "train/sigma": traj.sigma,
+            "train/step_seconds": seconds, "train/sampled_tokens_per_s": sampled / max(seconds, 1e-9),
         }
         if is_main:
             run.log(metrics, progress["step"])
@@ -250,12 +307,16 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
                 # Best checkpoint by validation accuracy, never test (METHOD.md §7).
                 if summary.accuracy > progress["best_val"]:
                     progress["best_val"] = summary.accuracy
-                    _save(run.path / "best", raw, tok, optimizer, progress, rngs)
-            if progress["step"] % cfg.rl.checkpoint_every == 0 or last:
+                    _save(run.path / "best", raw, tok, optimizer if cfg.train.save_checkpoints else None,
+                          progress, rngs)
+            if cfg.train.save_checkpoints and (progress["step"] % cfg.rl.checkpoint_every == 0 or last):
                 _save(run.checkpoint_dir_for(progress["step"]), raw, tok, optimizer, progress, rngs)
                 run.prune_checkpoints(cfg.train.keep_last)
-        if cfg.train.max_minutes and time.time() - t0 > 60 * cfg.train.max_minutes:
-            break
+        if cfg.train.max_minutes:  # one decision for every process: each has its own clock
+            if time.time() - t0 > 60 * cfg.train.max_minutes:
+                accelerator.set_trigger()
+            if accelerator.check_trigger():
+                break
     bar.close()
     finish_run(accelerator, model, run, tok, progress["step"], (time.time() - t0) / 60)
     accelerator.wait_for_everyone()

@@ -55,13 +55,15 @@ _ACTIVE_TMP: set[Path] = set()
 
 
 def save_training_checkpoint(path: Path, model, tokenizer, optimizer, progress: dict, rng: dict) -> None:
-    """Weights (save_pretrained form, in model/) + optimizer + loop position + RNG states, written atomically."""
+    """Weights (save_pretrained form, in model/) + optimizer + loop position + RNG states, written atomically.
+    With optimizer=None only the weights are written (not resumable)."""
     import torch
 
     with atomic_checkpoint(path) as tmp:
         model.save_pretrained(tmp / "model", tokenizer)
-        torch.save({"optimizer": optimizer.state_dict(), "progress": dict(progress), "rng": rng},
-                   tmp / "trainer_state.pt")
+        if optimizer is not None:
+            torch.save({"optimizer": optimizer.state_dict(), "progress": dict(progress), "rng": rng},
+                       tmp / "trainer_state.pt")
 
 
 def replicas_in_sync(accelerator, model) -> bool:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
@@ -33,6 +34,7 @@ from atp_latent.training.runs import (
     save_training_checkpoint,
 )
 
+MULTI_PROCESS = (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -67,7 +69,7 @@ def build_reasoner(cfg: RunConfig, train: list[Problem]) -> tuple[LatentReasoner
         lm, tok = load_pretrained(cfg.model.name_or_path, dtype=dtype)
         return LatentReasoner(lm, spec), tok
     tok = build_word_tokenizer(corpus_of(train), max_vocab=cfg.model.max_vocab)
-    lm = build_tiny_model(cfg.model.preset, tok, seed=cfg.train.seed)
+    lm = build_tiny_model(cfg.model.preset, tok, seed=cfg.train.seed, dtype=dtype)
     return LatentReasoner(lm, spec), tok
 
 
@@ -102,6 +104,11 @@ def prepare_run(cfg: RunConfig, resume: bool, find_unused_parameters: bool):
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     hf_logging.disable_progress_bar()
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != cfg.train.mixed_precision \
+            and state.get("distributed_type") not in MULTI_PROCESS:
+        # A second run in one process (a notebook, a test) may change precision; accelerate's state is global.
+        AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # on CPU, multi-process runs need cpu=True to pick gloo
         mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum,
@@ -141,8 +148,16 @@ def finish_run(accelerator: Accelerator, model, run: RunDir | None, tokenizer, s
 
 
 def save_checkpoint(path: Path, accelerator: Accelerator, model, tokenizer, optimizer, progress: dict) -> None:
+    """A resumable checkpoint; with optimizer=None the weights only (train.save_checkpoints=false)."""
     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
     save_training_checkpoint(path, accelerator.unwrap_model(model), tokenizer, optimizer, progress, rng)
+
+
+def reset_optimizer(optimizer: torch.optim.Optimizer) -> None:
+    """Forget every moment and step count (the reference re-creates AdamW each epoch). Done in place: a new
+    optimizer passed to accelerator.prepare would be added to the accelerator's list, and every old AdamW state
+    (~20 GB at 1B with a separate decoder) would stay alive."""
+    optimizer.state.clear()
 
 
 def train(cfg: RunConfig, resume: bool = False) -> Path:
@@ -151,7 +166,7 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
         cfg, resume, find_unused_parameters=cfg.method.name not in ("cot", "nocot"))
     is_main = accelerator.is_main_process
     if ckpt is not None:
-        model, tok = LatentReasoner.from_pretrained(ckpt / "model", spec=spec_of(cfg))
+        model, tok = LatentReasoner.from_pretrained(ckpt / "model", dtype=DTYPES[cfg.model.dtype], spec=spec_of(cfg))
     else:
         model, tok = build_reasoner(cfg, train_set)
     run = open_run_dir(run_path, cfg, resume, ckpt) if is_main else None
@@ -175,9 +190,13 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     total_steps = min(cfg.train.max_steps or 10**12, per_epoch * cfg.train.epochs)
     t0 = time.time() - progress["elapsed"]
     out_of_time = False
+    keep_state = optimizer if cfg.train.save_checkpoints else None  # None: weights only in best/ and epoch-N/
     for epoch in range(progress["epoch"], cfg.train.epochs):
         if cfg.optim.reset_each_epoch and epoch > 0 and progress["batch"] == 0:
-            optimizer = accelerator.prepare(make_optimizer(accelerator.unwrap_model(model), cfg))
+            reset_optimizer(optimizer)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        epoch_start, epoch_tokens, epoch_steps = time.time(), 0, 0
         stage = cur.stage(epoch)
         rng = random.Random(cfg.train.seed * 100003 + epoch)
         order = list(range(len(train_set)))
@@ -190,7 +209,7 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
         batches = [order[i: i + global_bs] for i in range(0, len(order) - global_bs + 1, global_bs)] or [order]
         if cfg.data.length_buckets > 1:
             rng.shuffle(batches)
-        stages = [[sample_stage(cur, epoch, rng) for _ in b] for b in batches]
+        stages = [[sample_stage(cur, epoch, rng, len(train_set[j].steps)) for j in b] for b in batches]
         model.train()
         bar = tqdm(total=len(batches), initial=progress["batch"], desc=f"{cfg.method.name} epoch {epoch} stage {stage}",
                    disable=not is_main, leave=False)
@@ -212,6 +231,8 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
                 optimizer.step()
                 optimizer.zero_grad()
             progress["batch"] = bi + 1
+            epoch_tokens += int(batch["prefix_mask"].sum() + batch["active"].sum() + batch["suffix_mask"].sum())
+            epoch_steps += 1
             if accelerator.sync_gradients:
                 progress["step"] += 1
             bar.update(1)
@@ -223,16 +244,26 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
                     run.log({f"train/{k}": v for k, v in logged.items()} | {"train/stage": stage, "train/epoch": epoch},
                             progress["step"])
             progress["elapsed"] = time.time() - t0
-            if cfg.train.checkpoint_every and progress["step"] % cfg.train.checkpoint_every == 0 and is_main:
+            if cfg.train.checkpoint_every and progress["step"] % cfg.train.checkpoint_every == 0 and is_main \
+                    and cfg.train.save_checkpoints:
                 save_checkpoint(run.checkpoint_dir_for(progress["step"]), accelerator, model, tok, optimizer, progress)
                 run.prune_checkpoints(cfg.train.keep_last)
             if cfg.train.max_steps and progress["step"] >= cfg.train.max_steps:
                 out_of_time = True
-            if cfg.train.max_minutes and progress["elapsed"] > 60 * cfg.train.max_minutes:
-                out_of_time = True
+            if cfg.train.max_minutes:  # one decision for every process: each has its own clock
+                if progress["elapsed"] > 60 * cfg.train.max_minutes:
+                    accelerator.set_trigger()
+                out_of_time = accelerator.check_trigger() or out_of_time
             if out_of_time:
                 break
         bar.close()
+        seconds = time.time() - epoch_start
+        tokens = accelerator.reduce(torch.tensor(float(epoch_tokens), device=device), "sum").item()
+        speed = {"train/step_seconds": seconds / max(epoch_steps, 1), "train/tokens_per_s": tokens / max(seconds, 1e-9)}
+        if torch.cuda.is_available():
+            speed["train/peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        if is_main:
+            run.log(speed | {"train/epoch": epoch}, progress["step"])
         epoch_done = progress["batch"] >= len(batches)
         if epoch_done:
             progress["epoch"], progress["batch"] = epoch + 1, 0
@@ -243,10 +274,11 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
                 # The best checkpoint is chosen on the validation split, never on test (METHOD.md §7).
                 if acc > progress["best_val"]:
                     progress["best_val"] = acc
-                    save_checkpoint(run.path / "best", accelerator, model, tok, optimizer, progress)
-            save_checkpoint(run.checkpoint_dir_for(progress["step"]), accelerator, model, tok, optimizer, progress)
+                    save_checkpoint(run.path / "best", accelerator, model, tok, keep_state, progress)
+            if cfg.train.save_checkpoints:
+                save_checkpoint(run.checkpoint_dir_for(progress["step"]), accelerator, model, tok, optimizer, progress)
             if epoch_done and epoch + 1 in cfg.train.keep_epochs:
-                save_checkpoint(run.path / f"epoch-{epoch + 1}", accelerator, model, tok, optimizer, progress)
+                save_checkpoint(run.path / f"epoch-{epoch + 1}", accelerator, model, tok, keep_state, progress)
             run.prune_checkpoints(cfg.train.keep_last)
         accelerator.wait_for_everyone()
         if out_of_time:
