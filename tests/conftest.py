@@ -1,8 +1,20 @@
-"""Shared fixtures."""
+"""Shared fixtures.
 
-from pathlib import Path
+Tiny models run fastest on one thread, and on a machine whose cores are shared an OpenMP team of several threads
+spins against the other jobs (a test can take 30x longer): the suite, and the processes it launches, use one
+thread unless OMP_NUM_THREADS says otherwise."""
 
-import pytest
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture

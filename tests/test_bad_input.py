@@ -1,10 +1,14 @@
-"""Every kind of bad input a user can give: one line on stderr, a non-zero exit, no traceback, no partial output."""
+"""Every kind of bad input a user can give: one line on stderr, a non-zero exit, no traceback, no partial output.
+
+The command line runs in this process (`main`), where an exception that escapes it fails the test just as a
+traceback would; one case also goes through `python -m atp_latent.cli` for the exit status of a real process."""
 
 import subprocess
 import sys
 
 import pytest
 
+from atp_latent.cli import main
 from atp_latent.data.synthetic import SynthConfig, write_benchmark
 from atp_latent.modeling.factory import build_tiny_model
 from atp_latent.modeling.reasoner import LatentReasoner, ReasonerSpec
@@ -18,7 +22,21 @@ def data(tmp_path_factory):
     return root
 
 
-def run_cli(*args):
+@pytest.fixture
+def run_cli(capsys):
+    def run(*args):
+        capsys.readouterr()
+        rc = main([str(a) for a in args])
+        out = capsys.readouterr()
+        err = out.err.strip().splitlines()
+        assert rc != 0, out.out
+        assert len(err) == 1 and err[0].startswith("error: "), out.err
+        return err[0]
+
+    return run
+
+
+def run_process(*args):
     proc = subprocess.run([sys.executable, "-m", "atp_latent.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=300)
     err = proc.stderr.strip().splitlines()
@@ -43,7 +61,7 @@ def train_args(data, out, *sets):
     ("rl.group_size=1", "group_size"),                  # impossible value
     ("method.name=magic", "method.name"),               # not a method
 ])
-def test_bad_config(data, tmp_path, override, expect):
+def test_bad_config(data, tmp_path, override, expect, run_cli):
     line = run_cli(*train_args(data, tmp_path, override))
     assert expect in line
     assert not (tmp_path / "r").exists()
@@ -52,13 +70,13 @@ def test_bad_config(data, tmp_path, override, expect):
 def test_bad_data_file(tmp_path):
     bad = tmp_path / "train.jsonl"
     bad.write_text('{"question": "q?", "answer": "x"}\n')
-    line = run_cli("train", "--output-dir", tmp_path, "--name", "r", "--set", f"data.train={bad}")
+    line = run_process("train", "--output-dir", tmp_path, "--name", "r", "--set", f"data.train={bad}")
     assert f"{bad}:1: answer:" in line
     assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("path", ["/nonexistent/model/dir", "{tmp}/not_a_model"])
-def test_bad_model_path(data, tmp_path, path):
+def test_bad_model_path(data, tmp_path, path, run_cli):
     path = path.format(tmp=tmp_path)
     if "not_a_model" in path:
         (tmp_path / "not_a_model").mkdir()
@@ -68,7 +86,7 @@ def test_bad_model_path(data, tmp_path, path):
     assert not (tmp_path / "r").exists()
 
 
-def test_bad_checkpoints(data, tmp_path):
+def test_bad_checkpoints(data, tmp_path, run_cli):
     assert "no checkpoint found" in run_cli("eval", "--checkpoint", tmp_path / "missing", "--data", data / "test.jsonl")
     incomplete = tmp_path / "incomplete"
     (incomplete / "final").mkdir(parents=True)
@@ -82,10 +100,8 @@ def test_bad_checkpoints(data, tmp_path):
     assert "ATP checkpoint" in line and not (tmp_path / "r").exists()
 
 
-def test_resume_with_changed_config(data, tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "atp_latent.cli", *map(str, train_args(data, tmp_path, "method.name=nocot"))],
-                        capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0, ok.stderr[-1000:]
+def test_resume_with_changed_config(data, tmp_path, run_cli):
+    assert main([str(a) for a in train_args(data, tmp_path, "method.name=nocot")]) == 0
     line = run_cli(*train_args(data, tmp_path, "method.name=nocot", "optim.lr=0.5"), "--resume")
     assert "optim.lr" in line
     line = run_cli(*train_args(data, tmp_path, "method.name=nocot"))  # same name without --resume

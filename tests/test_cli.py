@@ -42,13 +42,12 @@ def test_data_check_on_shared_files(shared_data, capsys):
     ('{"question": "q?", "answer": "2", "steps": ["1+1"]}\n', ":1: steps[0]:"),
     ("", ": file:"),
 ])
-def test_data_check_bad_files_one_line_errors(tmp_path, content, expect):
+def test_data_check_bad_files_one_line_errors(tmp_path, content, expect, capsys):
     f = tmp_path / "bad.jsonl"
     f.write_text(content)
-    proc = subprocess.run([sys.executable, "-m", "atp_latent.cli", "data", "check", str(f)], capture_output=True, text=True)
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stdout + proc.stderr
-    assert any(expect in line and line.startswith(str(f)) for line in proc.stdout.splitlines()), proc.stdout
+    assert main(["data", "check", str(f)]) == 1  # in this process: an uncaught exception fails the test
+    out = capsys.readouterr().out
+    assert any(expect in line and line.startswith(str(f)) for line in out.splitlines()), out
 
 
 def test_unreadable_path_and_unknown_format(tmp_path, capsys):
@@ -70,33 +69,128 @@ def test_bad_config_is_one_line(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
+    """An ATP checkpoint whose outputs differ per row (scaled-up random weights, a tokenizer that knows the data's
+    words), and the synthetic data it is evaluated on."""
+    from atp_latent.data.formats import load_records
+    from atp_latent.training.sft import corpus_of
+
     root = tmp_path_factory.mktemp("cli")
-    write_benchmark(root / "data", SynthConfig(seed=1, n_train=20, n_val=8, n_test=6, n_ood=6))
-    tok = build_word_tokenizer(["Tom has 3 apples.", "<<1+2=3>>\n### 3"])
+    paths = write_benchmark(root / "data", SynthConfig(seed=1, n_train=20, n_val=8, n_test=6, n_ood=6))
+    tok = build_word_tokenizer(corpus_of([p for f in paths.values() for p in load_records(f)]))
     torch.manual_seed(0)
     spec = ReasonerSpec.for_method("atp", latents_per_step=2, max_latent_stage=2)
-    LatentReasoner(build_tiny_model("llama-tiny", tok), spec).save_pretrained(root / "run" / "final", tok)
+    model = LatentReasoner(build_tiny_model("llama-tiny", tok), spec)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in list(model.lm.parameters()) + list(model.decoder.parameters()):
+            if p.dim() == 2:
+                p.add_(torch.randn(p.shape, generator=g) * 1.5 / p.shape[1] ** 0.5)
+        model.stop_head.mlp[2].bias.copy_(torch.tensor([0.0, -0.3]))
+    model.save_pretrained(root / "run" / "final", tok)
     return root
 
 
-def test_eval_writes_results(checkpoint, capsys):
+def _script(k: int, gold: str) -> tuple[str, int, str | None, bool]:
+    """Problem k's scripted answer text, latents used, the answer read from it, and whether that is correct."""
+    g = str(int(float(gold)))
+    return [(f"### {g}", 1, g, True), (f"### {int(g) + 1}", 2, str(int(g) + 1), False), (g, 3, None, False),
+            (f"### 0\n### {g}", 4, g, True)][k % 4]
+
+
+@pytest.fixture
+def scripted_answers(checkpoint, monkeypatch):
+    """Replace the generation (not the latent engine) by scripted answers, keyed by each problem's eval prompt."""
+    from atp_latent.data.formats import load_records
+    from atp_latent.data.sequences import builder_for
+    from atp_latent.modeling.engine import Generation
+
+    model, tok = LatentReasoner.from_pretrained(checkpoint / "run" / "final")
+    builder = builder_for(tok, model.spec)
+    script, n_tokens = {}, {}
+    for split in ("test", "test_long"):
+        for k, p in enumerate(load_records(checkpoint / "data" / f"{split}.jsonl")):
+            text, n_lat, pred, ok = _script(k, p.answer)
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            assert tok.decode(ids) == text
+            script[tuple(builder.eval_prompt(p.question)[0])] = (ids, n_lat)
+            n_tokens[split, k] = len(ids)
+
+    def answer(self, prefix_ids, prefix_mask, n_slots, end_id, eos_id, pad_id, max_new_tokens, **kw):
+        rows = [script[tuple(r[m.bool()].tolist())] for r, m in zip(prefix_ids, prefix_mask)]
+        n_lat = torch.tensor([r[1] for r in rows])
+        forced = torch.arange(int(n_slots.max()))[None] < n_lat[:, None]
+        state = self.fill(prefix_ids, prefix_mask, n_slots, stop_mode="forced", forced_active=forced)
+        width = max(len(r[0]) for r in rows) + 1
+        tokens = torch.full((len(rows), width), pad_id)
+        mask = torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            tokens[i, : len(r[0]) + 1] = torch.tensor(r[0] + [eos_id])
+            mask[i, : len(r[0]) + 1] = True
+        return state, Generation(tokens, torch.zeros(tokens.shape), mask, mask.sum(-1) - 1, 1)
+
+    monkeypatch.setattr(LatentReasoner, "answer", answer)
+    return n_tokens
+
+
+def _predictions(out):
+    return {r["id"]: r for r in map(json.loads, out.with_suffix(".predictions.jsonl").read_text().splitlines())}
+
+
+def test_eval_scores_known_answers(checkpoint, scripted_answers, capsys):
+    """`atp-latent eval` on answers whose correctness is known: accuracy, answer extraction (the last ###, a line's
+    end), latent and answer-token counts, the format rate, per problem and in the summary; rows come back in input
+    order although batches are sorted by prompt length."""
+    from atp_latent.data.formats import load_records
+
     out = checkpoint / "res.json"
     data = checkpoint / "data"
     assert main(["eval", "--checkpoint", str(checkpoint / "run"), "--data", str(data / "test.jsonl"),
-                 "--data", str(data / "test_long.jsonl"), "--out", str(out), "--max-new-tokens", "4"]) == 0
+                 "--data", str(data / "test_long.jsonl"), "--out", str(out), "--batch-size", "4",
+                 "--predictions"]) == 0
     res = json.loads(out.read_text())
     assert set(res["results"]) == {"test", "test_long"}
-    r = res["results"]["test"]
-    assert r["n"] == 6 and 0 <= r["accuracy"] <= 1
-    assert r["mean_tokens"] == pytest.approx(r["mean_latents"] + r["mean_answer_tokens"])
+    preds = out.with_suffix(".predictions.jsonl").read_text().splitlines()
+    for split in ("test", "test_long"):
+        problems = load_records(data / f"{split}.jsonl")
+        rows = [json.loads(line) for line in preds if json.loads(line)["data"] == split]
+        assert [r["id"] for r in rows] == [p.id for p in problems]
+        expect = [_script(k, p.answer) for k, p in enumerate(problems)]
+        n_tok = [scripted_answers[split, k] for k in range(len(problems))]
+        for r, (text, n_lat, pred, ok), n in zip(rows, expect, n_tok):
+            assert (r["output"], r["pred"], r["correct"], r["latents"], r["answer_tokens"]) == (text, pred, ok, n_lat, n)
+        got = res["results"][split]
+        N = len(problems)
+        assert got["n"] == N
+        assert got["accuracy"] == pytest.approx(sum(e[3] for e in expect) / N)
+        assert got["format_rate"] == pytest.approx(sum(e[2] is not None for e in expect) / N)
+        assert got["mean_latents"] == pytest.approx(sum(e[1] for e in expect) / N)
+        assert got["mean_answer_tokens"] == pytest.approx(sum(n_tok) / N)
+        assert got["mean_tokens"] == pytest.approx((sum(e[1] for e in expect) + sum(n_tok)) / N)
+    assert 0 < res["results"]["test"]["accuracy"] < 1
     assert "| atp |" in capsys.readouterr().out
 
 
-def test_eval_sampled_latents_reports_std(checkpoint):
+def test_eval_sampled_latents_reports_mean_and_std_over_seeds(checkpoint):
+    """--latent-sample --seeds 2: each number is the mean of the two seeds' evaluate() summaries, accuracy_std
+    their sample standard deviation."""
+    from atp_latent.data.formats import load_records
+    from atp_latent.data.sequences import builder_for
+    from atp_latent.evaluation.evaluate import evaluate
+
     out = checkpoint / "res_s.json"
-    assert main(["eval", "--checkpoint", str(checkpoint / "run"), "--data", str(checkpoint / "data" / "test.jsonl"),
-                 "--out", str(out), "--latent-sample", "--seeds", "2", "--max-new-tokens", "3"]) == 0
-    assert json.loads(out.read_text())["results"]["test"]["seeds"] == 2
+    data = checkpoint / "data" / "test_long.jsonl"
+    assert main(["eval", "--checkpoint", str(checkpoint / "run"), "--data", str(data), "--out", str(out),
+                 "--latent-sample", "--seeds", "2", "--max-new-tokens", "3"]) == 0
+    got = json.loads(out.read_text())["results"]["test_long"]
+    assert got["seeds"] == 2
+    model, tok = LatentReasoner.from_pretrained(checkpoint / "run" / "final")
+    runs = [evaluate(model, builder_for(tok, model.spec), load_records(data), max_new_tokens=3, sample_latents=True,
+                     seed=s, progress=False) for s in (0, 1)]
+    assert [r["output"] for r in runs[0][1]] != [r["output"] for r in runs[1][1]]  # the seed matters
+    for k in ("accuracy", "mean_tokens", "mean_latents", "mean_answer_tokens", "format_rate"):
+        a, b = (getattr(s, k) for s, _ in runs)
+        assert got[k] == pytest.approx((a + b) / 2), k
+    assert got["accuracy_std"] == pytest.approx(abs(runs[0][0].accuracy - runs[1][0].accuracy) / 2 ** 0.5)
 
 
 def test_eval_missing_benchmark_name_is_clear(checkpoint, tmp_path, capsys):
@@ -105,6 +199,7 @@ def test_eval_missing_benchmark_name_is_clear(checkpoint, tmp_path, capsys):
 
 
 def test_eval_by_name_on_real_benchmarks(checkpoint, shared_data, capsys):
+    """Smoke test: benchmark names resolve to the shared files and every one evaluates (numbers: see above)."""
     assert main(["eval", "--checkpoint", str(checkpoint / "run"), "--data-dir", str(shared_data), "--limit", "4",
                  "--max-new-tokens", "2", "--data", "gsm8k", "--data", "gsm-hard", "--data", "svamp",
                  "--data", "multiarith"]) == 0
@@ -112,10 +207,24 @@ def test_eval_by_name_on_real_benchmarks(checkpoint, shared_data, capsys):
 
 
 def test_explain_prints_plan(checkpoint, capsys):
+    """explain's answer and latent count for each problem are the greedy evaluation's."""
+    from atp_latent.data.formats import load_records
+    from atp_latent.data.sequences import builder_for
+    from atp_latent.evaluation.evaluate import evaluate
+
     assert main(["explain", "--checkpoint", str(checkpoint / "run"), "--question", "Tom has 3 apples.",
-                 "--data", str(checkpoint / "data" / "test.jsonl"), "--n", "2"]) == 0
+                 "--data", str(checkpoint / "data" / "test.jsonl"), "--n", "3"]) == 0
     out = capsys.readouterr().out
-    assert out.count("Q: ") == 3 and "answer:" in out and "latent slots used" in out
+    assert out.count("Q: ") == 4 and "latent slots used" in out
+    model, tok = LatentReasoner.from_pretrained(checkpoint / "run" / "final")
+    _, rows = evaluate(model, builder_for(tok, model.spec), load_records(checkpoint / "data" / "test.jsonl")[:3],
+                       progress=False)
+    blocks = out.split("Q: ")[2:]
+    for block, r in zip(blocks, rows):
+        assert f"answer: {r['pred']}  (gold {r['gold']}, " in block
+        assert f" {r['latents']} of 4 latent slots used" in block
+        n_groups = sum(line.startswith("  latent group") for line in block.splitlines())
+        assert n_groups == -(-r["latents"] // 2)
 
 
 def test_explain_rejects_language_baseline(tmp_path, capsys):
@@ -126,15 +235,20 @@ def test_explain_rejects_language_baseline(tmp_path, capsys):
 
 
 def test_eval_sharded_over_two_processes_matches_one(checkpoint):
+    """Two processes each evaluate their shard and gather the rows: every problem's prediction and the summary equal
+    a 1-process evaluation (outputs differ per problem, so a duplicated or missing shard shows)."""
     data = checkpoint / "data" / "test_long.jsonl"
-    outs = {}
-    for n in (1, 2):
-        out = checkpoint / f"shard{n}.json"
-        args = [sys.executable, "-m", "atp_latent.cli", "eval", "--checkpoint", str(checkpoint / "run"), "--data",
-                str(data), "--out", str(out), "--max-new-tokens", "4", "--num-processes", str(n), "--port", "29581"]
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        outs[n] = json.loads(out.read_text())["results"]["test_long"]
-    assert outs[2]["n"] == outs[1]["n"] == 6
-    for k in ("accuracy", "mean_tokens", "mean_latents", "mean_answer_tokens"):
-        assert outs[2][k] == pytest.approx(outs[1][k])
+    outs = {n: checkpoint / f"shard{n}.json" for n in (1, 2)}
+    args = ["eval", "--checkpoint", str(checkpoint / "run"), "--data", str(data), "--max-new-tokens", "4",
+            "--predictions"]
+    proc = subprocess.Popen([sys.executable, "-m", "atp_latent.cli", *args, "--out", str(outs[2]), "--num-processes",
+                             "2", "--port", "29583"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert main([*args, "--out", str(outs[1])]) == 0
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    one, two = _predictions(outs[1]), _predictions(outs[2])
+    assert sorted(one) == sorted(two) and len(one) == 6
+    assert one == two
+    assert len({r["output"] for r in one.values()}) > 3
+    res = {n: json.loads(outs[n].read_text())["results"]["test_long"] for n in (1, 2)}
+    assert res[1] == res[2]

@@ -4,15 +4,19 @@ from typing import Literal
 
 import pytest
 
+from atp_latent.config import RunConfig, load_config
 from atp_latent.configtools import (
     ConfigError,
     apply_overrides,
+    compose,
     from_dict,
     load_yaml,
     load_yaml_dict,
     save_yaml,
     to_dict,
 )
+
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "atp_latent" / "configs"
 
 
 @dataclass
@@ -101,10 +105,12 @@ def test_unknown_top_level_key():
         ({"seed": 2.0}, r"seed: expected int, got 2.0"),  # int-valued floats rejected too
         ({"seed": True}, r"seed: expected int, got True"),
         ({"optim": {"lr": True}}, r"optim.lr: expected float"),
-        ({"debug": "yes"}, r"debug: expected bool, got 'yes'"),
-        ({"debug": 1}, r"debug: expected bool"),
-        ({"model": {"name": 3}}, r"model.name: expected str, got 3"),
-        ({"tag": 5}, r"tag: expected str or null, got 5"),
+        ({"debug": "maybe"}, r"debug: expected bool, got 'maybe'"),
+        ({"debug": 2.5}, r"debug: expected bool, got 2.5"),
+        ({"model": {"name": [3]}}, r"model.name: expected str, got \[3\]"),
+        ({"tag": {"a": 1}}, r"tag: expected str or null, got \{'a': 1\}"),
+        ({"seed": None}, r"seed: expected int, got None"),
+        ({"optim": None}, r"optim: expected mapping \(Optim\), got None"),
         ({"stages": 3}, r"stages: expected list\[int\], got 3"),
         ({"stages": [1, "x"]}, r"stages\[1\]: expected int, got 'x'"),
         ({"optim": 3}, r"optim: expected mapping \(Optim\), got 3"),
@@ -114,6 +120,13 @@ def test_unknown_top_level_key():
 def test_wrong_types(data, pattern):
     with pytest.raises(ConfigError, match=pattern):
         from_dict(Cfg, data, path="config.yaml")
+
+
+def test_omegaconf_conversions():
+    # OmegaConf's conversions: yes/no/on/off/1/0 for bools, numbers as text for strings
+    cfg = from_dict(Cfg, {"debug": "yes", "tag": 5, "model": {"name": 3}})
+    assert cfg.debug is True and cfg.tag == "5" and cfg.model.name == "3"
+    assert from_dict(Cfg, {"debug": "off"}).debug is False and from_dict(Cfg, {"debug": 1}).debug is True
 
 
 def test_strings_coerced_for_numeric_fields():
@@ -166,9 +179,9 @@ def test_apply_overrides():
         ["optim.lr=3e-4", "seed=5", "debug=true", "tag=null", "stages=[1, 2, 3]", "model.dtype=bfloat16"],
     )
     assert data == {"optim": {"lr": 1e-3}, "seed": 1}  # input not mutated
-    assert out["optim"]["lr"] == "3e-4"  # YAML 1.1 keeps it a string ...
+    assert out["optim"]["lr"] == pytest.approx(3e-4)  # 3e-4 is a float (YAML 1.1 would keep a string)
     cfg = from_dict(Cfg, out)
-    assert cfg.optim.lr == pytest.approx(3e-4)  # ... and from_dict makes it a float
+    assert cfg.optim.lr == pytest.approx(3e-4)
     assert cfg.seed == 5 and cfg.debug is True and cfg.tag is None
     assert cfg.stages == [1, 2, 3]
     assert cfg.model.dtype == "bfloat16"
@@ -255,3 +268,117 @@ def test_defaults_cycle(tmp_path):
 def test_empty_yaml_gives_defaults(tmp_path):
     (tmp_path / "e.yaml").write_text("")
     assert load_yaml(tmp_path / "e.yaml", Cfg) == Cfg()
+
+
+def test_yaml_no_on_yes_are_strings_not_booleans(tmp_path):
+    @dataclass
+    class P:
+        mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+        switch: str = "x"
+        flag: bool = True
+
+    (tmp_path / "p.yaml").write_text("mixed_precision: no\nswitch: on\nflag: no\n")
+    assert load_yaml(tmp_path / "p.yaml", P) == P("no", "on", False)
+    assert compose(P, None, ["mixed_precision=no", "switch=yes", "flag=false"]) == P("no", "yes", False)
+    assert load_yaml_dict(tmp_path / "p.yaml") == {"mixed_precision": "no", "switch": "on", "flag": "no"}
+
+
+def test_run_config_mixed_precision_no_and_nulls():
+    cfg = load_config(None, ["train.mixed_precision=no", "data.val=null", "method.use_vae=null", "data.max_val="])
+    assert cfg.train.mixed_precision == "no"
+    assert cfg.data.val is None and cfg.method.use_vae is None and cfg.data.max_val is None
+    assert load_config(None, ["train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
+    with pytest.raises(ConfigError, match=r"^override 'train.epochs=null': train.epochs: expected int, got None$"):
+        load_config(None, ["train.epochs=null"])
+    with pytest.raises(ConfigError, match=r"train.mixed_precision: expected one of 'no', 'bf16', 'fp16', got 'fp8'"):
+        load_config(None, ["train.mixed_precision=fp8"])
+
+
+def test_run_config_report_to():
+    assert load_config(None, []).train.report_to == ["tensorboard"]
+    cfg = load_config(None, ["train.report_to=[tensorboard, wandb]"])
+    assert cfg.train.report_to == ["tensorboard", "wandb"]
+    assert load_config(None, ["train.report_to=[]"]).train.report_to == []
+    with pytest.raises(ConfigError, match=r"report_to: unknown tracker 'tb' \(known: tensorboard, wandb, mlflow"):
+        load_config(None, ["train.report_to=[tb]"])
+    with pytest.raises(ConfigError, match=r"train.report_to: expected list\[str\], got 'wandb'"):
+        load_config(None, ["train.report_to=wandb"])
+
+
+def test_override_errors_name_the_override():
+    with pytest.raises(ConfigError) as exc:
+        compose(Cfg, None, ["seed=1", "optim.lr=fast"])
+    assert str(exc.value) == "override 'optim.lr=fast': optim.lr: expected float, got 'fast'"
+    with pytest.raises(ConfigError, match=r"^override 'optim.lrr=1': unknown key 'optim.lrr' \(valid: lr, "):
+        compose(Cfg, None, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match=r"^override 'seed.x=2': seed: expected int, got \{'x': 2\}$"):
+        compose(Cfg, None, ["seed.x=2"])
+
+
+def test_errors_name_the_file_of_the_defaults_chain_that_has_the_bad_value(tmp_path):
+    (tmp_path / "base.yaml").write_text("optim:\n  lr: abc\n")
+    (tmp_path / "child.yaml").write_text("defaults: base.yaml\nseed: 2\n")
+    with pytest.raises(ConfigError, match=r"base.yaml: optim.lr: expected float, got 'abc'$"):
+        load_yaml(tmp_path / "child.yaml", Cfg)
+    (tmp_path / "base.yaml").write_text("optim:\n  lrr: 1\n")
+    with pytest.raises(ConfigError, match=r"base.yaml: unknown key 'optim.lrr'"):
+        load_yaml(tmp_path / "child.yaml", Cfg)
+
+
+def test_defaults_list_merged_in_order(tmp_path):
+    (tmp_path / "a.yaml").write_text("seed: 1\nstages: [1]\noptim:\n  lr: 0.5\n")
+    (tmp_path / "b.yaml").write_text("seed: 2\noptim:\n  warmup_steps: 3\n")
+    (tmp_path / "c.yaml").write_text("defaults: [a.yaml, b.yaml]\ntag: c\n")
+    cfg = load_yaml(tmp_path / "c.yaml", Cfg, overrides=["stages=[7, 8]"])
+    assert cfg.seed == 2 and cfg.tag == "c" and cfg.stages == [7, 8]  # lists are replaced, not appended
+    assert cfg.optim == Optim(lr=0.5, warmup_steps=3)
+
+
+def test_interpolation(tmp_path):
+    (tmp_path / "i.yaml").write_text("tag: run-${seed}\nseed: 4\n")
+    assert load_yaml(tmp_path / "i.yaml", Cfg).tag == "run-4"
+    (tmp_path / "bad.yaml").write_text("tag: ${nope}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: tag: .*nope"):
+        load_yaml(tmp_path / "bad.yaml", Cfg)
+
+
+def test_duplicate_yaml_key_is_an_error(tmp_path):
+    (tmp_path / "d.yaml").write_text("seed: 1\noptim:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"d.yaml:4: YAML error: duplicate key 'lr'"):
+        load_yaml(tmp_path / "d.yaml", Cfg)
+
+
+@pytest.mark.parametrize("name", sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.glob("*/*.yaml")
+                                        if p.parent.name != "accelerate"))
+def test_shipped_configs_load(name):
+    cfg = load_config(str(CONFIGS / name))
+    assert isinstance(cfg, RunConfig)
+    merged = load_yaml_dict(CONFIGS / name)
+    # every key written in the file (or its defaults chain) arrives in the RunConfig with the same value
+    flat = to_dict(cfg)
+    for section, values in merged.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                assert flat[section][key] == value, (section, key)
+        else:
+            assert flat[section] == values
+
+
+def test_shipped_config_values():
+    assert load_config(str(CONFIGS / "paper" / "atp_rl.yaml")).rl.lr == pytest.approx(1e-6)
+    assert load_config(str(CONFIGS / "bench" / "atp_rl_low_lr.yaml")).rl.lr == pytest.approx(1e-5)
+    assert load_config(str(CONFIGS / "paper" / "atp.yaml")).train.mixed_precision == "bf16"
+    bench = load_config(str(CONFIGS / "bench" / "atp_no_kl.yaml"))
+    assert bench.method.beta_kl == 0.0 and bench.train.max_minutes == 18.0 and bench.curriculum.max_latent_stage == 4
+
+
+def test_strings_round_trip_through_save_yaml(tmp_path):
+    cfg = Cfg(tag="1e3", model=Model(name="no"))
+    path = save_yaml(cfg, tmp_path / "c.yaml")
+    assert "tag: '1e3'" in path.read_text() and "name: 'no'" in path.read_text()
+    assert load_yaml(path, Cfg) == cfg
+    assert load_yaml_dict(path)["tag"] == "1e3"
+
+
+def test_nested_dataclass_instances_accepted():
+    assert from_dict(Cfg, {"optim": Optim(lr=0.5)}).optim == Optim(lr=0.5)

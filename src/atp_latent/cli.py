@@ -85,8 +85,7 @@ def _launch(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from atp_latent.data.formats import load_records
-    from atp_latent.evaluation.benchmarks import resolve_data
+    from atp_latent.evaluation.benchmarks import load_named
     from atp_latent.evaluation.evaluate import (
         default_max_new_tokens,
         evaluate,
@@ -95,7 +94,7 @@ def cmd_eval(args) -> int:
         mean_std,
         summarize,
     )
-    from atp_latent.training.runs import checkpoint_weights
+    from atp_latent.training.runs import checkpoint_weights, run_dir_of, run_method
 
     if args.num_processes and args.num_processes > 1:
         return _launch(args)
@@ -105,14 +104,19 @@ def cmd_eval(args) -> int:
     # Under `accelerate launch` every process evaluates its shard; rows are gathered on all processes.
     state = PartialState(cpu=not torch_cuda())
     device = _device(args.device) if state.num_processes == 1 else state.device
-    datasets = [resolve_data(d, args.data_dir) for d in args.data]
     weights = checkpoint_weights(args.checkpoint)
+    datasets = [load_named(d, args.data_dir) for d in args.data]
     model, tok, builder = load_for_eval(weights, device)
+    # A row is named by its run (the run directory), with the run's method beside it: an RL run's weights are an
+    # `atp` reasoner, but the run is atp-rl.
+    run = run_dir_of(weights)
+    method = model.spec.method
+    run_label = run_method(run) or method
     max_new = args.max_new_tokens or default_max_new_tokens(model.spec.method)
     seeds = args.seeds if args.latent_sample else 1
     results, rows_out = {}, {}
-    for name, path in datasets:
-        problems = load_records(path)[: args.limit]
+    for name, all_problems in datasets:
+        problems = all_problems[: args.limit]
         shard = problems[state.process_index:: state.num_processes]
         runs = []
         for seed in range(seeds):
@@ -127,16 +131,16 @@ def cmd_eval(args) -> int:
         res["accuracy_std"] = mean_std([r["accuracy"] for r in runs])[1]
         res["seeds"] = seeds
         results[name] = res
-    method = model.spec.method
-    table = markdown_table({method: results}, [n for n, _ in datasets])
+    table = markdown_table({run.name: results}, [n for n, _ in datasets], methods={run.name: run_label})
     if not state.is_main_process:
         return 0
     print(table)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"checkpoint": str(weights), "method": method, "results": results,
-                                   "latent_sample": args.latent_sample}, indent=2))
+        out.write_text(json.dumps({"run": run.name, "run_method": run_label, "checkpoint": str(weights),
+                                   "method": method, "results": results, "latent_sample": args.latent_sample},
+                                  indent=2))
         out.with_suffix(".md").write_text(table + "\n")
         if args.predictions:
             with open(out.with_suffix(".predictions.jsonl"), "w") as f:
@@ -148,8 +152,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from atp_latent.data.formats import load_records
-    from atp_latent.evaluation.benchmarks import resolve_data
+    from atp_latent.evaluation.benchmarks import load_named
     from atp_latent.evaluation.evaluate import load_for_eval
     from atp_latent.evaluation.explain import explain, format_explanation
 
@@ -161,7 +164,7 @@ def cmd_explain(args) -> int:
         raise ValueError(f"{args.checkpoint}: method '{model.spec.method}' has no latent reasoning to explain")
     questions, golds = list(args.question or []), [None] * len(args.question or [])
     if args.data:
-        problems = load_records(resolve_data(args.data, args.data_dir)[1])[: args.n]
+        problems = load_named(args.data, args.data_dir)[1][: args.n]
         questions += [p.question for p in problems]
         golds += [p.answer for p in problems]
     results = explain(model, builder, questions, device=device)
@@ -212,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a checkpoint on data files or benchmark names")
     ev.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
     ev.add_argument("--data", action="append", required=True,
-                    help="file, or a name: gsm8k, gsm-hard, svamp, multiarith, gsm8k-aug (repeatable)")
+                    help="file, a name (gsm8k, gsm-hard, svamp, multiarith, gsm8k-aug), or hf:NAME[:SPLIT] "
+                         "(needs the hf extra) (repeatable)")
     ev.add_argument("--data-dir", default=None, help="where benchmark names resolve (default $ATP_DATA, else ../shared/data)")
     ev.add_argument("--out", default=None, help="results JSON (a .md table is written beside it)")
     ev.add_argument("--batch-size", type=int, default=64)
@@ -258,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    from atp_latent.progress import quiet_library_bars
+
+    quiet_library_bars()  # outside a terminal: no Hugging Face bars in the logs (ours print short lines)
     from atp_latent.configtools import ConfigError
     from atp_latent.data.records import DataError
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from atp_latent.configtools import ConfigError, apply_overrides, from_dict, load_yaml_dict, to_dict
+from atp_latent.configtools import ConfigError, compose, to_dict
 
 Method = Literal["cot", "nocot", "coconut", "simcot", "atp", "atp-rl"]
+# accelerate's experiment trackers (train.report_to)
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
 
 
 @dataclass
@@ -45,6 +47,10 @@ class MethodConfig:
     beta_kl: float = 0.001
     stop_loss_positions: Literal["group_start", "all"] = "group_start"
     decoder_weight: float = 1.0
+    # latent head initialisation (ours, off by default = the reference): mu = h + f(h) with f zero at init, so
+    # ATP starts from Coconut's feedback; and the initial log-variance of every latent (None: random layer)
+    latent_head_residual: bool = False
+    init_logvar: float | None = None
 
     def __post_init__(self):
         if self.latents_per_step < 1:
@@ -106,10 +112,16 @@ class TrainConfig:
     keep_epochs: list[int] = field(default_factory=list)  # also keep RUN/epoch-N after these (1-based) epochs
     log_every: int = 10
     eval_every_epoch: bool = True  # val accuracy after each epoch; the best is kept as best/
+    # experiment trackers, through accelerate (metrics.jsonl is always written): tensorboard (RUN/tb), wandb,
+    # mlflow, or any other tracker accelerate knows; [] for none. wandb/mlflow: pip install 'atp-latent[wandb]'
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
 
     def __post_init__(self):
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        unknown = [t for t in self.report_to if t not in TRACKERS]
+        if unknown:
+            raise ValueError(f"report_to: unknown tracker {unknown[0]!r} (known: {', '.join(TRACKERS)})")
 
 
 @dataclass
@@ -144,6 +156,19 @@ class RLConfig:
     coherence_max_tokens: int = 16
     val_every: int = 10  # RL steps between validations (best checkpoint kept by val accuracy)
     checkpoint_every: int = 10
+    # --- knobs for GRPO on sparse rewards (all off by default: the paper's recipe) ---
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decay to 10% of lr over rl.steps
+    warmup_steps: int = 0  # linear warmup of the RL learning rate
+    # dynamic sampling (DAPO): roll out `oversample` x questions_per_step questions and keep questions_per_step
+    # groups, those whose rewards differ first (a group of equal rewards carries no signal)
+    dynamic_sampling: bool = False
+    oversample: int = 2
+    loss_norm: Literal["sequence", "token"] = "sequence"  # sequence: mean per trajectory then batch (paper);
+    # token: one mean over every position of the minibatch (latents / answer tokens), as in DAPO
+    kl_coef: float = 0.0  # > 0: k3 KL penalty to the RL start policy (a frozen copy; the paper uses none)
+    # sum: the latent log-prob sums the Gaussian log-density over all d dimensions (paper), so its ratio scales
+    # with the hidden size; mean: per-dimension mean (docs/deviations.md)
+    latent_logratio: Literal["sum", "mean"] = "sum"
 
     def __post_init__(self):
         if self.group_size < 2:
@@ -154,6 +179,8 @@ class RLConfig:
             raise ValueError(f"clip must be in (0, 1), got {self.clip}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.oversample < 1 or self.kl_coef < 0 or self.warmup_steps < 0:
+            raise ValueError("oversample must be >= 1, kl_coef and warmup_steps >= 0")
 
 
 @dataclass
@@ -171,10 +198,9 @@ class RunConfig:
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """YAML file (optional) + dotted overrides -> validated RunConfig. Raises ConfigError with one line."""
-    data = load_yaml_dict(path) if path else {}
-    data = apply_overrides(data, overrides or [])
-    return from_dict(RunConfig, data, path=path or "<config>")
+    """YAML file (optional, with its `defaults:` chain) + dotted overrides -> validated RunConfig, composed with
+    OmegaConf over the RunConfig schema (see configtools). Raises ConfigError with one line."""
+    return compose(RunConfig, path or None, overrides or ())
 
 
 __all__ = ["RunConfig", "load_config", "ConfigError", "to_dict"]

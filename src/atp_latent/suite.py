@@ -78,7 +78,8 @@ def _start_job(suite: Suite, job: str, out: Path, seed: int, scale: float, extra
         args.append("--resume")  # an interrupted suite continues where its checkpoints left off
     log = out / "logs" / f"{job}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_MININTERVAL": "5", "PYTHONUNBUFFERED": "1"}
+    # Output goes to a file: progress comes as a short line every $ATP_PROGRESS_SECONDS (atp_latent.progress)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env), log
 
 
@@ -165,6 +166,9 @@ def evaluate_jobs(jobs: list[str], out: Path, batch_size: int = 100) -> tuple[di
     """Every job's best checkpoint on every test split. Returns (summaries, per-problem latent counts)."""
     from atp_latent.data.formats import load_records
     from atp_latent.evaluation.evaluate import default_max_new_tokens, evaluate, load_for_eval
+    from atp_latent.progress import quiet_library_bars
+
+    quiet_library_bars()
 
     def run_job(job):
         model, _, builder = load_for_eval(out / "runs" / job)
@@ -234,6 +238,9 @@ def evaluate_ablations(suite: Suite, out: Path, samples: int = 3, batch_size: in
     latent methods with latents sampled from the VAE head (`samples` draws, mean and std)."""
     from atp_latent.data.formats import load_records
     from atp_latent.evaluation.evaluate import default_max_new_tokens, evaluate, load_for_eval, mean_std
+    from atp_latent.progress import quiet_library_bars
+
+    quiet_library_bars()
 
     problems = load_records(out / "data" / "val.jsonl")
     def run_job(job):

@@ -1,8 +1,12 @@
-"""GRPO on the latent policy: rollout log-probs, the first ratio, the clipped surrogate, and multi-process sync."""
+"""GRPO on the latent policy: rollout log-probs and rewards against hand computations, the update's gradient by
+hand, the clipped surrogate, and a 2-process run equal to a 1-process run on the same global work."""
 
+import copy
+import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,10 +15,15 @@ from accelerate import Accelerator
 from atp_latent.config import load_config
 from atp_latent.data.records import Problem
 from atp_latent.data.sequences import builder_for
+from atp_latent.evaluation.answers import extract_answer
+from atp_latent.modeling.engine import Generation
 from atp_latent.modeling.factory import build_tiny_model
 from atp_latent.modeling.reasoner import LatentReasoner, ReasonerSpec
-from atp_latent.modeling.tokenizer import build_word_tokenizer
-from atp_latent.training.rl import _select, clipped_surrogate, grpo_update, rollout
+from atp_latent.modeling.tokenizer import END_LATENT, build_word_tokenizer
+from atp_latent.training import rl
+from atp_latent.training.rewards import coherence_reward
+from atp_latent.training.rl import _select, clipped_surrogate, decode_plans, grpo_update, rollout
+from atp_latent.training.runs import checkpoint_weights
 
 PROBLEMS = [
     Problem(question="Ann has 3 cats and gets 4 more. How many cats?", steps=["3+4=7"], answer="7"),
@@ -50,17 +59,87 @@ def test_rollout_logprobs_equal_recomputed(setup):
         torch.zeros_like(scored["latent"]))
     act = traj.batch["rl_active"]
     torch.testing.assert_close(gauss_only[act], traj.rollout_logps["latent_gaussian"][act], atol=1e-3, rtol=1e-4)
+    # The stop stream: log p(stop) of the sampled latent at the slot that stopped, 0 for rows that never stopped.
+    b = traj.batch
+    assert b["rl_stopped"].any(-1).any() and not b["rl_stopped"].any(-1).all()
+    assert (b["rl_stopped"].sum(-1) <= 1).all()
+    for i in range(b["rl_z"].shape[0]):
+        where = b["rl_stopped"][i].nonzero().flatten().tolist()
+        assert not b["rl_active"][i, where[0]:].any() if where else True
+        expect = torch.log_softmax(model.stop_head(b["rl_z"][i, where[0]]), -1)[1] if where else torch.tensor(0.0)
+        torch.testing.assert_close(scored["stop"][i], expect.detach(), atol=1e-5, rtol=1e-5)
 
 
-def test_first_update_ratio_is_exactly_one(setup):
+class RecordingOptimizer:
+    """Records each step's gradients and leaves the parameters alone, so every minibatch of an update is scored by
+    the rollout policy (ratio 1) and its gradient has a closed form."""
+
+    def __init__(self, params):
+        self.params = list(params)
+        self.param_groups = [{"params": self.params, "lr": 0.0}]
+        self.grads = []
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        self.grads.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in self.params])
+
+
+def test_grpo_update_gradient_by_hand(setup):
+    """At ratio 1 the gradient of each minibatch's loss is -(1/m) sum_i A_i * grad of (mean of the row's active latent
+    log-probs + its stop log-prob if it stopped + mean of its answer-token log-probs), over the minibatch that the
+    update's permutation put together, with that row's own advantage."""
     model, tok, builder, cfg = setup
-    model = LatentReasoner(model.lm, model.spec, decoder=model.decoder)  # fresh heads; same LM
-    model.eval()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    cfg = load_config(None, ["rl.group_size=4", "rl.minibatch_size=3", "rl.max_new_tokens=5", "rl.max_grad_norm=0"])
+    traj = rollout(model, builder, PROBLEMS, cfg, torch.Generator().manual_seed(2), "cpu")
+    b = traj.batch
+    n = b["rl_z"].shape[0]
+    assert b["rl_stopped"].any(-1).any() and not b["rl_stopped"].any(-1).all()  # the stop term is exercised
+    adv = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = RecordingOptimizer(params)
+    stats = grpo_update(model, opt, Accelerator(cpu=True), traj, adv, cfg, torch.Generator().manual_seed(0))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    chunks = [perm[i: i + 3] for i in range(0, n, 3)]
+    assert len(opt.grads) == len(chunks) == 3
+    for idx, got in zip(chunks, opt.grads):
+        mb = {k: (v if v.dim() == 0 else v[idx]) for k, v in b.items()}
+        out = model.score(mb)
+        total = 0.0
+        for j, i in enumerate(idx.tolist()):
+            act, tm = mb["rl_active"][j], mb["rl_token_mask"][j]
+            lat = out["latent"][j][act].sum() / max(int(act.sum()), 1)
+            ans = out["answer"][j][tm].sum() / max(int(tm.sum()), 1)
+            stop = out["stop"][j] if mb["rl_stopped"][j].any() else 0.0
+            total = total - adv[i] * (lat + stop + ans)
+        expect = torch.autograd.grad(total / len(idx), params, allow_unused=True)
+        for p, g, e in zip(params, got, expect):
+            torch.testing.assert_close(g, e if e is not None else torch.zeros_like(p), atol=1e-5, rtol=1e-3)
+    assert stats["first_ratio_dev"] == 0.0
+    assert stats["clip_frac_latent"] == 0.0 and stats["approx_kl_answer"] == 0.0  # the policy never moved
+    # the logged loss values at ratio 1: -mean_i A_i over the rows that have positions in the stream
+    has = {"latent_loss": b["rl_active"].any(-1), "stop_loss": b["rl_stopped"].any(-1),
+           "answer_loss": b["rl_token_mask"].any(-1)}
+    for name, rows in has.items():
+        expect = sum(-float((adv[idx] * rows[idx]).sum()) / len(idx) for idx in chunks) / len(chunks)
+        assert stats[name] == pytest.approx(expect, abs=1e-6), name
+    assert stats["loss"] == pytest.approx(stats["latent_loss"] + stats["stop_loss"] + stats["answer_loss"], abs=1e-6)
+
+
+def test_later_minibatches_are_scored_against_the_rollout_policy(setup):
+    """Old log-probs are taken once, before the first update: minibatches after it see a moved policy (non-zero KL
+    estimate, some clipping at a large learning rate), while the first one sees ratio exactly 1."""
+    model, tok, builder, cfg = setup
+    model = LatentReasoner(copy.deepcopy(model.lm), model.spec, decoder=model.decoder).eval()  # fresh heads
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     traj = rollout(model, builder, PROBLEMS, cfg, torch.Generator().manual_seed(2), "cpu")
     adv = torch.randn(traj.rewards.shape[0], generator=torch.Generator().manual_seed(0))
     stats = grpo_update(model, opt, Accelerator(cpu=True), traj, adv, cfg, torch.Generator().manual_seed(0))
     assert stats["first_ratio_dev"] == 0.0
+    assert stats["approx_kl_latent"] > 0 and stats["approx_kl_answer"] > 0
+    assert stats["clip_frac_latent"] > 0
     assert stats["grad_norm"] > 0
 
 
@@ -103,60 +182,129 @@ def test_select_keeps_scalars(setup):
     assert sub["rl_z"].shape[0] == 2 and sub["end_id"].ndim == 0
 
 
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    """A tiny addition task and an ATP SFT checkpoint that gets part of it right."""
-    import random
-
-    from atp_latent.data.formats import write_jsonl
-    from atp_latent.training.sft import train
-
-    root = tmp_path_factory.mktemp("toy")
-    rng = random.Random(0)
-
-    def rec():
-        a, b = rng.randint(1, 4), rng.randint(1, 4)
-        return Problem(question=f"Ann has {a} cats and gets {b} more. How many cats?", steps=[f"{a}+{b}={a + b}"],
-                       answer=str(a + b))
-
-    write_jsonl(root / "train.jsonl", [rec() for _ in range(256)])
-    write_jsonl(root / "val.jsonl", [rec() for _ in range(16)])
-    sets = [f"data.train={root / 'train.jsonl'}", f"data.val={root / 'val.jsonl'}", "method.name=atp",
-            "method.latents_per_step=1", "curriculum.max_latent_stage=1", "curriculum.stage_offset=2",
-            "optim.lr=0.003", "optim.batch_size=32", "train.epochs=5", "data.max_val=16", f"output_dir={root}",
-            "name=sft"]
-    train(load_config(None, sets))
-    return root
+SCRIPT = [  # per trajectory (2 questions x G = 4): the answer text after <|end-latent|>, and what it earns
+    ("### 7", "7", 1, 1), ("### 7.0", "7.0", 1, 1), ("### 4", "4", 0, 1), ("7", None, 0, 0),
+    ("### 4", "4", 1, 1), ("###", "", 0, 0), ("### 1,234", "1234", 0, 1), ("\n### 4", "4", 1, 0),
+]
 
 
-def _rl_sets(root, name, **over):
-    sets = {"data.train": root / "train.jsonl", "data.val": root / "val.jsonl", "data.max_val": 8,
-            "method.name": "atp-rl", "model.init_from": root / "sft", "rl.questions_per_step": 4,
-            "rl.group_size": 4, "rl.minibatch_size": 8, "rl.steps": 2, "rl.lr": 5e-4, "rl.val_every": 100,
-            "train.threads": 1, "output_dir": root, "name": name} | over
-    return [f"{k}={v}" for k, v in sets.items()]
+def test_rollout_rewards_by_hand(setup, monkeypatch):
+    """Scripted answers (the generation replaced, the latents real): each trajectory's gold is its own question's,
+    answers are read after ###, and r = 1 * acc + 0.5 * fmt + 0.1 * coh * acc with coherence scored on the plan."""
+    model, tok, builder, cfg = setup
+    G = cfg.rl.group_size
+    real_answer = model.answer
+    enc = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t, *_ in SCRIPT]
+    assert [tok.decode(e[:-1]) for e in enc] == [t for t, *_ in SCRIPT]
+
+    def scripted(*args, **kw):
+        state, gen = real_answer(*args, **kw)
+        width = max(map(len, enc))
+        tokens = torch.full((len(enc), width), tok.pad_token_id)
+        mask = torch.zeros(len(enc), width, dtype=torch.bool)
+        for i, e in enumerate(enc):
+            tokens[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), True
+        return state, Generation(tokens, torch.zeros(tokens.shape), mask, mask.sum(-1) - 1, gen.n_passes)
+
+    plans = [["<<3+4=7>>"], ["<<3+4=8>>"], [], ["<<3+4=7>>"], ["<<2+2=4>>"], ["<<2+2=4>>"], ["<<2+2=4>>"],
+             ["<<2*2=4>>", "<<4+0=4>>"]]
+    monkeypatch.setattr(model, "answer", scripted)
+    monkeypatch.setattr(rl, "decode_plans", lambda *a, **k: plans)
+    traj = rollout(model, builder, PROBLEMS, cfg, torch.Generator().manual_seed(6), "cpu")
+    assert len(SCRIPT) == len(PROBLEMS) * G
+    coh = [coherence_reward(p, pred) for p, (_, pred, _, _) in zip(plans, SCRIPT)]
+    assert coh == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+    for i, (text, pred, acc, fmt) in enumerate(SCRIPT):
+        assert extract_answer(END_LATENT + text) == pred
+        assert traj.terms["acc"][i] == acc and traj.terms["fmt"][i] == fmt, i
+        assert traj.terms["coh"][i] == coh[i]
+        assert traj.rewards[i].item() == pytest.approx(acc + 0.5 * fmt + 0.1 * coh[i] * acc), i
+    assert traj.batch["rl_tokens"][:, 0].tolist() == [e[0] for e in enc]
 
 
-def test_two_process_rl_ends_in_sync(toy):
-    args = [sys.executable, "-m", "atp_latent.cli", "train", "--num-processes", "2", "--port", "29561"]
-    for s in _rl_sets(toy, "rl2p"):
-        args += ["--set", s]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    rows = [json.loads(line) for line in (toy / "rl2p" / "metrics.jsonl").read_text().splitlines()]
-    assert any(r.get("train/processes") == 2 and r.get("train/replicas_in_sync") == 1 for r in rows)
-    assert any(r.get("train/grad_norm", 0) > 0 for r in rows)  # the sync check compared updated weights
+def test_decode_plans_equals_one_group_at_a_time(setup):
+    """The batched plan decode of a rollout equals decoding each active latent group of each row alone."""
+    model, tok, builder, cfg = setup
+    prompts = [builder.eval_prompt(p.question) for p in PROBLEMS for _ in range(3)]
+    ids, mask = rl.left_pad([p for p, _ in prompts], tok.pad_token_id)
+    n_slots = torch.tensor([s for _, s in prompts])
+    state, _ = model.answer(ids, mask, n_slots, builder.end_id, tok.eos_token_id, tok.pad_token_id, 2,
+                            sample_latents=True, stop_mode="sample", generator=torch.Generator().manual_seed(1))
+    got = decode_plans(model, state, tok, 6)
+    c, eos = model.spec.latents_per_step, tok.eos_token_id
+    for i in range(len(prompts)):
+        expect = []
+        for g in range(state.z.shape[1] // c):
+            if state.active[i, g * c]:
+                row = model.decode_groups(state.z[i, g * c: g * c + c][None], eos, tok.pad_token_id, 6)[0].tolist()
+                expect.append(tok.decode(row[: row.index(eos)] if eos in row else row))
+        assert got[i] == expect, i
+    assert len({len(p) for p in got}) > 1  # rows used different numbers of groups
+
+
+def _fixed_rollouts():
+    path = Path(__file__).with_name("fixed_rollouts.py")
+    spec = importlib.util.spec_from_file_location("fixed_rollouts", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod, path
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_process_rl_equals_one_process(toy, rl_sets, monkeypatch):
+    """2 processes x 2 questions equal 1 process x 4 questions: each process takes its own consecutive questions,
+    the all-reduced gradient is the 1-process one (same grad norm each step) and the final weights agree. Rollouts
+    are drawn per question (tests/training/fixed_rollouts.py), so both runs see the same trajectories."""
+    from atp_latent.training.rl import train_rl
+
+    mod, script = _fixed_rollouts()
+    common = {"rl.group_size": 4, "rl.steps": 2, "rl.lr": 2e-3, "rl.max_new_tokens": 4}
+    args = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+            "29561", str(script), *rl_sets(toy, "rl2p", **common, **{"rl.questions_per_step": 2,
+                                                                       "rl.minibatch_size": 8})]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    monkeypatch.setattr(rl, "rollout", mod.per_question_rollout)  # the 1-process run meanwhile, in this process
+    mod._calls["n"] = 0
+    one = train_rl(load_config(None, rl_sets(toy, "rl1p", **common, **{"rl.questions_per_step": 4,
+                                                                        "rl.minibatch_size": 16})))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-2000:] + err[-3000:]
+    two = toy / "rl2p"
+    r1, r2 = _metrics(one), _metrics(two)
+    assert any(r.get("train/processes") == 2 and r.get("train/replicas_in_sync") == 1 for r in r2)
+    g1 = [r["train/grad_norm"] for r in r1 if "train/grad_norm" in r]
+    g2 = [r["train/grad_norm"] for r in r2 if "train/grad_norm" in r]
+    assert len(g1) == len(g2) == 2 and all(g > 0 for g in g1)
+    assert g1 == pytest.approx(g2, rel=1e-4)
+    start, _ = LatentReasoner.from_pretrained(checkpoint_weights(toy / "sft"))  # what model.init_from resolves to
+    a, _ = LatentReasoner.from_pretrained(one / "final")
+    b, _ = LatentReasoner.from_pretrained(two / "final")
+    # Equal up to float summation order; AdamW's first steps turn the last bits of a near-zero gradient into a
+    # whole update for a few elements, so the check is on each tensor's mean difference against its mean move.
+    with torch.no_grad():
+        for (name, x), y, x0 in zip(a.named_parameters(), b.parameters(), start.parameters()):
+            moved, diff = (x - x0).abs().mean(), (x - y).abs()
+            if name.startswith("decoder."):  # frozen during RL
+                assert torch.equal(x, x0) and torch.equal(y, x0), name
+                continue
+            assert moved > 0, name  # RL changed every trained tensor
+            assert diff.mean() < 1e-3 * moved + 1e-9 and (diff > 1e-5).float().mean() < 1e-3, (name, diff.max(), moved)
+        assert (a.lm.get_input_embeddings().weight - start.lm.get_input_embeddings().weight).abs().mean() > 1e-4
     diag = {"train/reward_accuracy", "train/reward_format", "train/reward_coherence", "train/equal_reward_groups",
             "train/active_latents", "train/sigma", "train/clip_frac_latent", "train/approx_kl_answer",
             "train/grad_norm", "train/latents_used/hist"}
-    assert diag <= set().union(*rows)
+    assert diag <= set().union(*r2)
 
 
-def test_micro_rl_run_raises_mean_reward(toy):
+def test_micro_rl_run_raises_mean_reward(toy, rl_sets):
     from atp_latent.training.rl import train_rl
 
     over = {"rl.questions_per_step": 16, "rl.group_size": 8, "rl.minibatch_size": 32, "rl.steps": 30}
-    run = train_rl(load_config(None, _rl_sets(toy, "rl_micro", **over)))
+    run = train_rl(load_config(None, rl_sets(toy, "rl_micro", **over)))
     rewards = [json.loads(line)["train/reward"] for line in (run / "metrics.jsonl").read_text().splitlines()
                if '"train/reward"' in line]
     assert len(rewards) == 30
@@ -197,7 +345,7 @@ def fresh_accelerate_state():
 def test_bf16_first_ratio_is_exactly_one(setup, fresh_accelerate_state):
     """Under mixed_precision bf16, old and new log-probs come from the same autocast module call: ratio 1."""
     model, tok, builder, cfg = setup
-    model = LatentReasoner(model.lm, model.spec, decoder=model.decoder)
+    model = LatentReasoner(copy.deepcopy(model.lm), model.spec, decoder=model.decoder)
     acc = Accelerator(cpu=True, mixed_precision="bf16")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     wrapped, opt = acc.prepare(model, opt)
@@ -207,6 +355,7 @@ def test_bf16_first_ratio_is_exactly_one(setup, fresh_accelerate_state):
     adv = torch.randn(traj.rewards.shape[0], generator=torch.Generator().manual_seed(0))
     stats = grpo_update(wrapped, opt, acc, traj, adv, cfg, torch.Generator().manual_seed(0))
     assert stats["first_ratio_dev"] == 0.0 and stats["grad_norm"] > 0
+    assert stats["approx_kl_answer"] > 0  # later minibatches did see the updated policy
 
 
 def test_every_temperature_scores_through_the_wrapped_module(setup):
@@ -229,7 +378,7 @@ def test_every_temperature_scores_through_the_wrapped_module(setup):
             self.calls += 1
             return self.inner(batch)
 
-    wrapped = Wrapper(LatentReasoner(model.lm, model.spec, decoder=model.decoder).eval())
+    wrapped = Wrapper(LatentReasoner(copy.deepcopy(model.lm), model.spec, decoder=model.decoder).eval())
     opt = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=1e-4)
     adv = torch.randn(traj.rewards.shape[0], generator=torch.Generator().manual_seed(0))
     grpo_update(wrapped, opt, Accelerator(cpu=True), traj, adv, cfg, torch.Generator().manual_seed(0))

@@ -227,3 +227,28 @@ def test_git_info_in_temp_repo(tmp_path):
     assert len(info["commit"]) == 40 and info["dirty"] is False
     (tmp_path / "f").write_text("2")
     assert git_info(tmp_path)["dirty"] is True
+
+
+def test_trackers_through_the_accelerator(tmp_path):
+    from accelerate import Accelerator
+
+    from atp_latent.training.runs import tracker_log_with
+
+    accelerator = Accelerator(cpu=True, log_with=tracker_log_with(["tensorboard"], tmp_path / "r"))
+    assert not (tmp_path / "r").exists()  # nothing is written before the run directory is opened
+    run = RunDir.create(tmp_path, name="r", report_to=["tensorboard"])
+    run.start_trackers(accelerator, config={"optim": {"lr": 0.1}})
+    assert [t.name for t in accelerator.trackers] == ["tensorboard"] and run.trackers == accelerator.trackers
+    run.log({"loss": 1.0}, step=1)
+    run.close()
+    assert accelerator.trackers == []
+    events = list((run.path / "tb").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
+    assert not [p for p in (run.path / "tb").iterdir() if p.is_dir()]  # no hparams sub-run: scalars only
+
+
+def test_no_trackers(tmp_path):
+    with RunDir.create(tmp_path, name="r", report_to=[]) as run:
+        run.log({"loss": 1.0}, step=1)
+        assert run.trackers == []
+    assert not list((run.path / "tb").iterdir()) and run.read_metrics() == [{"step": 1, "loss": 1.0}]

@@ -54,18 +54,31 @@ def test_resumed_run_ends_like_uninterrupted_run(data, tmp_path):
     b, _ = LatentReasoner.from_pretrained(resumed / "final")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(x, y, msg=name)
-    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()
-             if "train/loss" in line]
-    assert steps == sorted(steps) and steps[-1] == 18
+    def curve(run):
+        return [(r["step"], r["train/loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                if "train/loss" in r]
+
+    assert curve(resumed) == curve(full) and [s for s, _ in curve(full)] == list(range(1, 19))
 
 
 def test_micro_atp_run_from_cot_checkpoint(data, tmp_path):
     cot = train(config(data, tmp_path, name="cot0", **{"train.epochs": 1}))
-    run = train(config(data, tmp_path, method="atp", name="atp", **{"model.init_from": str(cot / "final")}))
+    run = train(config(data, tmp_path, method="atp", name="atp", **{"model.init_from": str(cot / "final"),
+                                                                   "curriculum.max_latent_stage": 3}))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "train/loss" in r]
     assert {"train/ce", "train/kl", "train/decoder", "train/stop", "train/active_latents"} <= set(train_rows[0])
     assert {r["train/stage"] for r in train_rows} == {1, 2, 3}
+    # Every record once per epoch in equal batches: an epoch's mean of active latents is the mean over records of
+    # min(stage, #steps) * c (c = 1), the stop head masking the surplus slots of records with fewer steps.
+    from atp_latent.data.formats import load_records
+
+    n_steps = [len(p.steps) for p in load_records(data / "train.jsonl")]
+    for stage in (1, 2, 3):
+        got = [r["train/active_latents"] for r in train_rows if r["train/stage"] == stage]
+        expect = sum(min(stage, n) for n in n_steps) / len(n_steps)
+        assert sum(got) / len(got) == pytest.approx(expect), stage
+    assert sum(min(n, 3) for n in n_steps) < 3 * len(n_steps)  # some records have surplus slots
     model, _ = LatentReasoner.from_pretrained(run / "final")
     assert model.latent_head is not None and model.decoder is not None
 
@@ -76,7 +89,7 @@ def test_two_processes_match_one_process(data, tmp_path):
     import subprocess
     import sys
 
-    def run(name, procs, bs):
+    def start(name, procs, bs):
         args = [sys.executable, "-m", "atp_latent.cli", "train", "--output-dir", str(tmp_path), "--name", name]
         if procs > 1:
             args += ["--num-processes", str(procs), "--port", "29571"]
@@ -85,12 +98,15 @@ def test_two_processes_match_one_process(data, tmp_path):
                   "curriculum.max_latent_stage=2", "curriculum.epochs_per_stage=1", "optim.lr=0.003",
                   "optim.reset_each_epoch=false"]:  # a fresh Adam step is sign-sensitive to float noise
             args += ["--set", s]
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-        return rows
+        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
-    one, two = run("one", 1, 16), run("two", 2, 8)
+    def rows(name, proc):
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    procs = {"one": start("one", 1, 16), "two": start("two", 2, 8)}  # side by side
+    one, two = rows("one", procs["one"]), rows("two", procs["two"])
     assert any(r.get("train/processes") == 2 and r.get("train/replicas_in_sync") == 1 for r in two)
     l1 = [r["train/loss"] for r in one if "train/loss" in r]
     l2 = [r["train/loss"] for r in two if "train/loss" in r]
@@ -225,3 +241,32 @@ def test_time_budget_stop_is_one_decision_across_processes(data, tmp_path, kind)
     steps = [r["step"] for r in rows if "train/loss" in r]
     assert steps == [1]  # rank 1 was out of time after its first step; rank 0 (30 s left) stopped with it
     assert any(r.get("train/replicas_in_sync") == 1 for r in rows)
+
+
+def test_best_checkpoint_and_learning_rate_by_hand(data, tmp_path, monkeypatch):
+    """best/ is the first epoch with the highest validation accuracy (ties keep the earlier one), and step s (from 0)
+    runs at lr * min(1, (s + 1) / warmup) * (0.1 + 0.9 * (1 + cos(pi * s / total)) / 2)."""
+    import math
+    from types import SimpleNamespace
+
+    from atp_latent.training import sft
+
+    accs, lrs = iter([0.25, 0.5, 0.5]), []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def step(self, *args, **kwargs):
+            lrs.append(self.param_groups[0]["lr"])
+            return super().step(*args, **kwargs)
+
+    monkeypatch.setattr(sft, "validate", lambda *a, **k: SimpleNamespace(accuracy=next(accs)))
+    monkeypatch.setattr(sft, "make_optimizer", lambda model, cfg: RecordingAdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay))
+    run = train(config(data, tmp_path, name="best", **{"data.max_train": 16, "optim.batch_size": 8,
+                                                         "optim.warmup_steps": 3, "optim.schedule": "cosine"}))
+    state = torch.load(run / "best" / "trainer_state.pt", weights_only=False)
+    assert state["progress"]["step"] == 4 and state["progress"]["best_val"] == 0.5
+    vals = [(r["step"], r["eval/val_accuracy"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if "eval/val_accuracy" in r]
+    assert vals == [(2, 0.25), (4, 0.5), (6, 0.5)]
+    expect = [0.003 * min(1, (s + 1) / 3) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / 6))) for s in range(6)]
+    assert lrs == pytest.approx(expect, rel=1e-9)

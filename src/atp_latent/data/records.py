@@ -78,11 +78,21 @@ def bare_step(step: str) -> str:
     return s
 
 
-def parse_equation(eq: str) -> tuple[str, str]:
-    """Split a calculator step "16-3-4=9" into ("16-3-4", "9").
+_FRACTION_RE = re.compile(r"\d+\s*/\s*\d+")
+# with ** written ^ and // written ~: an operator at either end, or two in a row (a sign after an operator,
+# "3*-2", is fine)
+_DANGLING_OP_RE = re.compile(r"^\s*[*/%^~]|[-+*/%^~]\s*$|[-+*/%^~(]\s*[*/%^~)]|[-+]\s*\)")
 
-    Splits at the last "=", so the result is always the right-most side. Raises ValueError when
-    there is no "=" or either side is empty.
+
+def parse_equation(eq: str) -> tuple[str, str]:
+    """Split a calculator step "16-3-4=9" into ("16-3-4", "9"), checking that it is an evaluable equation.
+
+    Splits at the last "=". The left side must evaluate as arithmetic: numbers joined by + - * / // % **, each
+    operator with both of its operands, parentheses, a sign before a number or parenthesis ("-3*2", and "+8"
+    as some GSM8K annotations write it), no division by zero; a bare number ("8=8") is a trivial step and is
+    accepted too. The right side must be a number ("9", "-1.5", ".5", "1,000") or a fraction ("3/4").
+    Raises ValueError otherwise: no "=", an empty side, an operator missing an operand ("16-=9", "*3=3",
+    "3+*2=5", "3*(2+)=6"), names or calls, a result that is not a number.
     """
     if not isinstance(eq, str):
         raise ValueError(f"expected a string, got {type(eq).__name__}")
@@ -92,6 +102,14 @@ def parse_equation(eq: str) -> tuple[str, str]:
         raise ValueError(f"no '=' in {eq!r}")
     if not expr or not result:
         raise ValueError(f"empty side in {eq!r}")
+    if parse_number(result) is None and not _FRACTION_RE.fullmatch(result):
+        raise ValueError(f"result is not a number in {eq!r}")
+    if _DANGLING_OP_RE.search(expr.replace("**", "^").replace("//", "~")):
+        raise ValueError(f"an operator is missing an operand in {eq!r}")
+    try:
+        _evaluate(expr, _STEP_BINOPS, signs=True)
+    except ValueError as e:
+        raise ValueError(f"{e} (in {eq!r})") from None
     return expr, result
 
 
@@ -102,6 +120,8 @@ _BINOPS = {
     ast.Div: operator.truediv,
     ast.Pow: operator.pow,
 }
+# calculator steps also use Python's // and % (GSM8K's annotations are Python)
+_STEP_BINOPS = {**_BINOPS, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
 _MAX_EXPONENT = 64  # refuse things like 9**9**9 that would hang or exhaust memory
 
 
@@ -111,6 +131,11 @@ def evaluate_expression(expr: str) -> float:
     Walks the AST instead of calling eval(), so no names, calls or attributes can run.
     Raises ValueError for anything else (including division by zero).
     """
+    return _evaluate(expr, _BINOPS, signs=False)
+
+
+def _evaluate(expr: str, binops: dict, signs: bool) -> float:
+    """evaluate_expression with the operators `binops`, and unary plus too when `signs`."""
 
     def ev(node: ast.AST) -> float:
         if isinstance(node, ast.Expression):
@@ -119,13 +144,15 @@ def evaluate_expression(expr: str) -> float:
             return float(node.value)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             return -ev(node.operand)
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        if signs and isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd):
+            return ev(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in binops:
             left, right = ev(node.left), ev(node.right)
             if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
                 raise ValueError(f"exponent too large in {expr!r}")
-            if isinstance(node.op, ast.Div) and right == 0:
+            if isinstance(node.op, ast.Div | ast.FloorDiv | ast.Mod) and right == 0:
                 raise ValueError(f"division by zero in {expr!r}")
-            value = _BINOPS[type(node.op)](left, right)
+            value = binops[type(node.op)](left, right)
             if isinstance(value, complex):  # e.g. (-8)**0.5
                 raise ValueError(f"complex result in {expr!r}")
             return float(value)

@@ -1,4 +1,5 @@
-"""Real benchmarks by name, resolved in a data directory (option, else $ATP_DATA, else ../shared/data)."""
+"""Real benchmarks by name, resolved in a data directory (option, else $ATP_DATA, else ../shared/data), and
+Hugging Face datasets written `hf:NAME[:SPLIT]` (with the optional `datasets` package: the `hf` extra)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,26 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("ATP_DATA") or Path.cwd().parent / "shared" / "data")
 
 
+HF_PREFIX = "hf:"
+
+
+def require_datasets(spec: str) -> None:
+    """A one-line DataError saying how to install `datasets` when an `hf:` spec needs it and it is missing."""
+    try:
+        import datasets  # noqa: F401 -- optional dependency, only checked here
+    except ImportError:
+        from atp_latent.data.records import DataError
+
+        raise DataError(spec, None, "datasets", "reading a Hugging Face dataset needs the 'datasets' package, "
+                        "not installed here: pip install 'atp-latent[hf]' (or pip install datasets)") from None
+
+
 def resolve_data(spec: str, data_dir: str | Path | None = None) -> tuple[str, Path]:
-    """A file path, or a benchmark name -> (display name, path). Raises FileNotFoundError naming the file."""
+    """A file path, or a benchmark name -> (display name, path). Raises FileNotFoundError naming the file.
+    An `hf:` spec has no path (see load_named); without `datasets` installed the error says how to get it."""
+    if spec.startswith(HF_PREFIX):
+        require_datasets(spec)
+        raise ValueError(f"{spec}: a Hugging Face dataset has no local file; load it with load_data or load_named")
     p = Path(spec)
     if p.suffix in (".jsonl", ".json", ".txt") or p.exists():
         return p.stem, p
@@ -38,7 +57,19 @@ def load_data(spec: str, data_dir: str | Path | None = None, split: str = "train
     """Records from a file, a benchmark name, or a Hugging Face dataset written `hf:NAME[:SPLIT]`."""
     from atp_latent.data.formats import load_hf_dataset, load_records
 
-    if spec.startswith("hf:"):
-        name, _, hf_split = spec[3:].partition(":")
+    if spec.startswith(HF_PREFIX):
+        require_datasets(spec)
+        name, _, hf_split = spec[len(HF_PREFIX):].partition(":")
         return load_hf_dataset(name, hf_split or split)
     return load_records(resolve_data(spec, data_dir)[1])
+
+
+def load_named(spec: str, data_dir: str | Path | None = None, split: str = "test"):
+    """(display name, records) for a file, a benchmark name or `hf:NAME[:SPLIT]` (`split` when none is given)."""
+    if spec.startswith(HF_PREFIX):
+        name, _, hf_split = spec[len(HF_PREFIX):].partition(":")
+        return f"{name}:{hf_split or split}", load_data(spec, data_dir, split)
+    name, path = resolve_data(spec, data_dir)
+    from atp_latent.data.formats import load_records
+
+    return name, load_records(path)

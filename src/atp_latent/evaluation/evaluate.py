@@ -6,13 +6,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from atp_latent.data.records import Problem
 from atp_latent.data.sequences import SequenceBuilder, left_pad
 from atp_latent.evaluation.answers import answers_match, extract_answer
 from atp_latent.modeling.reasoner import LatentReasoner
 from atp_latent.modeling.tokenizer import END_LATENT
+from atp_latent.progress import progress_bar
 
 
 @dataclass
@@ -50,7 +50,7 @@ def evaluate(
     order = sorted(range(len(problems)), key=lambda i: len(prompts[i][0]))
     gen = torch.Generator(device=device).manual_seed(seed)
     rows: list[dict | None] = [None] * len(problems)
-    bar = tqdm(total=len(problems), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(total=len(problems), desc=desc, disable=not progress, leave=False)
     correct = 0
     for start in range(0, len(order), batch_size):
         idx = order[start: start + batch_size]
@@ -110,10 +110,12 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
 
 
-def markdown_table(results: dict[str, dict[str, dict]], splits: list[str]) -> str:
-    """results[method][split] = summary dict (accuracy, mean_tokens, ...; optional accuracy_std)."""
-    head = "| method | " + " | ".join(splits) + " | mean acc | # tokens | latents | answer tokens |"
-    lines = [head, "|" + "---|" * (len(splits) + 5)]
+def markdown_table(results: dict[str, dict[str, dict]], splits: list[str], methods: dict[str, str] | None = None) -> str:
+    """results[method][split] = summary dict (accuracy, mean_tokens, ...; optional accuracy_std). With `methods`
+    the rows are runs: results[run][split], and a method column shows methods[run] beside each run's name."""
+    head = ("| run | method | " if methods is not None else "| method | ") + " | ".join(splits) \
+        + " | mean acc | # tokens | latents | answer tokens |"
+    lines = [head, "|" + "---|" * (len(splits) + 5 + (methods is not None))]
     for method, per in results.items():
         cells = []
         for s in splits:
@@ -131,5 +133,6 @@ def markdown_table(results: dict[str, dict[str, dict]], splits: list[str]) -> st
         tok = sum(r["mean_tokens"] for r in present) / len(present)
         lat = sum(r["mean_latents"] for r in present) / len(present)
         ans = sum(r["mean_answer_tokens"] for r in present) / len(present)
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {100 * mean_acc:.1f} | {tok:.1f} | {lat:.1f} | {ans:.1f} |")
+        name = f"{method} | {methods.get(method, '-')}" if methods is not None else method
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * mean_acc:.1f} | {tok:.1f} | {lat:.1f} | {ans:.1f} |")
     return "\n".join(lines)

@@ -20,18 +20,31 @@ def soft_clamp(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
 
 
 class LatentHead(nn.Module):
-    """Maps a last-layer hidden state h to (mu, logvar) of the latent's Gaussian; the latent z is the embedding."""
+    """Maps a last-layer hidden state h to (mu, logvar) of the latent's Gaussian; the latent z is the embedding.
 
-    def __init__(self, hidden_size: int):
+    `residual=True` (ours, off by default) computes mu = h + mu(trunk(h)) with mu's layer zero-initialised, so
+    training starts from Coconut's feedback (z = h plus noise). `init_logvar` (ours) starts every latent's
+    log-variance there (logvar layer zero weight, that bias), i.e. sigma = exp(init_logvar / 2)."""
+
+    def __init__(self, hidden_size: int, residual: bool = False, init_logvar: float | None = None):
         super().__init__()
         d = hidden_size
+        self.residual = residual
         self.trunk = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d), nn.LayerNorm(d))
         self.mu = nn.Linear(d, d)
         self.logvar = nn.Linear(d, d)
+        if residual:
+            nn.init.zeros_(self.mu.weight)
+            nn.init.zeros_(self.mu.bias)
+        if init_logvar is not None:
+            nn.init.zeros_(self.logvar.weight)
+            nn.init.constant_(self.logvar.bias, init_logvar)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.trunk(h)
         logvar = self.logvar(x)
+        if self.residual:
+            return h + self.mu(x), soft_clamp(logvar.float(), LOGVAR_MIN, LOGVAR_MAX).to(logvar.dtype)
         return self.mu(x), soft_clamp(logvar.float(), LOGVAR_MIN, LOGVAR_MAX).to(logvar.dtype)
 
 

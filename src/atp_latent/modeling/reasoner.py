@@ -47,6 +47,8 @@ class ReasonerSpec:
     beta_kl: float = 0.001
     stop_loss_positions: str = "group_start"  # group_start (ours) | all (reference)
     decoder_weight: float = 1.0
+    latent_head_residual: bool = False  # mu = h + f(h), f zero at init: start from Coconut's feedback (ours)
+    init_logvar: float | None = None  # None: the reference's random init of the logvar layer
     max_latent_stage: int = 10  # evaluation fills max_latent_stage * c latent slots
 
     @property
@@ -77,7 +79,8 @@ class LatentReasoner(nn.Module):
         d = lm.config.get_text_config().hidden_size if hasattr(lm.config, "get_text_config") else lm.config.hidden_size
         # The heads follow the LM's dtype and device, so a bf16 model runs without autocast too.
         weight = lm.get_input_embeddings().weight
-        self.latent_head = LatentHead(d).to(weight.device, weight.dtype) if spec.use_vae else None
+        self.latent_head = LatentHead(d, spec.latent_head_residual, spec.init_logvar).to(weight.device, weight.dtype) \
+            if spec.use_vae else None
         self.stop_head = StopHead(d).to(weight.device, weight.dtype) if spec.use_stop_head else None
         self.decoder = None
         if spec.use_decoder and spec.decoder_mode == "separate":
@@ -182,6 +185,7 @@ class LatentReasoner(nn.Module):
           latent [N, L]: Gaussian log-density of z_t (+ log p(continue) where the stop head let it continue)
           stop   [N]:    log p(stop) at the slot where the stop head fired (0 where it never fired)
           answer [N, T]: token log-probs at the sampling temperature `batch["rl_temperature"]` (default 1).
+        `batch["rl_latent_scale"]` (optional) scales the Gaussian term (1/d: the per-dimension mean).
         It is reached through `forward`, so a DDP-wrapped model scores (and synchronises gradients) alike."""
         state = self.fill(batch["prefix_ids"], batch["prefix_mask"], batch["n_slots"], stop_mode="forced",
                           forced_active=batch["rl_active"], forced_z=batch["rl_z"])
@@ -190,6 +194,8 @@ class LatentReasoner(nn.Module):
         stop = torch.zeros(latent.shape[0], device=state.z.device)
         if self.latent_head is not None and L:
             latent = gaussian_log_density(batch["rl_z"], state.mu, state.logvar).float()
+            if "rl_latent_scale" in batch:  # rl.latent_logratio=mean: per-dimension mean instead of the sum
+                latent = latent * batch["rl_latent_scale"].float()
         if self.stop_head is not None and L:
             lp = torch.log_softmax(state.stop_logits.float(), -1)
             cont = batch["rl_consulted"] & ~batch["rl_stopped"]

@@ -8,6 +8,8 @@ answer). The step decoder is frozen; the base model and both heads train. No KL 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 import time
 import warnings
@@ -16,7 +18,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
 from atp_latent.config import RunConfig
@@ -26,6 +27,7 @@ from atp_latent.evaluation.answers import extract_answer
 from atp_latent.modeling.heads import gaussian_log_density
 from atp_latent.modeling.reasoner import LatentReasoner
 from atp_latent.modeling.tokenizer import END_LATENT
+from atp_latent.progress import progress_bar
 from atp_latent.training.rewards import (
     RewardWeights,
     accuracy_reward,
@@ -71,8 +73,20 @@ def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return adv.flatten().to(torch.float32)
 
 
-def clipped_surrogate(logp, old, adv, mask, clip: float, clamp: float) -> tuple[torch.Tensor, dict]:
-    """-min(ratio*A, clip(ratio)*A), masked mean per sequence, mean over the batch.
+def masked_mean(per: torch.Tensor, mask: torch.Tensor, norm: str = "sequence") -> torch.Tensor:
+    """sequence: masked mean per row, then mean over rows (rows without positions count 0); token: one mean over
+    every masked position of the batch. A 1-D input has one position per row."""
+    maskf = mask.float()
+    if norm == "token":
+        return (per * maskf).sum() / maskf.sum().clamp(min=1)
+    dims = tuple(range(1, per.dim()))
+    seq = (per * maskf).sum(dims) / maskf.sum(dims).clamp(min=1) if dims else per * maskf
+    return seq.mean()
+
+
+def clipped_surrogate(logp, old, adv, mask, clip: float, clamp: float, norm: str = "sequence"
+                      ) -> tuple[torch.Tensor, dict]:
+    """-min(ratio*A, clip(ratio)*A), averaged by `masked_mean` (per sequence then batch, or per token).
 
     Stats are sums over the masked positions, so they pool across minibatches: `clipped` counts the positions
     whose gradient the clip removed (the clipped term was the minimum, or the log-ratio hit its clamp),
@@ -83,13 +97,17 @@ def clipped_surrogate(logp, old, adv, mask, clip: float, clamp: float) -> tuple[
     a = adv.view(-1, *([1] * (logp.dim() - 1)))
     per = -torch.min(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
     maskf = mask.float()
-    dims = tuple(range(1, logp.dim()))
-    seq = (per * maskf).sum(dims) / maskf.sum(dims).clamp(min=1) if dims else per * maskf
     with torch.no_grad():
         removed = ((a > 0) & (ratio > 1 + clip)) | ((a < 0) & (ratio < 1 - clip)) | (diff.abs() > clamp)
         stats = {"clipped": (removed.float() * maskf).sum(), "kl": (((ratio - 1) - log_ratio) * maskf).sum(),
                  "n": maskf.sum()}
-    return seq.mean(), stats
+    return masked_mean(per, mask, norm), stats
+
+
+def kl_to_reference(logp: torch.Tensor, ref: torch.Tensor, mask, norm: str = "sequence") -> torch.Tensor:
+    """k3 estimate of KL(policy || reference) at the sampled positions: exp(ref - logp) - (ref - logp) - 1 >= 0."""
+    d = (ref - logp).clamp(-20, 20)
+    return masked_mean(torch.exp(d) - d - 1, mask, norm)
 
 
 @dataclass
@@ -102,6 +120,23 @@ class Trajectories:
     terms: dict[str, torch.Tensor]  # per-trajectory acc / fmt / coh
     latents_used: torch.Tensor
     sigma: float
+
+    def select_groups(self, groups: torch.Tensor, group_size: int) -> Trajectories:
+        """The trajectories of the given groups (question indices), in that order."""
+        rows = (groups[:, None] * group_size + torch.arange(group_size)[None]).flatten()
+        dev = self.batch["prefix_ids"].device
+        return Trajectories(_select(self.batch, rows.to(dev)), {k: v[rows.to(v.device)] for k, v in
+                                                                self.rollout_logps.items()},
+                            self.rewards[rows], {k: v[rows] for k, v in self.terms.items()}, self.latents_used[rows],
+                            self.sigma)
+
+
+def keep_signal_groups(traj: Trajectories, group_size: int, n_keep: int) -> tuple[Trajectories, float]:
+    """Dynamic sampling: keep n_keep groups, those whose rewards differ first (in rollout order), then equal ones
+    to fill up; returns the kept trajectories and the share of kept groups that carry a signal."""
+    equal = equal_reward_groups(traj.rewards, group_size)
+    order = torch.cat([(~equal).nonzero().flatten(), equal.nonzero().flatten()])[:n_keep]
+    return traj.select_groups(order, group_size), float((~equal[order]).float().mean())
 
 
 @torch.no_grad()
@@ -138,6 +173,8 @@ def rollout(model: LatentReasoner, builder: SequenceBuilder, problems: list[Prob
         "rl_token_mask": gen.mask, "end_id": torch.tensor(builder.end_id),
         "rl_temperature": torch.tensor(float(r.temperature)),
     }
+    if r.latent_logratio == "mean" and state.z.shape[1]:
+        batch["rl_latent_scale"] = torch.tensor(1.0 / state.z.shape[-1])
     sigma = float(torch.exp(0.5 * state.logvar)[state.active].mean()) if state.logvar is not None and \
         state.active.any() else 0.0
     latent_lp = gaussian_log_density(state.z, state.mu, state.logvar) * state.active if state.mu is not None \
@@ -170,33 +207,42 @@ def _select(batch: dict, idx: torch.Tensor) -> dict:
 
 
 def grpo_update(model, optimizer, accelerator: Accelerator, traj: Trajectories, adv: torch.Tensor, cfg: RunConfig,
-                rng: torch.Generator) -> dict[str, float]:
+                rng: torch.Generator, ref_model: LatentReasoner | None = None) -> dict[str, float]:
     """One pass over the shuffled buffer in minibatches.
 
     Old and new log-probs come from the same call of the accelerate-wrapped module (same autocast precision,
     same DDP wrapper, so gradients are all-reduced), old ones per minibatch right before the updates with the
     same batch composition: the first update's ratio is exactly 1, in bf16 too. Clip and KL statistics pool the
-    positions of every minibatch after the first (the first never clips: its policy is the rollout's)."""
+    positions of every minibatch after the first (the first never clips: its policy is the rollout's).
+    With rl.kl_coef > 0, `ref_model` (the frozen start policy) scores each minibatch for a k3 KL penalty."""
     r = cfg.rl
     n = adv.shape[0]
     perm = torch.randperm(n, generator=rng).to(adv.device)
     chunks = [perm[i: i + r.minibatch_size] for i in range(0, n, r.minibatch_size)]
     with torch.no_grad():
         olds = [{k: v.detach() for k, v in model(_select(traj.batch, idx)).items()} for idx in chunks]
+        refs = [ref_model(_select(traj.batch, idx)) for idx in chunks] if ref_model is not None and r.kl_coef else \
+            [None] * len(chunks)
     stats: dict[str, list[float]] = {}
     pooled: dict[str, torch.Tensor] = {}
-    for k, (idx, old) in enumerate(zip(chunks, olds)):
+    for k, (idx, old, ref) in enumerate(zip(chunks, olds, refs)):
         mb = _select(traj.batch, idx)
         new = model(mb)
         if k == 0:  # before any update the policy is unchanged: every ratio must be exactly 1
             stats["first_ratio_dev"] = [max(float((new[s].detach() - old[s]).abs().max()) for s in new)]
         a = adv[idx]
-        lat_loss, s_lat = clipped_surrogate(new["latent"], old["latent"], a, mb["rl_active"], r.clip, r.logratio_clamp)
-        stop_loss, _ = clipped_surrogate(new["stop"], old["stop"], a, mb["rl_stopped"].any(-1), r.clip,
-                                         r.logratio_clamp)
-        ans_loss, s_ans = clipped_surrogate(new["answer"], old["answer"], a, mb["rl_token_mask"], r.clip,
-                                            r.logratio_clamp)
+        masks = {"latent": mb["rl_active"], "stop": mb["rl_stopped"].any(-1), "answer": mb["rl_token_mask"]}
+        lat_loss, s_lat = clipped_surrogate(new["latent"], old["latent"], a, masks["latent"], r.clip,
+                                            r.logratio_clamp, r.loss_norm)
+        stop_loss, _ = clipped_surrogate(new["stop"], old["stop"], a, masks["stop"], r.clip, r.logratio_clamp,
+                                         r.loss_norm)
+        ans_loss, s_ans = clipped_surrogate(new["answer"], old["answer"], a, masks["answer"], r.clip,
+                                            r.logratio_clamp, r.loss_norm)
         loss = lat_loss + stop_loss + ans_loss
+        if ref is not None:
+            kl = sum(kl_to_reference(new[s], ref[s], masks[s], r.loss_norm) for s in masks)
+            loss = loss + r.kl_coef * kl
+            stats.setdefault("kl_to_start", []).append(float(kl.detach()))
         if not torch.isfinite(loss):
             raise FloatingPointError("non-finite RL loss (terms: latent, stop, answer = "
                                      f"{lat_loss.item():.3g}, {stop_loss.item():.3g}, {ans_loss.item():.3g})")
@@ -219,6 +265,16 @@ def grpo_update(model, optimizer, accelerator: Accelerator, traj: Trajectories, 
     return out
 
 
+def rl_learning_rate(cfg: RunConfig, step: int, total: int) -> float:
+    """rl.lr with a linear warmup over rl.warmup_steps, then constant or cosine decay to 10% at the last step."""
+    r = cfg.rl
+    warm = min(1.0, (step + 1) / r.warmup_steps) if r.warmup_steps else 1.0
+    if r.lr_schedule == "constant":
+        return r.lr * warm
+    frac = min(step / max(total - 1, 1), 1.0)
+    return r.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
 def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
     """GRPO from an ATP SFT checkpoint (`model.init_from`); returns the run directory."""
     if not cfg.model.init_from:
@@ -233,7 +289,7 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
     if model.spec.use_decoder and model.decoder is None and is_main:
         warnings.warn("decoder_mode=shared: the policy decodes its own plans, so it is its own coherence judge "
                       "and can learn to please it; a separate decoder is frozen during RL", stacklevel=2)
-    run = open_run_dir(run_path, cfg, resume, ckpt) if is_main else None
+    run = open_run_dir(run_path, cfg, resume, ckpt, accelerator) if is_main else None
     progress = {"step": 0, "best_val": -1.0, "cursor": 0}
     if model.decoder is not None:
         model.decoder.requires_grad_(False)  # frozen: it only scores coherence
@@ -253,8 +309,17 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
                                                         dtype=table.dtype)
         table = start_lm.get_input_embeddings().weight
     text_embed = torch.nn.Embedding.from_pretrained(table.detach().clone(), freeze=True)
+    ref_model = None
+    if cfg.rl.kl_coef > 0:  # the frozen start policy, without a decoder (it only scores the three streams)
+        ref_model, _ = LatentReasoner.from_pretrained(checkpoint_weights(cfg.model.init_from),
+                                                      dtype=DTYPES[cfg.model.dtype],
+                                                      spec=dataclasses.replace(model.spec, use_decoder=False))
+        ref_model.requires_grad_(False)
+        ref_model.eval()
     model, optimizer = accelerator.prepare(model, optimizer)
     text_embed = text_embed.to(accelerator.device)
+    if ref_model is not None:
+        ref_model.to(accelerator.device)
     raw = accelerator.unwrap_model(model)
     raw.eval()  # no dropout: rollouts and scoring must see the same policy
     device = accelerator.device
@@ -269,18 +334,25 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
     if ckpt is not None and rank == 0:  # the main process continues its exact random streams
         for k, g in rngs.items():
             g.set_state(state["rng"][k])
-    bar = tqdm(total=total, initial=progress["step"], desc="atp-rl", disable=not is_main)
+    bar = progress_bar(total=total, initial=progress["step"], desc="atp-rl", disable=not is_main)
     t0 = time.time()
     while progress["step"] < total:
         # Each process rolls out its own questions: consecutive slices of one shared order.
-        start = (progress["cursor"] + rank * B) % len(order)
-        problems = [train_set[order[(start + i) % len(order)]] for i in range(B)]
-        progress["cursor"] = (progress["cursor"] + B * world) % len(order)
+        n_q = B * (cfg.rl.oversample if cfg.rl.dynamic_sampling else 1)
+        start = (progress["cursor"] + rank * n_q) % len(order)
+        problems = [train_set[order[(start + i) % len(order)]] for i in range(n_q)]
+        progress["cursor"] = (progress["cursor"] + n_q * world) % len(order)
         t_step = time.time()
         with accelerator.autocast():  # sample in the precision the update scores in
             traj = rollout(raw, builder, problems, cfg, gen, device, text_embed)
+        signal = None
+        if cfg.rl.dynamic_sampling:  # every process keeps B groups, so all run the same number of minibatches
+            sampled_rewards = traj.rewards
+            traj, signal = keep_signal_groups(traj, cfg.rl.group_size, B)
         adv = group_advantages(traj.rewards, cfg.rl.group_size).to(device)
-        stats = grpo_update(model, optimizer, accelerator, traj, adv, cfg, perm_rng)
+        for g in optimizer.param_groups:
+            g["lr"] = rl_learning_rate(cfg, progress["step"], total)
+        stats = grpo_update(model, optimizer, accelerator, traj, adv, cfg, perm_rng, ref_model)
         progress["step"] += 1
         equal = equal_reward_groups(traj.rewards, cfg.rl.group_size).float().mean()
         lat = traj.latents_used.float()
@@ -292,7 +364,10 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
             "train/reward_coherence": float(traj.terms["coh"].mean()), "train/equal_reward_groups": float(equal),
             "train/active_latents": float(lat.mean()), "train/sigma": traj.sigma,
             "train/step_seconds": seconds, "train/sampled_tokens_per_s": sampled / max(seconds, 1e-9),
+            "train/lr": optimizer.param_groups[0]["lr"],
         }
+        if signal is not None:  # share of kept groups with a signal; rewards over everything that was sampled
+            metrics |= {"train/signal_groups": signal, "train/sampled_reward": float(sampled_rewards.mean())}
         if is_main:
             run.log(metrics, progress["step"])
             run.log_histogram("train/latents_used", lat, progress["step"])

@@ -1,12 +1,13 @@
-"""Run directories: config snapshot, environment info, metrics log, TensorBoard, checkpoints.
+"""Run directories: config snapshot, environment info, metrics log, experiment trackers, checkpoints.
 
 Layout of a run directory::
 
     <root>/<name>/
         config.yaml         # RunDir.save_config(cfg)
         environment.json    # environment_info() at creation
-        metrics.jsonl       # one {"step": ..., **metrics} object per line
-        tb/                 # TensorBoard events (writer created on first log)
+        metrics.jsonl       # one {"step": ..., **metrics} object per line (always written)
+        tb/                 # TensorBoard events (train.report_to: tensorboard, the default)
+        wandb/              # W&B's local files (train.report_to: wandb)
         checkpoints/
             step-00001000/  # complete checkpoints contain a COMPLETE file
             .tmp-step-00002000-<pid>/   # being written (or stale after a crash)
@@ -35,6 +36,8 @@ from atp_latent import configtools
 
 __all__ = [
     "RunDir",
+    "tracker_log_with",
+    "check_trackers",
     "environment_info",
     "checkpoint_dir_for",
     "atomic_checkpoint",
@@ -293,6 +296,67 @@ def prune_checkpoints(
     return removed
 
 
+# ----------------------------------------------------------------------------------- experiment trackers
+
+# The project (W&B) / experiment (MLflow) runs are filed under; $WANDB_PROJECT and $MLFLOW_EXPERIMENT_NAME win.
+TRACKER_PROJECT = "atp-latent"
+_EXTRAS = {"wandb": "pip install 'atp-latent[wandb]'", "mlflow": "pip install 'atp-latent[mlflow]'"}
+
+
+def check_trackers(report_to: Iterable[str] | None) -> list[str]:
+    """`train.report_to` without repeats; a ValueError naming the package a tracker needs when it is missing
+    (TensorBoard, a core dependency, is dropped with a warning instead: metrics.jsonl is always written)."""
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(t) for t in get_available_trackers()}
+    names = []
+    for name in dict.fromkeys(report_to or []):
+        if name in available:
+            names.append(name)
+        elif name == "tensorboard":
+            warnings.warn("TensorBoard logging disabled: neither torch.utils.tensorboard nor tensorboardX imports",
+                          stacklevel=2)
+        else:
+            raise ValueError(f"train.report_to: {name!r} needs the {name} package "
+                             f"({_EXTRAS.get(name, f'pip install {name}')})")
+    return names
+
+
+def _tensorboard_tracker(path: Path):
+    """accelerate's TensorBoardTracker writing PATH/tb (the run directory's layout); nothing is written before
+    it is started."""
+    from accelerate.tracking import TensorBoardTracker
+
+    return TensorBoardTracker("tb", str(path))
+
+
+def tracker_log_with(report_to: Iterable[str] | None, run_path: str | os.PathLike) -> list | None:
+    """`Accelerator(log_with=...)` for `train.report_to`; RunDir.start_trackers starts them (init_trackers) once
+    the run directory exists. Raises ValueError for a tracker whose package is missing."""
+    names = check_trackers(report_to)
+    return [_tensorboard_tracker(Path(run_path)) if n == "tensorboard" else n for n in names] or None
+
+
+def _tracker_project() -> str:
+    return os.environ.get("WANDB_PROJECT") or TRACKER_PROJECT
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _scalars(record: dict[str, Any]) -> dict[str, int | float]:
+    """What goes to the trackers: the finite numbers of a metrics record (strings stay in metrics.jsonl)."""
+    return {k: v for k, v in record.items() if k != "step" and not isinstance(v, str)
+            and not (isinstance(v, float) and not math.isfinite(v))}
+
+
 # ---------------------------------------------------------------------------------------- RunDir
 
 
@@ -315,14 +379,21 @@ def _json_value(key: str, value: Any) -> Any:
 
 
 class RunDir:
-    """A run directory; see the module docstring for the layout."""
+    """A run directory; see the module docstring for the layout.
 
-    def __init__(self, path: str | os.PathLike, tensorboard: bool = True):
+    Metrics go to metrics.jsonl and to the experiment trackers of `report_to` (accelerate's trackers:
+    tensorboard, wandb, mlflow, ...). Training starts them with `start_trackers(accelerator, config)`, so that
+    `accelerator.log` reaches them; a RunDir used on its own starts them at its first `log`.
+    """
+
+    def __init__(self, path: str | os.PathLike, tensorboard: bool = True, report_to: Iterable[str] | None = None):
         self.path = Path(path)
-        self.tensorboard = tensorboard
+        self.report_to = list(report_to) if report_to is not None else (["tensorboard"] if tensorboard else [])
+        self.tensorboard = "tensorboard" in self.report_to
+        self.trackers: list = []  # started accelerate trackers
+        self._accelerator = None
+        self._trackers_started = False
         self._metrics_fh = None
-        self._writer = None
-        self._tb_failed = False
 
     # -- creation ---------------------------------------------------------------------------
 
@@ -333,11 +404,13 @@ class RunDir:
         name: str | None = None,
         resume: bool = False,
         tensorboard: bool = True,
+        report_to: Iterable[str] | None = None,
     ) -> RunDir:
         """Create ``root/name`` (``name`` defaults to a timestamp) with its sub-directories.
 
         With ``resume=False`` an existing non-empty directory is an error (FileExistsError);
-        with ``resume=True`` it is reused and metrics are appended.
+        with ``resume=True`` it is reused and metrics are appended. ``report_to`` (default: TensorBoard, or
+        nothing with ``tensorboard=False``) names the experiment trackers.
         """
         root = Path(root)
         if name is None:
@@ -359,7 +432,7 @@ class RunDir:
             stamp = _now().strftime("%Y%m%d-%H%M%S")
             env_path = path / f"environment-resume-{stamp}.json"
         env_path.write_text(json.dumps(env, indent=2, default=str) + "\n", encoding="utf-8")
-        return cls(path, tensorboard=tensorboard)
+        return cls(path, tensorboard=tensorboard, report_to=report_to)
 
     # -- paths ------------------------------------------------------------------------------
 
@@ -395,22 +468,48 @@ class RunDir:
         """Write ``cfg`` (a config dataclass) to ``config.yaml``."""
         return configtools.save_yaml(cfg, self.config_path)
 
-    def _get_writer(self):
-        if not self.tensorboard or self._tb_failed:
-            return None
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+    def start_trackers(self, accelerator=None, config: dict | None = None) -> None:
+        """Start the experiment trackers: `accelerator.init_trackers` when the accelerator was built with
+        `log_with=tracker_log_with(...)`, else accelerate's tracker classes directly. `config` (nested dicts) is
+        stored, flattened, by every tracker but TensorBoard (whose scalars stay as they were)."""
+        if self._trackers_started:
+            return
+        self._trackers_started = True
+        names = check_trackers(self.report_to)
+        if not names:
+            return
+        try:
+            self._start(names, accelerator, config)
+        except Exception as exc:  # e.g. W&B online without a login: one line, not a traceback
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"train.report_to: cannot start the trackers {names}: {first}") from exc
 
-                self._writer = SummaryWriter(log_dir=str(self.tb_dir))
-            except Exception as exc:  # tensorboard missing or broken: keep the JSONL log going
-                self._tb_failed = True
-                warnings.warn(f"TensorBoard logging disabled: {exc}", stacklevel=3)
-                return None
-        return self._writer
+    def _start(self, names: list[str], accelerator, config: dict | None) -> None:
+        project = _tracker_project()
+        init_kwargs = {"wandb": {"name": self.path.name, "dir": str(self.path)}, "mlflow": {"run_name": self.path.name}}
+        if accelerator is not None and accelerator.log_with:
+            accelerator.init_trackers(project, init_kwargs=init_kwargs)
+            self._accelerator = accelerator
+            self.trackers = list(accelerator.trackers)
+        else:
+            from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+            for name in names:
+                if name == "tensorboard":
+                    tracker = _tensorboard_tracker(self.path)
+                else:
+                    kind = LOGGER_TYPE_TO_CLASS[name]
+                    args = (project, str(self.path)) if kind.requires_logging_directory else (project,)
+                    tracker = kind(*args, **init_kwargs.get(name, {}))
+                tracker.start()
+                self.trackers.append(tracker)
+        if config:
+            for tracker in self.trackers:
+                if tracker.name != "tensorboard":
+                    tracker.store_init_configuration(_flat(config))
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        """Append ``{"step": step, **metrics}`` to metrics.jsonl and numeric values to TensorBoard."""
+        """Append ``{"step": step, **metrics}`` to metrics.jsonl and its finite numbers to the trackers."""
         step = int(step)
         record: dict[str, Any] = {"step": step}
         for key, value in metrics.items():
@@ -422,15 +521,13 @@ class RunDir:
             self._metrics_fh = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115
         self._metrics_fh.write(json.dumps(record) + "\n")
         self._metrics_fh.flush()
-        writer = self._get_writer()
-        if writer is not None:
-            for key, value in record.items():
-                if key == "step" or isinstance(value, str):
-                    continue
-                if isinstance(value, float) and not math.isfinite(value):
-                    continue
-                writer.add_scalar(key, value, global_step=step)
-            writer.flush()
+        self.start_trackers()
+        scalars = _scalars(record)
+        if scalars and self._accelerator is not None:
+            self._accelerator.log(scalars, step=step)
+        elif scalars:
+            for tracker in self.trackers:
+                tracker.log(scalars, step=step)
 
     def truncate_metrics_after(self, step: int) -> None:
         """Drop metrics logged after `step` (a resumed run redoes those steps)."""
@@ -441,16 +538,22 @@ class RunDir:
         self.metrics_path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
     def log_histogram(self, name: str, values, step: int) -> None:
-        """A histogram to TensorBoard, and its counts per integer value to metrics.jsonl (``name/hist``)."""
+        """A histogram to TensorBoard and W&B, and its counts per integer value to metrics.jsonl (``name/hist``)."""
         import torch
 
         values = torch.as_tensor(values).flatten()
         counts = torch.bincount(values.long().clamp(min=0)).tolist() if values.numel() else []
         self.log({f"{name}/hist": json.dumps(counts)}, step)
-        writer = self._get_writer()
-        if writer is not None and values.numel():
-            writer.add_histogram(name, values.float(), global_step=int(step))
-            writer.flush()
+        if not values.numel():
+            return
+        for tracker in self.trackers:  # accelerate's tracker API has no histograms: each tracker's own call
+            if tracker.name == "tensorboard":
+                tracker.writer.add_histogram(name, values.float(), global_step=int(step))
+                tracker.writer.flush()
+            elif tracker.name == "wandb":
+                import wandb
+
+                tracker.run.log({name: wandb.Histogram(values.float().numpy())}, step=int(step))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """All records in metrics.jsonl (a truncated last line is skipped)."""
@@ -470,9 +573,11 @@ class RunDir:
         if self._metrics_fh is not None:
             self._metrics_fh.close()
             self._metrics_fh = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        for tracker in self.trackers:
+            tracker.finish()
+        if self._accelerator is not None:
+            self._accelerator.trackers = [t for t in self._accelerator.trackers if t not in self.trackers]
+        self.trackers, self._accelerator, self._trackers_started = [], None, False
 
     def __enter__(self) -> RunDir:
         return self
@@ -486,8 +591,8 @@ class RunDir:
 
 # Settings that may change when a run is resumed: budgets and bookkeeping, not what is trained.
 RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.max_minutes", "train.threads", "train.log_every",
-                     "train.checkpoint_every", "train.keep_last", "eval.", "rl.steps", "rl.val_every",
-                     "rl.checkpoint_every")
+                     "train.checkpoint_every", "train.keep_last", "train.report_to", "eval.", "rl.steps",
+                     "rl.val_every", "rl.checkpoint_every")
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -522,3 +627,29 @@ def checkpoint_weights(run_or_ckpt: str | Path) -> Path:
         if (cand / "reasoner.json").is_file():
             return cand
     raise ValueError(f"{p}: no checkpoint found (expected reasoner.json in best/model, final/ or the folder itself)")
+
+
+def run_dir_of(checkpoint: str | Path) -> Path:
+    """The run directory a checkpoint belongs to: RUN for RUN, RUN/best/model, RUN/final, RUN/epoch-N/model and
+    RUN/checkpoints/step-N/model; a checkpoint outside a run directory is its own."""
+    p = Path(checkpoint).resolve()
+    if p.name == "model":
+        p = p.parent
+    if p.name in ("best", "final") or _STEP_RE.fullmatch(p.name) or re.fullmatch(r"epoch-\d+", p.name):
+        p = p.parent
+    if p.name == "checkpoints":
+        p = p.parent
+    return p
+
+
+def run_method(run: str | Path) -> str | None:
+    """`method.name` in RUN/config.yaml (e.g. atp-rl, whose weights are an atp reasoner), or None."""
+    from atp_latent.configtools import ConfigError, load_yaml_dict
+
+    path = Path(run) / "config.yaml"
+    try:
+        method = load_yaml_dict(path).get("method", {}) if path.is_file() else {}
+    except ConfigError:
+        return None
+    name = method.get("name") if isinstance(method, dict) else None
+    return name if isinstance(name, str) else None

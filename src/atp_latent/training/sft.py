@@ -15,10 +15,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
-from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
 from atp_latent.config import RunConfig
+from atp_latent.configtools import to_dict
 from atp_latent.data.records import Problem
 from atp_latent.data.sequences import Curriculum, SequenceBuilder, collate, sample_stage
 from atp_latent.evaluation.benchmarks import load_data
@@ -26,12 +26,14 @@ from atp_latent.evaluation.evaluate import evaluate
 from atp_latent.modeling.factory import build_tiny_model, load_pretrained
 from atp_latent.modeling.reasoner import LatentReasoner, ReasonerSpec
 from atp_latent.modeling.tokenizer import build_word_tokenizer
+from atp_latent.progress import progress_bar
 from atp_latent.training.runs import (
     RunDir,
     atomic_checkpoint,
     replicas_in_sync,
     resume_point,
     save_training_checkpoint,
+    tracker_log_with,
 )
 
 MULTI_PROCESS = (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
@@ -50,6 +52,7 @@ def spec_of(cfg: RunConfig) -> ReasonerSpec:
         m.name, latents_per_step=m.latents_per_step, use_vae=m.use_vae, use_stop_head=m.use_stop_head,
         use_decoder=m.use_decoder, decoder_mode=m.decoder_mode, decoder_trainable=m.decoder_trainable,
         beta_kl=m.beta_kl, stop_loss_positions=m.stop_loss_positions, decoder_weight=m.decoder_weight,
+        latent_head_residual=m.latent_head_residual, init_logvar=m.init_logvar,
         max_latent_stage=cfg.curriculum.max_latent_stage,
     )
 
@@ -109,26 +112,30 @@ def prepare_run(cfg: RunConfig, resume: bool, find_unused_parameters: bool):
             and state.get("distributed_type") not in MULTI_PROCESS:
         # A second run in one process (a notebook, a test) may change precision; accelerate's state is global.
         AcceleratorState._reset_state(reset_partial_state=True)
+    run_path = Path(cfg.output_dir) / (cfg.name or time.strftime("%Y%m%d-%H%M%S"))
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # on CPU, multi-process runs need cpu=True to pick gloo
         mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+        log_with=tracker_log_with(cfg.train.report_to, run_path),  # started by open_run_dir
     )
     set_seed(cfg.train.seed)
     train_set = load_data(cfg.data.train)[: cfg.data.max_train]
     val_set = load_data(cfg.data.val, split="validation")[: cfg.data.max_val] if cfg.data.val else []
-    run_path = Path(cfg.output_dir) / (cfg.name or time.strftime("%Y%m%d-%H%M%S"))
     ckpt = resume_point(run_path, cfg) if resume else None
     return accelerator, train_set, val_set, run_path, ckpt
 
 
-def open_run_dir(run_path: Path, cfg: RunConfig, resume: bool, ckpt: Path | None) -> RunDir:
-    """The run directory (main process only), with the resolved config; a resumed run forgets the metrics
-    logged after its checkpoint, since those steps are redone."""
-    run = RunDir.create(run_path.parent, run_path.name, resume=resume)
+def open_run_dir(run_path: Path, cfg: RunConfig, resume: bool, ckpt: Path | None,
+                 accelerator: Accelerator | None = None) -> RunDir:
+    """The run directory (main process only), with the resolved config and its experiment trackers (started
+    through `accelerator` when given); a resumed run forgets the metrics logged after its checkpoint, since
+    those steps are redone."""
+    run = RunDir.create(run_path.parent, run_path.name, resume=resume, report_to=cfg.train.report_to)
     run.save_config(cfg)
     if ckpt is not None:
         run.truncate_metrics_after(int(ckpt.name.split("-")[-1]))
+    run.start_trackers(accelerator, config=to_dict(cfg))
     return run
 
 
@@ -169,7 +176,7 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
         model, tok = LatentReasoner.from_pretrained(ckpt / "model", dtype=DTYPES[cfg.model.dtype], spec=spec_of(cfg))
     else:
         model, tok = build_reasoner(cfg, train_set)
-    run = open_run_dir(run_path, cfg, resume, ckpt) if is_main else None
+    run = open_run_dir(run_path, cfg, resume, ckpt, accelerator) if is_main else None
     progress = {"epoch": 0, "batch": 0, "step": 0, "best_val": -1.0, "elapsed": 0.0}
     cur = curriculum_of(cfg)
     builder = SequenceBuilder(tok, cfg.method.name, cur, mask_surplus=model.spec.use_stop_head)
@@ -211,7 +218,7 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
             rng.shuffle(batches)
         stages = [[sample_stage(cur, epoch, rng, len(train_set[j].steps)) for j in b] for b in batches]
         model.train()
-        bar = tqdm(total=len(batches), initial=progress["batch"], desc=f"{cfg.method.name} epoch {epoch} stage {stage}",
+        bar = progress_bar(total=len(batches), initial=progress["batch"], desc=f"{cfg.method.name} epoch {epoch} stage {stage}",
                    disable=not is_main, leave=False)
         for bi in range(progress["batch"], len(batches)):
             mine = batches[bi][rank * bs: (rank + 1) * bs]

@@ -1,0 +1,47 @@
+"""Fixtures shared by the training tests."""
+
+import random
+
+import pytest
+
+from atp_latent.config import load_config
+from atp_latent.data.formats import write_jsonl
+from atp_latent.data.records import Problem
+
+
+@pytest.fixture(scope="session")
+def toy(tmp_path_factory):
+    """A tiny addition task and an ATP SFT checkpoint (ROOT/sft) that gets part of it right, so RL rewards differ
+    within a group (an RL test on a model that earns equal rewards everywhere updates nothing)."""
+    from atp_latent.training.sft import train
+
+    root = tmp_path_factory.mktemp("toy")
+    rng = random.Random(0)
+
+    def rec():
+        a, b = rng.randint(1, 4), rng.randint(1, 4)
+        return Problem(question=f"Ann has {a} cats and gets {b} more. How many cats?", steps=[f"{a}+{b}={a + b}"],
+                       answer=str(a + b))
+
+    write_jsonl(root / "train.jsonl", [rec() for _ in range(256)])
+    write_jsonl(root / "val.jsonl", [rec() for _ in range(16)])
+    sets = [f"data.train={root / 'train.jsonl'}", f"data.val={root / 'val.jsonl'}", "method.name=atp",
+            "method.latents_per_step=1", "curriculum.max_latent_stage=1", "curriculum.stage_offset=2",
+            "optim.lr=0.003", "optim.batch_size=32", "train.epochs=5", "data.max_val=16", f"output_dir={root}",
+            "name=sft"]
+    train(load_config(None, sets))
+    return root
+
+
+def _rl_sets(root, name, **over) -> list[str]:
+    """--set overrides of a small RL run from the toy checkpoint."""
+    sets = {"data.train": root / "train.jsonl", "data.val": root / "val.jsonl", "data.max_val": 8,
+            "method.name": "atp-rl", "model.init_from": root / "sft", "rl.questions_per_step": 4,
+            "rl.group_size": 4, "rl.minibatch_size": 8, "rl.steps": 2, "rl.lr": 5e-4, "rl.val_every": 100,
+            "train.threads": 1, "output_dir": root, "name": name} | over
+    return [f"{k}={v}" for k, v in sets.items()]
+
+
+@pytest.fixture(scope="session")
+def rl_sets():
+    return _rl_sets
