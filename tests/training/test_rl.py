@@ -280,6 +280,9 @@ def test_two_process_rl_equals_one_process(toy, rl_sets, monkeypatch):
     g2 = [r["train/grad_norm"] for r in r2 if "train/grad_norm" in r]
     assert len(g1) == len(g2) == 2 and all(g > 0 for g in g1)
     assert g1 == pytest.approx(g2, rel=1e-4)
+    # step metrics are averaged over the processes, so the curves are the 1-process run's
+    for key in ("train/reward", "train/reward_format", "train/active_latents", "train/equal_reward_groups"):
+        assert [r[key] for r in r1 if key in r] == pytest.approx([r[key] for r in r2 if key in r], rel=1e-6), key
     start, _ = LatentReasoner.from_pretrained(checkpoint_weights(toy / "sft"))  # what model.init_from resolves to
     a, _ = LatentReasoner.from_pretrained(one / "final")
     b, _ = LatentReasoner.from_pretrained(two / "final")

@@ -265,6 +265,18 @@ def grpo_update(model, optimizer, accelerator: Accelerator, traj: Trajectories, 
     return out
 
 
+def across_processes(accelerator: Accelerator, metrics: dict[str, float]) -> dict[str, float]:
+    """Every process's step metrics, averaged (first_ratio_dev: the maximum), so an RL curve does not depend on
+    the number of processes; the SFT loop averages its own the same way."""
+    if accelerator.num_processes == 1:
+        return metrics
+    keys = sorted(metrics)
+    local = torch.tensor([[float(metrics[k]) for k in keys]], dtype=torch.float64, device=accelerator.device)
+    every = accelerator.gather(local).view(accelerator.num_processes, len(keys))
+    return {k: float(every[:, i].max() if k == "train/first_ratio_dev" else every[:, i].mean())
+            for i, k in enumerate(keys)}
+
+
 def rl_learning_rate(cfg: RunConfig, step: int, total: int) -> float:
     """rl.lr with a linear warmup over rl.warmup_steps, then constant or cosine decay to 10% at the last step."""
     r = cfg.rl
@@ -368,6 +380,7 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
         }
         if signal is not None:  # share of kept groups with a signal; rewards over everything that was sampled
             metrics |= {"train/signal_groups": signal, "train/sampled_reward": float(sampled_rewards.mean())}
+        metrics = across_processes(accelerator, metrics)
         if is_main:
             run.log(metrics, progress["step"])
             run.log_histogram("train/latents_used", lat, progress["step"])
