@@ -9,7 +9,6 @@ answer). The step decoder is frozen; the base model and both heads train. No KL 
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import time
 import warnings
@@ -39,7 +38,7 @@ from atp_latent.training.runs import (
     checkpoint_weights,
     save_training_checkpoint,
 )
-from atp_latent.training.sft import DTYPES, finish_run, open_run_dir, prepare_run, validate
+from atp_latent.training.sft import DTYPES, finish_run, open_run_dir, prepare_run, validate, warmup_then_decay
 
 
 def reward_weights(cfg: RunConfig) -> RewardWeights:
@@ -280,11 +279,7 @@ def across_processes(accelerator: Accelerator, metrics: dict[str, float]) -> dic
 def rl_learning_rate(cfg: RunConfig, step: int, total: int) -> float:
     """rl.lr with a linear warmup over rl.warmup_steps, then constant or cosine decay to 10% at the last step."""
     r = cfg.rl
-    warm = min(1.0, (step + 1) / r.warmup_steps) if r.warmup_steps else 1.0
-    if r.lr_schedule == "constant":
-        return r.lr * warm
-    frac = min(step / max(total - 1, 1), 1.0)
-    return r.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+    return warmup_then_decay(r.lr, r.warmup_steps, r.lr_schedule, step, step / max(total - 1, 1))
 
 
 def train_rl(cfg: RunConfig, resume: bool = False) -> Path:

@@ -76,16 +76,21 @@ def build_reasoner(cfg: RunConfig, train: list[Problem]) -> tuple[LatentReasoner
     return LatentReasoner(lm, spec), tok
 
 
+def warmup_then_decay(lr: float, warmup_steps: int, schedule: str, step: int, frac: float) -> float:
+    """Linear warmup over warmup_steps, then constant or cosine decay to 10% of lr at frac = 1 (run progress)."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    if schedule == "constant":
+        return lr * warm
+    return lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
 def learning_rate(cfg: RunConfig, step: int, total_steps: int, elapsed: float) -> float:
-    """Linear warmup, then constant or cosine decay to 10% of optim.lr (see OptimConfig.schedule)."""
+    """optim.lr on OptimConfig.schedule; with train.max_minutes the progress is the larger of steps and time."""
     o = cfg.optim
-    warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
-    if o.schedule == "constant":
-        return o.lr * warm
     frac = step / max(total_steps, 1)
     if cfg.train.max_minutes:
         frac = max(frac, elapsed / (60 * cfg.train.max_minutes))
-    return o.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+    return warmup_then_decay(o.lr, o.warmup_steps, o.schedule, step, frac)
 
 
 def bucket_by_length(order: list[int], problems: list[Problem], chunk: int) -> list[int]:
