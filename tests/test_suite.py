@@ -112,3 +112,34 @@ def test_ablation_table_rows():
     lines = suite_mod.ablation_table(rows).splitlines()
     assert lines[2] == "| ATP-Latent (SFT) | 12.5 | 10.0 ± 2.0 | 9.5 | 3.2 |"
     assert lines[3] == "| CoT-SFT | 40.0 | - | 42.0 | 0.0 |"
+
+
+def test_rl_vs_start_by_hand():
+    rows = [{"atp": {"accuracy": 0.40}, "atp_rl": {"accuracy": 0.50}, "atp_rl_coherence": {"accuracy": 0.38}},
+            {"atp": {"accuracy": 0.44}, "atp_rl": {"accuracy": 0.47}, "atp_rl_coherence": {"accuracy": 0.45}},
+            {"atp": {"accuracy": 0.42}, "atp_rl": {"accuracy": 0.49}, "atp_rl_coherence": {"accuracy": 0.43}}]
+    table, summary = suite_mod.rl_vs_start_table(rows)
+    # start: mean 0.42, sample std 0.02; RL gains 0.10, 0.03, 0.07 (mean 0.0667 > 0.02); coherence gains
+    # -0.02, 0.01, 0.01 (mean 0.0 < 0.02)
+    assert summary["atp"]["mean"] == pytest.approx(0.42) and summary["atp"]["std"] == pytest.approx(0.02)
+    assert summary["atp_rl"]["gains"] == pytest.approx([0.10, 0.03, 0.07])
+    assert summary["atp_rl"]["mean_gain"] == pytest.approx(0.2 / 3)
+    lines = table.splitlines()
+    assert lines[3] == "| ATP-Latent (RL) | 50.0, 47.0, 49.0 | 48.7 ± 1.5 | +10.0, +3.0, +7.0 | +6.7 | yes |"
+    assert lines[4].endswith("| -2.0, +1.0, +1.0 | +0.0 | no |")
+
+
+def test_scale_stretches_steps_not_minutes_only(tmp_path):
+    """--scale F: RL steps, the SFT epoch size and step cap, and the safety stop all scale by F."""
+    s = SUITES["quickstart"]
+    cot, rl, atp = (load_config(str(config_path(s, j))) for j in ("cot", "atp_rl", "atp"))
+    sets = dict(x.split("=", 1) for x in suite_mod._scaled(config_path(s, "atp_rl"), [], 0.5))
+    assert int(sets["rl.steps"]) == round(rl.rl.steps * 0.5)
+    sets = dict(x.split("=", 1) for x in suite_mod._scaled(config_path(s, "atp"), [], 0.5))
+    assert int(sets["data.epoch_size"]) == round(atp.data.epoch_size * 0.5)
+    if atp.train.max_minutes:
+        assert float(sets["train.max_minutes"]) == pytest.approx(atp.train.max_minutes * 0.5, abs=1e-3)
+    # the overrides given with --set are applied first: a step cap set there is what gets scaled
+    sets = dict(x.split("=", 1) for x in suite_mod._scaled(config_path(s, "cot"), ["train.max_steps=100"], 2.0))
+    assert sets["train.max_steps"] == "200"
+    assert cot.method.name == "cot"

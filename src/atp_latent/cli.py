@@ -240,12 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_explain)
 
     bn = sub.add_parser("bench", help="train and compare every method the same way; tables and plots")
-    bn.add_argument("--suite", default="cpu", help="cpu (every method on the synthetic benchmark)")
+    bn.add_argument("--suite", default="cpu", choices=["cpu", "gpu"],
+                    help="cpu: every method on the synthetic benchmark with a tiny Llama; gpu: the same one size up "
+                         "(a larger model from scratch, bf16) for one GPU")
     bn.add_argument("--seeds", type=int, default=1)
     bn.add_argument("--out", default="results/cpu")
     bn.add_argument("--data-seed", type=int, default=0, help="the synthetic data (shared by every seed)")
-    bn.add_argument("--minutes", type=float, default=None,
-                    help="scale every training budget by MINUTES/75 (75: one seed's budgets along its phases)")
+    bn.add_argument("--scale", type=float, default=1.0,
+                    help="make every job SCALE times as long (SFT epoch size and step cap, RL steps): a trial run; "
+                         "the protocol is 1")
+    bn.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for every job (repeatable), e.g. train.mixed_precision=bf16")
+    bn.add_argument("--slots", type=int, default=2, help="jobs trained at once (one CPU thread each)")
     bn.add_argument("--ablations", action="store_true",
                     help="also train seed 0's ablations (no KL, no stop head, no decoder, no VAE, coherence weight 0, "
                          "longer RL, lower RL lr) and report them on the val split")
@@ -254,7 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     qs = sub.add_parser("quickstart", help="the main job on the embedded default (synthetic data, tiny model, CPU)")
     qs.add_argument("--out", default="quickstart", help="output folder")
     qs.add_argument("--seed", type=int, default=0)
-    qs.add_argument("--minutes", type=float, default=None, help="scale every training budget to fit this total")
+    qs.add_argument("--scale", type=float, default=1.0,
+                    help="make every job SCALE times as long (a trial run; the protocol is 1)")
+    qs.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for every job (repeatable)")
     qs.set_defaults(func=cmd_quickstart)
     return p
 

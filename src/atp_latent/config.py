@@ -84,8 +84,8 @@ class OptimConfig:
     grad_accum: int = 1
     max_grad_norm: float = 0.0  # 0: no clipping (the reference)
     warmup_steps: int = 0
-    # constant (the reference) or cosine decay to 10% over the run; with train.max_minutes the run's
-    # progress is the larger of its step and time fractions, so a time-budgeted run still ends decayed
+    # constant (the reference) or cosine decay to 10% over the run's optimizer steps (train.max_steps, or every
+    # epoch); never over time: train.max_minutes is a safety stop
     schedule: Literal["constant", "cosine"] = "constant"
     reset_each_epoch: bool = True  # the reference re-creates the optimizer every epoch
 
@@ -100,7 +100,7 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 25
     max_steps: int | None = None  # stop after this many optimizer steps (None: run every epoch)
-    max_minutes: float | None = None  # wall-clock budget; stops cleanly with a final checkpoint
+    max_minutes: float | None = None  # wall-clock safety stop; stops cleanly with a final checkpoint
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     threads: int | None = None  # torch CPU threads (None: torch's default)

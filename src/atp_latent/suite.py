@@ -33,6 +33,11 @@ STARTS = {"coconut": "cot", "simcot": "cot", "atp": "cot", "atp_rl": "atp", "atp
           "atp_rl_long": "atp", "atp_no_vae": "cot", "atp_rl_low_lr": "atp"}
 
 
+# The bench's paired comparisons (first minus second, seed by seed)
+PAIRS = [("atp_rl", "simcot"), ("atp_rl", "coconut"), ("atp_rl", "atp"), ("atp", "simcot"),
+         ("atp_rl_coherence", "atp")]
+
+
 @dataclass(frozen=True)
 class Suite:
     name: str  # the configs/<name>/ folder
@@ -44,11 +49,14 @@ class Suite:
         return [j for phase in self.phases for j in phase]
 
 
+_ALL = (("cot", "nocot"), ("atp", "coconut"), ("simcot", "atp_rl"), ("atp_rl_coherence",))
 SUITES = {
     "quickstart": Suite("quickstart", (("cot", "nocot"), ("atp", "coconut"), ("atp_rl",))),
-    "cpu": Suite("bench", (("cot", "nocot"), ("atp", "coconut"), ("simcot", "atp_rl"), ("atp_rl_coherence",)),
+    "cpu": Suite("bench", _ALL,
                  ablations=("atp_no_kl", "atp_no_stop", "atp_no_decoder", "atp_no_vae", "atp_rl_no_coherence",
                             "atp_rl_long", "atp_rl_low_lr")),
+    # one size up for one GPU: a larger model from scratch, same data and protocol (configs/gpu/)
+    "gpu": Suite("gpu", _ALL),
 }
 
 
@@ -67,12 +75,7 @@ def _start_job(suite: Suite, job: str, out: Path, seed: int, scale: float, extra
             "--set", f"data.val={data / 'val.jsonl'}", "--set", f"train.seed={seed}"]
     if job in STARTS:
         args += ["--set", f"model.init_from={runs / STARTS[job] / 'best' / 'model'}"]
-    if scale != 1.0:
-        from atp_latent.config import load_config
-
-        minutes = load_config(str(config_path(suite, job))).train.max_minutes or 10.0
-        args += ["--set", f"train.max_minutes={minutes * scale:.3f}"]
-    for s in extra:
+    for s in extra + (_scaled(config_path(suite, job), extra, scale) if scale != 1.0 else []):
         args += ["--set", s]
     if (runs / job / "config.yaml").is_file():
         args.append("--resume")  # an interrupted suite continues where its checkpoints left off
@@ -81,6 +84,22 @@ def _start_job(suite: Suite, job: str, out: Path, seed: int, scale: float, extra
     # Output goes to a file: progress comes as a short line every $ATP_PROGRESS_SECONDS (atp_latent.progress)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env), log
+
+
+def _scaled(path: Path, extra: list[str], scale: float) -> list[str]:
+    """--set overrides that make a job `scale` times as long (a trial; the protocol is scale 1): RL steps, or the
+    SFT epoch size (so a curriculum keeps its stages) and step cap. The safety stop in minutes scales too."""
+    from atp_latent.config import load_config
+
+    cfg = load_config(str(path), extra)
+    sets = [f"train.max_minutes={cfg.train.max_minutes * scale:.3f}"] if cfg.train.max_minutes else []
+    if cfg.method.name == "atp-rl":
+        return sets + [f"rl.steps={max(1, round(cfg.rl.steps * scale))}"]
+    if cfg.data.epoch_size:
+        sets.append(f"data.epoch_size={max(cfg.optim.batch_size, round(cfg.data.epoch_size * scale))}")
+    if cfg.train.max_steps:
+        sets.append(f"train.max_steps={max(1, round(cfg.train.max_steps * scale))}")
+    return sets
 
 
 def _status(run: Path) -> str:
@@ -221,8 +240,7 @@ def run_quickstart(args) -> int:
     out = Path(args.out)
     t0 = time.time()
     suite = SUITES["quickstart"]
-    scale = args.minutes / 25.0 if args.minutes else 1.0
-    results = run_suite(suite, out, seed=args.seed, scale=scale)
+    results = run_suite(suite, out, seed=args.seed, scale=args.scale, extra=args.overrides)
     table = markdown_table({_label(j): results[j] for j in suite.jobs}, TEST_SPLITS)
     minutes = (time.time() - t0) / 60
     (out / "RESULTS.md").write_text(
@@ -233,9 +251,9 @@ def run_quickstart(args) -> int:
     return 0
 
 
-def evaluate_ablations(suite: Suite, out: Path, samples: int = 3, batch_size: int = 100) -> dict:
-    """Seed 0's models and the ablations on the val split only (never the test splits): greedy, plus the
-    latent methods with latents sampled from the VAE head (`samples` draws, mean and std)."""
+def evaluate_val(jobs: list[str], out: Path, samples: int = 3, batch_size: int = 100) -> dict:
+    """Models on the val split only (never the test splits): greedy, plus the latent methods with latents sampled
+    from the VAE head (`samples` draws, mean and std). Cached beside each run."""
     from atp_latent.data.formats import load_records
     from atp_latent.evaluation.evaluate import default_max_new_tokens, evaluate, load_for_eval, mean_std
     from atp_latent.progress import quiet_library_bars
@@ -256,10 +274,40 @@ def evaluate_ablations(suite: Suite, out: Path, samples: int = 3, batch_size: in
         return row
 
     rows: dict[str, dict] = {}
-    for job in suite.jobs + list(suite.ablations):
+    for job in jobs:
         rows[job] = _cached(out / "runs" / job, "val_eval.json", run_job, job)
         print(f"  val {_label(job)}: {100 * rows[job]['accuracy']:.1f}%", flush=True)
     return rows
+
+
+def evaluate_ablations(suite: Suite, out: Path, samples: int = 3, batch_size: int = 100) -> dict:
+    """Seed 0's models and the ablations on the val split (evaluate_val)."""
+    return evaluate_val(suite.jobs + list(suite.ablations), out, samples, batch_size)
+
+
+def rl_vs_start_table(val_rows: list[dict]) -> tuple[str, dict]:
+    """Val accuracy of each RL job against its SFT start (atp), seed by seed: the claim "RL improves on its start"
+    holds when the mean gain exceeds the seed-to-seed std of the start's accuracy."""
+    from atp_latent.evaluation.evaluate import mean_std
+
+    start = [r["atp"]["accuracy"] for r in val_rows if "atp" in r]
+    s_mean, s_std = mean_std(start)
+    lines = ["| model | val acc per seed | mean ± std | gain over ATP SFT per seed | mean gain | gain > start std? |",
+             "|---|---|---|---|---|---|"]
+    summary = {"atp": {"per_seed": start, "mean": s_mean, "std": s_std}}
+    for job in ("atp", "atp_rl", "atp_rl_coherence"):
+        if not all(job in r and "atp" in r for r in val_rows):
+            continue
+        accs = [r[job]["accuracy"] for r in val_rows]
+        gains = [a - b for a, b in zip(accs, start)]
+        m, sd = mean_std(accs)
+        g, _ = mean_std(gains)
+        verdict = "-" if job == "atp" else ("yes" if g > s_std else "no")
+        summary[job] = {"per_seed": accs, "mean": m, "std": sd, "gains": gains, "mean_gain": g}
+        lines.append(f"| {_label(job)} | " + ", ".join(f"{100 * a:.1f}" for a in accs) + f" | {100 * m:.1f} ± "
+                     f"{100 * sd:.1f} | " + ", ".join(f"{100 * x:+.1f}" for x in gains) + f" | {100 * g:+.1f} | "
+                     f"{verdict} |")
+    return "\n".join(lines), summary
 
 
 def ablation_table(rows: dict) -> str:
@@ -279,8 +327,10 @@ def run_bench(args) -> int:
         aggregate,
         plot_accuracy_vs_tokens,
         plot_latents,
+        paired_table,
         plot_training_curves,
         results_table,
+        run_cost,
     )
 
     if args.suite not in SUITES:
@@ -288,7 +338,6 @@ def run_bench(args) -> int:
     suite, out = SUITES[args.suite], Path(args.out)
     if args.ablations and not suite.ablations:
         raise ValueError(f"suite {args.suite!r} has no ablations")
-    scale = args.minutes / 75.0 if args.minutes else 1.0
     t0 = time.time()
     seed_dirs = [out / f"seed-{seed}" for seed in range(args.seeds)]
     for d in seed_dirs:
@@ -297,7 +346,7 @@ def run_bench(args) -> int:
     if args.ablations:
         tasks += [(seed_dirs[0], j, 0) for j in suite.ablations]
     print(f"training {len(tasks)} jobs, two at a time (logs in {out}/seed-*/logs)", flush=True)
-    trained = train_jobs(suite, tasks, scale)
+    trained = train_jobs(suite, tasks, args.scale, args.overrides, slots=args.slots)
     per_seed, latents = [], {j: [] for j in suite.jobs}
     for seed, d in enumerate(seed_dirs):
         print(f"evaluating seed {seed} on every synthetic test split", flush=True)
@@ -305,30 +354,44 @@ def run_bench(args) -> int:
         per_seed.append(results)
         for j in suite.jobs:
             latents[j] += lat[j]
+    print("evaluating the RL runs and their SFT start on the val split", flush=True)
+    val_rows = [evaluate_val([j for j in ("atp", "atp_rl", "atp_rl_coherence") if j in suite.jobs], d)
+                for d in seed_dirs]
+    rl_table, rl_summary = rl_vs_start_table(val_rows)
     ablations = None
     if args.ablations:
         print("evaluating seed 0 and the ablations on the val split", flush=True)
         ablations = evaluate_ablations(suite, seed_dirs[0])
     agg = aggregate(per_seed)
-    table = results_table(agg, per_seed, TEST_SPLITS, LABELS)
+    costs = {j: [run_cost(d / "runs" / j) for d in seed_dirs] for j in suite.jobs}
+    table = results_table(agg, per_seed, TEST_SPLITS, LABELS, costs)
+    paired = paired_table(per_seed, PAIRS, TEST_SPLITS, LABELS)
     plot_accuracy_vs_tokens(agg, per_seed, TEST_SPLITS, LABELS, out / "accuracy_vs_tokens.png")
-    plot_training_curves({j: [d / "runs" / j for d in seed_dirs] for j in suite.jobs}, LABELS,
-                         out / "training_curves.png")
+    curves = {j: [d / "runs" / j for d in seed_dirs] for j in suite.jobs}
+    curves.update({j: [seed_dirs[0] / "runs" / j] for j in (suite.ablations if args.ablations else ())})
+    plot_training_curves(curves, LABELS, out / "training_curves.png")
     plot_latents(latents, LABELS, out / "latents_used.png")
     command = " ".join(["atp-latent", "bench", "--suite", args.suite, "--seeds", str(args.seeds)]
-                       + (["--minutes", str(args.minutes)] if args.minutes else [])
+                       + (["--scale", str(args.scale)] if args.scale != 1.0 else [])
+                       + [f"--set {o}" for o in args.overrides]
                        + (["--ablations"] if args.ablations else []) + ["--out", str(out)])
     (out / "results.json").write_text(json.dumps({"command": command, "seeds": args.seeds, "splits": TEST_SPLITS,
-                                                  "mean": agg, "per_seed": per_seed, "ablations_val": ablations},
+                                                  "mean": agg, "per_seed": per_seed, "costs": costs,
+                                                  "rl_vs_start_val": rl_summary, "ablations_val": ablations},
                                                  indent=2))
     minutes = (time.time() - t0) / 60
     took = f"{minutes:.0f} min on this machine"
     if trained < len(tasks):
         took += (f" for this invocation, which trained {trained} of the {len(tasks)} runs and reused the others, "
                  "finished by an earlier invocation of the same command")
-    text = (f"# CPU benchmark: every method on the synthetic benchmark\n\nCommand: `{command}` "
+    text = (f"# {args.suite.upper()} benchmark: every method on the synthetic benchmark\n\nCommand: `{command}` "
             f"({took}). Accuracy (%) per test split, mean ± std over {args.seeds} seed(s); "
-            f"# tokens = active latents + answer tokens (CoT: generated steps + answer).\n\n{table}\n\n"
+            f"# tokens = active latents + answer tokens (CoT: generated steps + answer); train steps and minutes: "
+            f"each run's optimizer (RL: policy) steps and wall time, mean over seeds.\n\n{table}\n\n"
+            "Paired per seed (same data, same start checkpoint): accuracy difference in points, mean ± std over "
+            f"seeds, and the seeds on which the first was ahead.\n\n{paired}\n\n"
+            "RL against its SFT start on the val split (greedy; the start's seed-to-seed std is the bar):\n\n"
+            f"{rl_table}\n\n"
             "Plots: `accuracy_vs_tokens.png`, `training_curves.png`, `latents_used.png`.\n")
     if ablations:
         text += ("\n## Ablations (val split only, seed 0)\n\nSampled latents: z drawn from the VAE head's "

@@ -18,7 +18,8 @@ from atp_latent.data import (
 )
 from atp_latent.data.synthetic import NAMES, OBJECTS, STYLES
 
-SMALL = dict(n_train=200, n_val=30, n_test=40, n_ood=40)
+# the default regime without irrelevant sentences in the in-distribution splits (noise_prob has its own test)
+SMALL = dict(n_train=200, n_val=30, n_test=40, n_ood=40, noise_prob=0.0)
 NUM = re.compile(r"\d+")
 
 
@@ -72,7 +73,7 @@ def test_step_format_and_bounds(bench, style):
         for p in ps:
             assert re.fullmatch(r"\d+", p.answer)
             stated = [int(x) for x in re.findall(r"\d+", p.question)]
-            assert all(1 <= x <= max_operand for x in stated)
+            assert all(1 <= x <= max(max_operand, cfg.max_start) for x in stated)
             for step in p.steps:
                 assert re.fullmatch(r"\d+[-+*/]\d+=\d+", step), step
                 assert 0 <= int(parse_equation(step)[1]) <= max_value
@@ -80,11 +81,23 @@ def test_step_format_and_bounds(bench, style):
             assert all(max(int(x) for x in re.findall(r"\d+", p.question)) > cfg.max_operand for p in ps)
 
 
+def n_sentences(p: Problem) -> int:
+    return len(re.findall(r"[.?]", p.question))
+
+
 def test_step_counts(bench, style):
     cfg = SynthConfig(**SMALL, style=style)
     train_max = max(len(p.steps) for p in bench["train"])
     assert {len(p.steps) for p in bench["train"]} <= set(range(cfg.min_steps, cfg.max_steps + 1))
-    assert min(len(p.steps) for p in bench["test_long"]) > train_max
+    # the default test_long: the deepest training problems, with long_noise irrelevant sentences, so every
+    # question is longer than any training question with as many steps
+    assert {len(p.steps) for p in bench["test_long"]} == {train_max}
+    longest = max(n_sentences(p) for p in bench["train"] if len(p.steps) == train_max)
+    assert min(n_sentences(p) for p in bench["test_long"]) == longest + cfg.long_noise
+    # with more steps instead (and no extra sentences)
+    more = generate_benchmark(SynthConfig(**SMALL, style=style, long_min_steps=4, long_max_steps=5, long_noise=0))
+    assert min(len(p.steps) for p in more["test_long"]) > train_max
+    assert all(p.steps in valid_orders(p) for p in more["test_long"])
 
 
 def test_splits_disjoint(bench):
@@ -94,7 +107,7 @@ def test_splits_disjoint(bench):
 
 def test_several_orders_and_shuffled_operands(bench):
     ps = bench["train"]
-    assert sum(len(valid_orders(p)) > 1 for p in ps) > len(ps) // 4  # trees, not only chains
+    assert sum(len(valid_orders(p)) > 1 for p in ps) > len(ps) // 8  # trees, not only chains
     # commutative operands appear in both orders across the data (randomised in the step string)
     plus = [tuple(map(int, re.match(r"(\d+)\+(\d+)", s).groups())) for p in ps for s in p.steps if "+" in s]
     assert any(a < b for a, b in plus) and any(a > b for a, b in plus)
@@ -140,12 +153,14 @@ def test_deterministic_files(tmp_path, style):
 def test_config_presets_and_validation(style):
     assert SynthConfig().style == "phrases" == SynthConfig.hard().style
     hard = SynthConfig.hard(n_train=100, n_val=10, n_test=10, n_ood=10, style=style)
-    assert (hard.max_operand, hard.max_value) == (20, 200)
+    assert (hard.max_operand, hard.max_value) == (50, 500)
     ps = generate_benchmark(hard)["train"]
-    assert max(int(x) for p in ps for x in re.findall(r"\d+", p.question)) > 9
-    assert all(int(parse_equation(s)[1]) <= 200 for p in ps for s in p.steps)
-    with pytest.raises(ValueError):
-        SynthConfig(max_steps=5, long_min_steps=5)
+    assert max(int(x) for p in ps for x in re.findall(r"\d+", p.question)) > 20
+    assert all(int(parse_equation(s)[1]) <= 500 for p in ps for s in p.steps)
+    with pytest.raises(ValueError, match="long"):
+        SynthConfig(max_steps=5, long_min_steps=4, long_max_steps=6)
+    with pytest.raises(ValueError, match="longer than any training question"):
+        SynthConfig(max_steps=3, long_min_steps=3, long_max_steps=3, long_noise=1)
     with pytest.raises(ValueError):
         SynthConfig(max_operand=99, large_max_operand=99)
     with pytest.raises(ValueError, match="style"):
@@ -195,7 +210,8 @@ def test_phrases_steps_are_local(phrases):
         for p in ps:
             statements, final = sentences(p.question)
             extra = distractor_sentences(p.question)
-            assert len(extra) <= (1 if split == "test_perturbed" else 0), p.question
+            allowed = {"test_perturbed": 1, "test_long": SynthConfig().long_noise}.get(split, 0)
+            assert len(extra) <= allowed, p.question
             for x in extra:  # "{spare name} has {n} {other objects}."
                 assert re.fullmatch(r"[A-Z][a-z]+ has \d+ \w+\.", x), x
             steps_text = [x for x in statements if x not in extra]
@@ -258,3 +274,72 @@ def test_perturbation_always_changes_the_text(style):
         plain = d.question()
         assert perturb(d, cfg, rng) != plain
         assert d.question() == plain  # the draft itself is left as it was
+
+
+def test_noise_sentence_in_every_split_but_perturbed(style):
+    """noise_prob: about that share of the questions of each split (test_perturbed keeps its own perturbations)
+    carry one irrelevant sentence; it names nobody in the steps and every valid order still holds."""
+    clean = generate_benchmark(SynthConfig(**SMALL, style=style))
+    noisy = generate_benchmark(SynthConfig(**{**SMALL, "noise_prob": 0.5}, style=style))
+    for split in SPLITS:
+        if split in ("test_perturbed", "test_long"):
+            continue
+        n_sent = [len(re.findall(r"[.?]", p.question)) for p in noisy[split]]
+        # one more sentence than a clean question with the same number of steps would have
+        per_steps = {len(p.steps): len(re.findall(r"[.?]", p.question)) for p in clean[split]}
+        extra = [n - per_steps[len(p.steps)] for n, p in zip(n_sent, noisy[split]) if len(p.steps) in per_steps]
+        assert set(extra) <= {0, 1}
+        assert 0.3 < sum(extra) / len(extra) < 0.7, (split, sum(extra), len(extra))
+        for p in noisy[split]:
+            assert p.steps in valid_orders(p)
+    assert all(len(re.findall(r"[.?]", p.question)) == len(p.steps) + 1 for p in clean["train"]) or style == "named"
+
+
+def _in_text_order(p: Problem) -> bool:
+    """Each step's stated numbers (operands that are no earlier result) are written in the step's own sentence."""
+    sentences = [s for s in re.split(r"(?<=[.?]) ", p.question) if not s.endswith("?")]
+    sentences = [s for s in sentences if not re.fullmatch(r"\w+ has \d+ \w+\.", s)]  # distractors
+    results: set[str] = set()
+    for k, step in enumerate(p.steps):
+        expr, result = parse_equation(step)
+        stated = [x for x in NUM.findall(expr) if x not in results]
+        if any(x not in NUM.findall(sentences[k]) for x in stated):
+            return False
+        results.add(result)
+    return True
+
+
+def test_text_order_puts_steps_in_sentence_order():
+    kw = dict(SMALL, style="phrases", noise_prob=0.3)
+    ordered = generate_benchmark(SynthConfig(**kw, text_order=True))
+    free = generate_benchmark(SynthConfig(**kw, text_order=False))
+    for split in ("train", "val", "test", "test_large", "test_long"):
+        assert all(_in_text_order(p) for p in ordered[split]), split
+        assert all(p.steps in valid_orders(p) and len(valid_orders(p)) >= 1 for p in ordered[split])
+    # without it the recorded order often differs from the text's; with it, problems still have other orders
+    assert sum(not _in_text_order(p) for p in free["train"]) > 20
+    assert sum(len(valid_orders(p)) > 1 for p in ordered["train"]) > 30
+
+
+def test_max_start_widens_only_what_a_step_starts_from():
+    import random
+
+    from atp_latent.data import synthetic
+
+    rng, seen_big = random.Random(0), 0
+    for _ in range(400):
+        root = synthetic._tree(rng.randint(1, 4), 20, 99, rng, need_large=0, max_start=99)
+        for leaf in root.leaves():
+            assert 1 <= leaf.value <= (99 if leaf.start else 20)
+            seen_big += leaf.value > 20
+        for node in root.inner():  # a start leaf is the left operand of '-' or '/'
+            assert not node.right.start and (not node.left.start or node.op in ("-", "/"))
+    assert seen_big > 50
+    # test_large: some operand that is not a starting number lies above max_operand
+    cfg = SynthConfig(**SMALL, max_operand=20, max_start=99, max_value=99, large_max_operand=99,
+                      large_max_value=99)
+    bench = generate_benchmark(cfg)
+    big_train = [p for p in bench["train"] if max(map(int, NUM.findall(p.question))) > 20]
+    assert len(big_train) > 30  # two-digit numbers above 20 are written in training questions too
+    for p in bench["test_large"]:
+        assert p.steps in valid_orders(p)

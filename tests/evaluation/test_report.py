@@ -6,10 +6,13 @@ import pytest
 
 from atp_latent.evaluation.report import (
     aggregate,
+    paired_comparison,
+    paired_table,
     plot_accuracy_vs_tokens,
     plot_latents,
     plot_training_curves,
     results_table,
+    run_cost,
 )
 
 
@@ -48,3 +51,30 @@ def test_plots_are_written(tmp_path):
     for name in ("acc.png", "curves.png", "lat.png"):
         with Image.open(tmp_path / name) as im:
             assert im.size[0] > 100 and im.size[1] > 100
+
+
+def test_paired_comparison_by_hand():
+    # atp - cot on split a: 0.2 - 0.5 = -0.3 and 0.4 - 0.7 = -0.3; on b: 0.1 - 0.3 = -0.2, 0.1 - 0.5 = -0.4
+    c = paired_comparison(PER_SEED, "atp", "cot", "a")
+    assert c["diffs"] == pytest.approx([-0.3, -0.3]) and c["mean"] == pytest.approx(-0.3)
+    assert c["std"] == pytest.approx(0.0, abs=1e-12) and c["wins"] == 0 and c["seeds"] == 2
+    c = paired_comparison(PER_SEED, "cot", "atp", "b")
+    assert c["mean"] == pytest.approx(0.3) and c["std"] == pytest.approx(0.1414213, rel=1e-5) and c["wins"] == 2
+    table = paired_table(PER_SEED, [("cot", "atp"), ("cot", "missing")], ["a", "b"], {"cot": "CoT-SFT"})
+    lines = table.splitlines()
+    assert len(lines) == 3  # a pair with a method that did not run is left out
+    assert lines[2] == "| CoT-SFT − atp | +30.0 ± 0.0 (2/2 seeds; +30.0, +30.0) | +30.0 ± 14.1 (2/2 seeds; +20.0, +40.0) |"
+
+
+def test_run_cost_and_cost_columns(tmp_path):
+    rows = [{"step": 10, "train/loss": 1.0}, {"step": 10, "eval/val_accuracy": 0.5},
+            {"step": 20, "eval/val_accuracy": 0.75}, {"step": 30, "eval/val_accuracy": 0.6},
+            {"step": 30, "train/finished": 1, "train/minutes": 2.5}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert run_cost(tmp_path) == {"steps": 30, "minutes": 2.5, "best_step": 20}
+    assert run_cost(tmp_path / "missing") == {"steps": None, "minutes": None, "best_step": None}
+    costs = {"cot": [{"steps": 30, "minutes": 2.0}, {"steps": 30, "minutes": 4.0}], "atp": [{"steps": None}]}
+    table = results_table(aggregate(PER_SEED), PER_SEED, ["a", "b"], {"cot": "CoT-SFT"}, costs)
+    assert table.splitlines()[0].endswith("| train steps | train min |")
+    assert next(r for r in table.splitlines() if r.startswith("| CoT-SFT")).endswith("| 30 | 3 |")
+    assert next(r for r in table.splitlines() if r.startswith("| atp")).endswith("| - | - |")

@@ -270,3 +270,14 @@ def test_best_checkpoint_and_learning_rate_by_hand(data, tmp_path, monkeypatch):
     assert vals == [(2, 0.25), (4, 0.5), (6, 0.5)]
     expect = [0.003 * min(1, (s + 1) / 3) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / 6))) for s in range(6)]
     assert lrs == pytest.approx(expect, rel=1e-9)
+
+
+def test_learning_rate_follows_steps_not_the_clock():
+    """train.max_minutes is a safety stop: the schedule is the same on a fast and a slow machine."""
+    from atp_latent.training.sft import learning_rate
+
+    cfg = load_config(None, ["optim.lr=0.01", "optim.warmup_steps=0", "optim.schedule=cosine",
+                             "train.max_minutes=1"])
+    assert learning_rate(cfg, 0, 100) == pytest.approx(0.01)
+    assert learning_rate(cfg, 50, 100) == pytest.approx(0.01 * (0.1 + 0.9 * 0.5))  # cos(pi/2) = 0
+    assert learning_rate(cfg, 100, 100) == pytest.approx(0.001)

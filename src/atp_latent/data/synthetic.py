@@ -15,6 +15,12 @@ Two question styles (SynthConfig.style):
   defined from other names ("Cal has as many marbles as Ava times Ben."), so each step needs several
   lookup hops.
 
+Calibration knobs (the defaults are the calibrated regime, see docs/benchmark.md): `text_order` records the
+steps in the order of their sentences (other valid orders stay valid, as in GSM8K solutions); `max_start` lets
+the number a '-' or '/' step starts from ("had 63 coins and gave away 17") be any two-digit number, so that
+copying numbers of every size is learnt in training; `noise_prob` adds an irrelevant sentence to that share of
+the questions of every split but test_perturbed.
+
 Splits: train / val / test (in-distribution), test_large (bigger numbers, GSM-Hard's role),
 test_long (more steps than any training problem), test_perturbed (SVAMP's role: sentences in another
 valid order and/or an irrelevant distractor sentence; in "phrases" style also paraphrase templates
@@ -43,28 +49,43 @@ class SynthConfig:
     """Knobs of the synthetic benchmark. Sizes are problems per split."""
 
     min_steps: int = 2  # steps per problem in train/val/test/test_large/test_perturbed
-    max_steps: int = 4
-    long_min_steps: int = 5  # test_long: strictly more steps than any training problem
-    long_max_steps: int = 6
-    max_operand: int = 9  # numbers stated in the question are 1..max_operand
+    max_steps: int = 3
+    # test_long: at least max_steps steps, and longer than any training question: more steps, and/or
+    # `long_noise` irrelevant sentences (training questions have at most one). The default, the deepest
+    # training problems with three irrelevant sentences, is what a tiny model can partly solve: with one step
+    # more than in training it stops after max_steps steps (docs/benchmark.md)
+    long_min_steps: int = 3
+    long_max_steps: int = 3
+    long_noise: int = 3
+    max_operand: int = 20  # numbers stated in the question are 1..max_operand
+    # except the number a '-' or '/' step starts from ("had 63 coins and gave away 17", "63 split among 9"):
+    # 1..max_start (0: max_operand), so every two-digit number is written in some training question
+    max_start: int = 99
     max_value: int = 99  # every intermediate and final value lies in 0..max_value
     large_max_operand: int = 99  # test_large: operands up to this (at least one above max_operand)
-    large_max_value: int = 999
-    n_train: int = 8000
+    large_max_value: int = 99
+    n_train: int = 100000
     n_val: int = 300
     n_test: int = 500
     n_ood: int = 500  # size of each OOD split (test_large, test_long, test_perturbed)
     distractor_prob: float = (
         0.5  # test_perturbed: chance of an irrelevant sentence (otherwise reordered/paraphrased)
     )
+    # the recorded steps follow the order of their sentences, as in most GSM8K solutions (other valid orders
+    # remain valid: valid_orders); false: a valid order drawn at random, independently of the text
+    text_order: bool = True
+    noise_prob: float = 0.3  # every split but test_perturbed: chance of one irrelevant distractor sentence
     seed: int = 0
     style: str = "phrases"  # question wording, one of STYLES (see the module docstring)
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
             raise ValueError(f"style must be one of {STYLES}, got {self.style!r}")
-        if not 1 <= self.min_steps <= self.max_steps < self.long_min_steps <= self.long_max_steps:
-            raise ValueError("need 1 <= min_steps <= max_steps < long_min_steps <= long_max_steps")
+        if not 1 <= self.min_steps <= self.max_steps <= self.long_min_steps <= self.long_max_steps:
+            raise ValueError("need 1 <= min_steps <= max_steps <= long_min_steps <= long_max_steps")
+        if self.long_min_steps == self.max_steps and self.long_noise <= (1 if self.noise_prob > 0 else 0):
+            raise ValueError("test_long must be longer than any training question: long_min_steps > max_steps, "
+                             "or more long_noise sentences than the one a training question may have")
         if self.long_max_steps > _MAX_STEPS:
             raise ValueError(f"long_max_steps > {_MAX_STEPS}: not enough distinct names")
         if not 1 <= self.max_operand <= self.max_value:
@@ -74,8 +95,8 @@ class SynthConfig:
 
     @classmethod
     def hard(cls, **overrides) -> SynthConfig:
-        """Harder in-distribution numbers: operands up to 20, values up to 200."""
-        return cls(**{"max_operand": 20, "max_value": 200, **overrides})
+        """Harder in-distribution numbers: operands up to 50, values up to 500 (test_large: up to 999)."""
+        return cls(**{"max_operand": 50, "max_start": 500, "max_value": 500, "large_max_value": 999, **overrides})
 
 
 # -----------------------------------------------------------------------------
@@ -150,6 +171,7 @@ SHAPES = ("chain", "balanced", "random")
 # a problem with k steps has 2k+1 quantities, plus one name for a distractor
 _MAX_STEPS = (len(NAMES) - 2) // 2
 _COMMUTATIVE = {"+", "*"}
+_STARTS = {"-", "/"}  # ops whose left operand is what a sentence starts from ("had 63", "63 split among")
 
 
 # -----------------------------------------------------------------------------
@@ -165,6 +187,7 @@ class _Node:
     name: str = ""  # the person holding this quantity (every node in "named" style, steps in "phrases")
     text: str = ""  # "phrases" style: the step's sentence, and its paraphrase for test_perturbed
     alt: str = ""
+    start: bool = False  # a leaf that a '-' or '/' step starts from (may exceed max_operand up to max_start)
 
     def leaves(self) -> list[_Node]:
         return [self] if self.op is None else self.left.leaves() + self.right.leaves()
@@ -212,17 +235,21 @@ def _fit_leaf(
     max_operand: int,
     max_value: int,
     rng: random.Random,
+    max_start: int = 0,
 ) -> int | None:
-    """A leaf value in 1..max_operand that makes `leaf op other` (or `other op leaf`) valid, or None."""
+    """A leaf value in 1..max_operand that makes `leaf op other` (or `other op leaf`) valid, or None.
+    A number that a '-' or '/' step starts from ("had 63 and gave away 17") may go up to max_start."""
     ok = []
-    for x in range(1, max_operand + 1):
+    hi = max(max_start, max_operand) if leaf_left and op in _STARTS else max_operand
+    for x in range(1, hi + 1):
         a, b = (x, other) if leaf_left else (other, x)
         if _apply(op, a, b, max_value) is not None and (allow_dull or not _dull(op, a, b)):
             ok.append(x)
     return rng.choice(ok) if ok else None
 
 
-def _grow(n_steps: int, shape: str, max_operand: int, max_value: int, rng: random.Random) -> _Node:
+def _grow(n_steps: int, shape: str, max_operand: int, max_value: int, rng: random.Random, max_start: int = 0
+          ) -> _Node:
     """A random tree with n_steps inner nodes whose values all satisfy the bounds (or _Reject).
 
     Ops are tried in random order, non-dull combinations first.
@@ -242,16 +269,17 @@ def _grow(n_steps: int, shape: str, max_operand: int, max_value: int, rng: rando
     if n_left == 0 or n_right == 0:
         # one operand is a stated number: pick the op first, then a number that makes it valid
         leaf_left = n_left == 0 and (n_right > 0 or rng.random() < 0.5)
-        sub = _grow(max(n_left, n_right), shape, max_operand, max_value, rng)
+        sub = _grow(max(n_left, n_right), shape, max_operand, max_value, rng, max_start)
         for allow_dull in (False, True):
             for op in ops:
-                x = _fit_leaf(op, sub.value, leaf_left, allow_dull, max_operand, max_value, rng)
+                x = _fit_leaf(op, sub.value, leaf_left, allow_dull, max_operand, max_value, rng, max_start)
                 if x is not None:
-                    left, right = (_Node(x), sub) if leaf_left else (sub, _Node(x))
+                    leaf = _Node(x, start=leaf_left and op in _STARTS)
+                    left, right = (leaf, sub) if leaf_left else (sub, leaf)
                     return _Node(_apply(op, left.value, right.value, max_value), op, left, right)
         raise _Reject
-    left = _grow(n_left, shape, max_operand, max_value, rng)
-    right = _grow(n_right, shape, max_operand, max_value, rng)
+    left = _grow(n_left, shape, max_operand, max_value, rng, max_start)
+    right = _grow(n_right, shape, max_operand, max_value, rng, max_start)
     for allow_dull in (False, True):
         for op in ops:
             value = _apply(op, left.value, right.value, max_value)
@@ -341,22 +369,26 @@ class _Draft:
         return " ".join((facts if facts is not None else self.facts) + self.rules + [self.final])
 
 
-def _tree(n_steps: int, max_operand: int, max_value: int, rng: random.Random, need_large: int) -> _Node:
+def _tree(n_steps: int, max_operand: int, max_value: int, rng: random.Random, need_large: int, max_start: int = 0
+          ) -> _Node:
     while True:
         try:
-            root = _grow(n_steps, rng.choice(SHAPES), max_operand, max_value, rng)
+            root = _grow(n_steps, rng.choice(SHAPES), max_operand, max_value, rng, max_start)
         except _Reject:
             continue
-        if need_large and max(x.value for x in root.leaves()) <= need_large:
+        # test_large: some operand above the training range, not counting numbers a step starts from
+        if need_large and max((x.value for x in root.leaves() if not x.start), default=0) <= need_large:
             continue
         return root
 
 
 def _draft(
-    style: str, n_steps: int, max_operand: int, max_value: int, rng: random.Random, need_large: int = 0
+    style: str, n_steps: int, max_operand: int, max_value: int, rng: random.Random, need_large: int = 0,
+    text_order: bool = False, max_start: int = 0,
 ) -> _Draft:
-    """Draw one problem; need_large > 0 requires some stated number above it (test_large)."""
-    root = _tree(n_steps, max_operand, max_value, rng, need_large)
+    """Draw one problem; need_large > 0 requires some stated number above it (test_large); text_order: the
+    recorded steps follow the order of their sentences (otherwise another valid order drawn at random)."""
+    root = _tree(n_steps, max_operand, max_value, rng, need_large, max_start)
     leaves, inner = root.leaves(), root.inner()
     if style == "named":
         names = rng.sample(NAMES, len(leaves) + len(inner) + 1)
@@ -367,7 +399,7 @@ def _draft(
             facts=[_fact(x.name, x.value, obj, rng) for x in leaves],
             rules=[_describe(n, obj[1], rng) for n in inner],
             final=rng.choice(QUESTION_TEMPLATES).format(objs=obj[1], C=root.name),
-            steps=[_step_string(n, rng) for n in _random_topological_order(root, rng)],
+            steps=[_step_string(n, rng) for n in (inner if text_order else _random_topological_order(root, rng))],
             answer=str(root.value),
             spare_name=names[-1],
             obj=obj,
@@ -384,7 +416,7 @@ def _draft(
         facts=[],
         rules=[n.text for n in rule_nodes],
         final=PHRASE_QUESTION.format(objs=obj[1], P=root.name),
-        steps=[_step_string(n, rng) for n in _random_topological_order(root, rng)],
+        steps=[_step_string(n, rng) for n in (rule_nodes if text_order else _random_topological_order(root, rng))],
         answer=str(root.value),
         spare_name=names[-1],
         obj=obj,
@@ -398,6 +430,19 @@ def _distractor(d: _Draft, cfg: SynthConfig, rng: random.Random) -> str:
     other = rng.choice([o for o in OBJECTS if o != d.obj])
     n = rng.randint(1, cfg.max_operand)
     return DISTRACTOR_TEMPLATE.format(A=d.spare_name, n=n, obj=_noun(n, other))
+
+
+def _with_distractors(d: _Draft, cfg: SynthConfig, rng: random.Random, k: int) -> str:
+    """The question with k irrelevant sentences at random places among the others, each about a different
+    person who is not in the problem."""
+    words = set(re.findall(r"\w+", d.question()))
+    names = [d.spare_name] + rng.sample([n for n in NAMES if n not in words and n != d.spare_name], k - 1)
+    sentences = list(d.facts or d.rules)  # "named" style: among the facts
+    for name in names:
+        other = rng.choice([o for o in OBJECTS if o != d.obj])
+        n = rng.randint(1, cfg.max_operand)
+        sentences.insert(rng.randint(0, len(sentences)), DISTRACTOR_TEMPLATE.format(A=name, n=n, obj=_noun(n, other)))
+    return d.question(sentences) if d.facts else " ".join(sentences + [d.final])
 
 
 def _perturb_named(d: _Draft, cfg: SynthConfig, rng: random.Random) -> str:
@@ -480,11 +525,16 @@ def generate_benchmark(cfg: SynthConfig | None = None) -> dict[str, list[Problem
         problems: list[Problem] = []
         misses = 0
         while len(problems) < size:
-            d = _draft(cfg.style, rng.randint(lo, hi), max_operand, max_value, rng, need_large)
+            d = _draft(cfg.style, rng.randint(lo, hi), max_operand, max_value, rng, need_large, cfg.text_order,
+                       cfg.max_start)
             plain = d.question()
             if split == "test_perturbed":
                 perturb = _perturb_named if cfg.style == "named" else _perturb_phrases
                 question = perturb(d, cfg, rng)
+            elif split == "test_long" and cfg.long_noise:
+                question = _with_distractors(d, cfg, rng, cfg.long_noise)
+            elif rng.random() < cfg.noise_prob:
+                question = _with_distractors(d, cfg, rng, 1)
             else:
                 question = plain
             if question in seen or plain in seen:

@@ -31,15 +31,65 @@ def mean_over_splits(results: dict[str, dict], per_seed: list[dict], job: str, s
     return mean_std(vals)
 
 
-def results_table(agg: dict, per_seed: list[dict], splits: list[str], labels: dict[str, str]) -> str:
-    head = "| method | " + " | ".join(splits) + " | mean acc | # tokens | latents | answer tokens |"
-    lines = [head, "|" + "---|" * (len(splits) + 5)]
+def run_cost(run: Path) -> dict:
+    """What a finished run cost: optimizer (or RL) steps, wall minutes (summed over resumes), and the step of its
+    best validation accuracy, from its metrics.jsonl."""
+    steps = minutes = best_step = None
+    best = -1.0
+    path = Path(run) / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        m = json.loads(line)
+        if "train/finished" in m:
+            steps, minutes = m["step"], m.get("train/minutes")
+        if m.get("eval/val_accuracy", -1.0) > best:
+            best, best_step = m["eval/val_accuracy"], m["step"]
+    return {"steps": steps, "minutes": minutes, "best_step": best_step}
+
+
+def _mean_cost(costs: list[dict], key: str) -> str:
+    vals = [c[key] for c in costs if c.get(key) is not None]
+    return f"{sum(vals) / len(vals):.0f}" if vals else "-"
+
+
+def results_table(agg: dict, per_seed: list[dict], splits: list[str], labels: dict[str, str],
+                  costs: dict[str, list[dict]] | None = None) -> str:
+    """Accuracy per split (mean ± std over seeds), token counts, and with `costs` (run_cost per seed) the
+    training steps and wall minutes of each method's run (mean over seeds)."""
+    extra = " train steps | train min |" if costs else ""
+    head = "| method | " + " | ".join(splits) + " | mean acc | # tokens | latents | answer tokens |" + extra
+    lines = [head, "|" + "---|" * (len(splits) + 5 + (2 if costs else 0))]
     for job, per in agg.items():
         cells = [f"{100 * per[s]['accuracy']:.1f} ± {100 * per[s]['accuracy_std']:.1f}" for s in splits]
         m, sd = mean_over_splits(agg, per_seed, job, splits)
         avg = {k: sum(per[s][k] for s in splits) / len(splits) for k in METRICS}
-        lines.append(f"| {labels.get(job, job)} | " + " | ".join(cells) + f" | {100 * m:.1f} ± {100 * sd:.1f} | "
-                     f"{avg['mean_tokens']:.1f} | {avg['mean_latents']:.1f} | {avg['mean_answer_tokens']:.1f} |")
+        row = (f"| {labels.get(job, job)} | " + " | ".join(cells) + f" | {100 * m:.1f} ± {100 * sd:.1f} | "
+               f"{avg['mean_tokens']:.1f} | {avg['mean_latents']:.1f} | {avg['mean_answer_tokens']:.1f} |")
+        if costs:
+            row += f" {_mean_cost(costs.get(job, []), 'steps')} | {_mean_cost(costs.get(job, []), 'minutes')} |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def paired_comparison(per_seed: list[dict], a: str, b: str, split: str) -> dict:
+    """Method a against method b on one split, seed by seed (same data, same start): the per-seed differences in
+    accuracy, their mean and std, and on how many seeds a was strictly ahead."""
+    diffs = [r[a][split]["accuracy"] - r[b][split]["accuracy"] for r in per_seed]
+    mean, std = mean_std(diffs)
+    return {"diffs": diffs, "mean": mean, "std": std, "wins": sum(d > 0 for d in diffs), "seeds": len(diffs)}
+
+
+def paired_table(per_seed: list[dict], pairs: list[tuple[str, str]], splits: list[str], labels: dict) -> str:
+    """One row per (a, b) pair: a - b in accuracy points per split as mean ± std over seeds, and wins/seeds."""
+    lines = ["| comparison | " + " | ".join(splits) + " |", "|" + "---|" * (len(splits) + 1)]
+    for a, b in pairs:
+        if not all(a in r and b in r for r in per_seed):
+            continue
+        cells = []
+        for s in splits:
+            c = paired_comparison(per_seed, a, b, s)
+            per = ", ".join(f"{100 * d:+.1f}" for d in c["diffs"])
+            cells.append(f"{100 * c['mean']:+.1f} ± {100 * c['std']:.1f} ({c['wins']}/{c['seeds']} seeds; {per})")
+        lines.append(f"| {labels.get(a, a)} − {labels.get(b, b)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

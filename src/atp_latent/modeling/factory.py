@@ -16,6 +16,7 @@ PRESETS: dict[str, tuple[str, int, int, int, int]] = {
     "llama-tiny": ("llama", 2, 128, 4, 512),
     "llama-deep": ("llama", 4, 128, 4, 512),
     "llama-small": ("llama", 4, 256, 4, 1024),
+    "llama-medium": ("llama", 6, 512, 8, 2048),  # the GPU suite's model (configs/gpu/)
     "gpt2-tiny": ("gpt2", 2, 128, 4, 512),
     "gpt2-small": ("gpt2", 4, 256, 4, 1024),
     # LLaMA-3.2-1B's shape, for GPU smoke tests without downloading weights.

@@ -84,13 +84,11 @@ def warmup_then_decay(lr: float, warmup_steps: int, schedule: str, step: int, fr
     return lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
-def learning_rate(cfg: RunConfig, step: int, total_steps: int, elapsed: float) -> float:
-    """optim.lr on OptimConfig.schedule; with train.max_minutes the progress is the larger of steps and time."""
+def learning_rate(cfg: RunConfig, step: int, total_steps: int) -> float:
+    """optim.lr on OptimConfig.schedule. Progress counts optimizer steps only, never time: train.max_minutes is a
+    safety stop, so the same config gives the same run on any machine."""
     o = cfg.optim
-    frac = step / max(total_steps, 1)
-    if cfg.train.max_minutes:
-        frac = max(frac, elapsed / (60 * cfg.train.max_minutes))
-    return warmup_then_decay(o.lr, o.warmup_steps, o.schedule, step, frac)
+    return warmup_then_decay(o.lr, o.warmup_steps, o.schedule, step, step / max(total_steps, 1))
 
 
 def bucket_by_length(order: list[int], problems: list[Problem], chunk: int) -> list[int]:
@@ -239,7 +237,7 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
                 if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
                 for g in optimizer.param_groups:
-                    g["lr"] = learning_rate(cfg, progress["step"], total_steps, time.time() - t0)
+                    g["lr"] = learning_rate(cfg, progress["step"], total_steps)
                 optimizer.step()
                 optimizer.zero_grad()
             progress["batch"] = bi + 1
