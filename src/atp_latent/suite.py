@@ -325,9 +325,9 @@ def run_bench(args) -> int:
     then each seed evaluated on the test splits, tables and plots; the ablations on seed 0's val split."""
     from atp_latent.evaluation.report import (
         aggregate,
+        paired_table,
         plot_accuracy_vs_tokens,
         plot_latents,
-        paired_table,
         plot_training_curves,
         results_table,
         run_cost,
