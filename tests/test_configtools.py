@@ -369,7 +369,7 @@ def test_shipped_config_values():
     assert load_config(str(CONFIGS / "bench" / "atp_rl_low_lr.yaml")).rl.lr == pytest.approx(1e-5)
     assert load_config(str(CONFIGS / "paper" / "atp.yaml")).train.mixed_precision == "bf16"
     bench = load_config(str(CONFIGS / "bench" / "atp_no_kl.yaml"))
-    assert bench.method.beta_kl == 0.0 and bench.train.epochs == 6 and bench.curriculum.max_latent_stage == 3
+    assert bench.method.beta_kl == 0.0 and bench.train.epochs == 8 and bench.curriculum.max_latent_stage == 3
 
 
 def test_strings_round_trip_through_save_yaml(tmp_path):

@@ -64,6 +64,16 @@ def test_every_bench_config_loads():
     assert load_config(str(config_path(s, "atp_no_vae"))).method.use_vae is False
     assert load_config(str(config_path(s, "atp_rl_no_coherence"))).rl.w_coh == 0.0
     assert load_config(str(config_path(s, "atp_rl_low_lr"))).rl.lr == 1e-5
+    # every GRPO knob has its ablation row, each differing from atp_rl in that knob only
+    base = load_config(str(config_path(s, "atp_rl"))).rl
+    changed = {}
+    for job in suite_mod.RL_KNOBS:
+        knob = load_config(str(config_path(s, job))).rl
+        changed[job] = {f for f in vars(base) if getattr(base, f) != getattr(knob, f)}
+    assert changed == {"atp_rl_low_lr": {"lr"}, "atp_rl_high_lr": {"lr"}, "atp_rl_cosine": {"lr_schedule", "warmup_steps"},
+                       "atp_rl_group16": {"group_size", "minibatch_size"}, "atp_rl_dynamic": {"dynamic_sampling"},
+                       "atp_rl_token_norm": {"loss_norm"}, "atp_rl_kl": {"kl_coef"},
+                       "atp_rl_logratio_mean": {"latent_logratio"}}
 
 
 def test_two_seeds_interleave_and_respect_starts(fake_jobs, tmp_path):

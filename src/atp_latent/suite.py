@@ -26,11 +26,16 @@ LABELS = {"nocot": "No-CoT", "cot": "CoT-SFT", "coconut": "Coconut", "simcot": "
           "atp_no_kl": "ATP SFT, no KL (beta_kl=0)", "atp_no_stop": "ATP SFT, no stop head",
           "atp_no_decoder": "ATP SFT, no decoder", "atp_rl_no_coherence": "ATP RL, coherence weight 0",
           "atp_rl_long": "ATP RL, twice the steps", "atp_no_vae": "ATP SFT, no VAE (z = hidden state)",
-          "atp_rl_low_lr": "ATP RL, lr 1e-5"}
+          "atp_rl_low_lr": "ATP RL, lr 1e-5", "atp_rl_high_lr": "ATP RL, lr 1e-4",
+          "atp_rl_dynamic": "ATP RL, dynamic sampling", "atp_rl_token_norm": "ATP RL, token-level loss norm",
+          "atp_rl_kl": "ATP RL, KL to start 0.1", "atp_rl_logratio_mean": "ATP RL, per-dim latent log-ratio",
+          "atp_rl_cosine": "ATP RL, warmup + cosine lr", "atp_rl_group16": "ATP RL, 16 rollouts per question"}
+RL_KNOBS = ("atp_rl_low_lr", "atp_rl_high_lr", "atp_rl_cosine", "atp_rl_group16", "atp_rl_dynamic",
+            "atp_rl_token_norm", "atp_rl_kl", "atp_rl_logratio_mean")
 # Where each job starts from (its best validation checkpoint).
 STARTS = {"coconut": "cot", "simcot": "cot", "atp": "cot", "atp_rl": "atp", "atp_rl_coherence": "atp",
           "atp_no_kl": "cot", "atp_no_stop": "cot", "atp_no_decoder": "cot", "atp_rl_no_coherence": "atp",
-          "atp_rl_long": "atp", "atp_no_vae": "cot", "atp_rl_low_lr": "atp"}
+          "atp_rl_long": "atp", "atp_no_vae": "cot", **{k: "atp" for k in RL_KNOBS}}
 
 
 # The bench's paired comparisons (first minus second, seed by seed)
@@ -54,7 +59,7 @@ SUITES = {
     "quickstart": Suite("quickstart", (("cot", "nocot"), ("atp", "coconut"), ("atp_rl",))),
     "cpu": Suite("bench", _ALL,
                  ablations=("atp_no_kl", "atp_no_stop", "atp_no_decoder", "atp_no_vae", "atp_rl_no_coherence",
-                            "atp_rl_long", "atp_rl_low_lr")),
+                            "atp_rl_long", *RL_KNOBS)),
     # one size up for one GPU: a larger model from scratch, same data and protocol (configs/gpu/)
     "gpu": Suite("gpu", _ALL),
 }

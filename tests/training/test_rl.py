@@ -423,3 +423,20 @@ def test_rl_honours_model_dtype_and_warns_on_a_shared_decoder(tmp_path):
         run = train_rl(load_config(None, sets))
     final, _ = LatentReasoner.from_pretrained(run / "final")
     assert final.lm.dtype == torch.bfloat16 and final.latent_head.mu.weight.dtype == torch.bfloat16
+
+
+def test_rl_start_is_the_first_best_candidate(toy, rl_sets):
+    """RL validates its start policy at step 0: the val curve starts where SFT left off, and best/ holds the start
+    unless some RL step beat it on val (so a run that only got worse keeps its start)."""
+    from atp_latent.training.rl import train_rl
+
+    over = {"rl.questions_per_step": 4, "rl.group_size": 4, "rl.minibatch_size": 16, "rl.steps": 3,
+            "rl.val_every": 1, "rl.lr": 0.05}
+    run = train_rl(load_config(None, rl_sets(toy, "rl_best", **over)))
+    vals = [(r["step"], r["eval/val_accuracy"]) for r in _metrics(run) if "eval/val_accuracy" in r]
+    assert [s for s, _ in vals] == [0, 1, 2, 3]
+    best_step = max(vals, key=lambda sv: (sv[1], -sv[0]))[0]  # the first step with the highest val accuracy
+    start, _ = LatentReasoner.from_pretrained(checkpoint_weights(toy / "sft"))
+    best, _ = LatentReasoner.from_pretrained(checkpoint_weights(run / "best"))
+    same = all(torch.equal(a, b) for a, b in zip(start.lm.parameters(), best.lm.parameters()))
+    assert same == (best_step == 0), (vals, same)

@@ -17,8 +17,8 @@ Two question styles (SynthConfig.style):
 
 Calibration knobs (the defaults are the calibrated regime, see docs/benchmark.md): `text_order` records the
 steps in the order of their sentences (other valid orders stay valid, as in GSM8K solutions); `max_start` lets
-the number a '-' or '/' step starts from ("had 63 coins and gave away 17") be any two-digit number, so that
-copying numbers of every size is learnt in training; `noise_prob` adds an irrelevant sentence to that share of
+the number a '-' or '/' step starts from ("had 17 coins and gave away 8") go above max_operand, so that
+copying such numbers is learnt in training; `noise_prob` adds an irrelevant sentence to that share of
 the questions of every split but test_perturbed.
 
 Splits: train / val / test (in-distribution), test_large (bigger numbers, GSM-Hard's role),
@@ -57,24 +57,23 @@ class SynthConfig:
     long_min_steps: int = 3
     long_max_steps: int = 3
     long_noise: int = 3
-    max_operand: int = 20  # numbers stated in the question are 1..max_operand
-    # except the number a '-' or '/' step starts from ("had 63 coins and gave away 17", "63 split among 9"):
-    # 1..max_start (0: max_operand), so every two-digit number is written in some training question
-    max_start: int = 99
-    max_value: int = 99  # every intermediate and final value lies in 0..max_value
-    large_max_operand: int = 99  # test_large: operands up to this (at least one above max_operand)
-    large_max_value: int = 99
+    max_operand: int = 9  # numbers stated in the question are 1..max_operand
+    # except the number a '-' or '/' step starts from ("had 17 coins and gave away 8", "18 split among 6"):
+    # 1..max_start (0: max_operand), so numbers above max_operand are written in training questions too
+    max_start: int = 20
+    max_value: int = 20  # every intermediate and final value lies in 0..max_value
+    large_max_operand: int = 20  # test_large: operands up to this (one that no step starts from above max_operand)
+    large_max_value: int = 20
     n_train: int = 100000
     n_val: int = 300
     n_test: int = 500
     n_ood: int = 500  # size of each OOD split (test_large, test_long, test_perturbed)
-    distractor_prob: float = (
-        0.5  # test_perturbed: chance of an irrelevant sentence (otherwise reordered/paraphrased)
-    )
+    distractor_prob: float = 1.0  # test_perturbed: chance of an irrelevant sentence (and of reordering: 0.5)
     # the recorded steps follow the order of their sentences, as in most GSM8K solutions (other valid orders
     # remain valid: valid_orders); false: a valid order drawn at random, independently of the text
     text_order: bool = True
     noise_prob: float = 0.3  # every split but test_perturbed: chance of one irrelevant distractor sentence
+    paraphrase_prob: float = 1.0  # test_perturbed ("phrases" style): chance of reworded sentences
     seed: int = 0
     style: str = "phrases"  # question wording, one of STYLES (see the module docstring)
 
@@ -96,7 +95,8 @@ class SynthConfig:
     @classmethod
     def hard(cls, **overrides) -> SynthConfig:
         """Harder in-distribution numbers: operands up to 50, values up to 500 (test_large: up to 999)."""
-        return cls(**{"max_operand": 50, "max_start": 500, "max_value": 500, "large_max_value": 999, **overrides})
+        return cls(**{"max_operand": 50, "max_start": 500, "max_value": 500, "large_max_operand": 999,
+                      "large_max_value": 999, **overrides})
 
 
 # -----------------------------------------------------------------------------
@@ -471,7 +471,7 @@ def _perturb_phrases(d: _Draft, cfg: SynthConfig, rng: random.Random) -> str:
     Always differs from d.question().
     """
     add_distractor = rng.random() < cfg.distractor_prob
-    reorder, paraphrase = rng.random() < 0.5, rng.random() < 0.5
+    reorder, paraphrase = rng.random() < 0.5, rng.random() < cfg.paraphrase_prob
     if not (add_distractor or reorder or paraphrase):
         reorder = True
     nodes = d.rule_nodes

@@ -341,6 +341,13 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
     if ckpt is not None and rank == 0:  # the main process continues its exact random streams
         for k, g in rngs.items():
             g.set_state(state["rng"][k])
+    if val_set and progress["step"] == 0 and is_main:
+        # The start policy is the first candidate for best/: RL keeps a checkpoint only when it beats its start
+        # on val, and the val curve starts where SFT left off.
+        summary = validate(raw, builder, val_set, cfg, device)
+        run.log({"eval/val_accuracy": summary.accuracy, "eval/val_tokens": summary.mean_tokens}, 0)
+        progress["best_val"] = summary.accuracy
+        _save(run.path / "best", raw, tok, optimizer if cfg.train.save_checkpoints else None, progress, rngs)
     bar = progress_bar(total=total, initial=progress["step"], desc="atp-rl", disable=not is_main)
     t0 = time.time()
     while progress["step"] < total:
