@@ -425,11 +425,11 @@ def _draft(
     )
 
 
-def _distractor(d: _Draft, cfg: SynthConfig, rng: random.Random) -> str:
+def _distractor(d: _Draft, cfg: SynthConfig, rng: random.Random, name: str = "") -> str:
     """An irrelevant sentence: the unused name with a number of some other object."""
     other = rng.choice([o for o in OBJECTS if o != d.obj])
     n = rng.randint(1, cfg.max_operand)
-    return DISTRACTOR_TEMPLATE.format(A=d.spare_name, n=n, obj=_noun(n, other))
+    return DISTRACTOR_TEMPLATE.format(A=name or d.spare_name, n=n, obj=_noun(n, other))
 
 
 def _with_distractors(d: _Draft, cfg: SynthConfig, rng: random.Random, k: int) -> str:
@@ -439,9 +439,8 @@ def _with_distractors(d: _Draft, cfg: SynthConfig, rng: random.Random, k: int) -
     names = [d.spare_name] + rng.sample([n for n in NAMES if n not in words and n != d.spare_name], k - 1)
     sentences = list(d.facts or d.rules)  # "named" style: among the facts
     for name in names:
-        other = rng.choice([o for o in OBJECTS if o != d.obj])
-        n = rng.randint(1, cfg.max_operand)
-        sentences.insert(rng.randint(0, len(sentences)), DISTRACTOR_TEMPLATE.format(A=name, n=n, obj=_noun(n, other)))
+        sentence = _distractor(d, cfg, rng, name)
+        sentences.insert(rng.randint(0, len(sentences)), sentence)
     return d.question(sentences) if d.facts else " ".join(sentences + [d.final])
 
 
