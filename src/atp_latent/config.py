@@ -146,6 +146,9 @@ class RLConfig:
     logratio_clamp: float = 3.0
     max_grad_norm: float = 1.0
     temperature: float = 1.0  # answer-token sampling
+    # latent exploration k: rollouts sample z ~ N(mu, (k sigma)^2) and score that density (1.0: the paper). Like the
+    # answer temperature it widens the policy that is sampled and trained; greedy evaluation (z = mu) is unchanged
+    latent_temperature: float = 1.0
     max_new_tokens: int = 16
     steps: int | None = None  # RL steps; None: one epoch over the training set
     reward: Literal["full", "coherence_only"] = "full"
@@ -179,6 +182,8 @@ class RLConfig:
             raise ValueError(f"clip must be in (0, 1), got {self.clip}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.latent_temperature <= 0:
+            raise ValueError(f"latent_temperature must be > 0, got {self.latent_temperature}")
         if self.oversample < 1 or self.kl_coef < 0 or self.warmup_steps < 0:
             raise ValueError("oversample must be >= 1, kl_coef and warmup_steps >= 0")
 

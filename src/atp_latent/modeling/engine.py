@@ -77,6 +77,7 @@ def fill_latents(
     stop_head: nn.Module | None = None,
     c: int = 1,
     sample_latents: bool = False,
+    latent_temperature: float = 1.0,
     stop_mode: str = "greedy",
     forced_active: torch.Tensor | None = None,
     forced_z: torch.Tensor | None = None,
@@ -85,7 +86,8 @@ def fill_latents(
     """Run the prefix, then fill up to `n_slots[b]` latent slots per row.
 
     Embedding of slot t: Coconut (no latent head) uses h, the hidden state at the row's last active
-    position; the VAE head uses mu(h) or a sample from N(mu, sigma^2), or `forced_z[:, t]` when given
+    position; the VAE head uses mu(h) or a sample from N(mu, (k sigma)^2) (k = `latent_temperature`, 1
+    outside RL exploration), or `forced_z[:, t]` when given
     (re-scoring an RL rollout). Stop decisions at group starts (t % c == 0): `stop_mode` is "greedy"
     (p(stop) > p(continue)), "sample", or "forced" (activity given by `forced_active`, the SFT teacher
     forcing and RL re-scoring case). Without a stop head every slot below n_slots is active.
@@ -117,7 +119,7 @@ def fill_latents(
                 z = forced_z[:, t]
             elif sample_latents:
                 eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-                z = mu + torch.exp(0.5 * logvar) * eps
+                z = mu + latent_temperature * torch.exp(0.5 * logvar) * eps  # N(mu, (k sigma)^2)
             else:
                 z = mu
             mus.append(mu)

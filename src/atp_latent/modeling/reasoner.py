@@ -186,6 +186,7 @@ class LatentReasoner(nn.Module):
           stop   [N]:    log p(stop) at the slot where the stop head fired (0 where it never fired)
           answer [N, T]: token log-probs at the sampling temperature `batch["rl_temperature"]` (default 1).
         `batch["rl_latent_scale"]` (optional) scales the Gaussian term (1/d: the per-dimension mean).
+        `batch["rl_latent_temperature"]` (optional, k): z is scored under N(mu, (k sigma)^2), the density it came from.
         It is reached through `forward`, so a DDP-wrapped model scores (and synchronises gradients) alike."""
         state = self.fill(batch["prefix_ids"], batch["prefix_mask"], batch["n_slots"], stop_mode="forced",
                           forced_active=batch["rl_active"], forced_z=batch["rl_z"])
@@ -193,7 +194,10 @@ class LatentReasoner(nn.Module):
         latent = torch.zeros(batch["rl_active"].shape, device=state.z.device)
         stop = torch.zeros(latent.shape[0], device=state.z.device)
         if self.latent_head is not None and L:
-            latent = gaussian_log_density(batch["rl_z"], state.mu, state.logvar).float()
+            logvar = state.logvar
+            if "rl_latent_temperature" in batch:  # rollouts sampled N(mu, (k sigma)^2): score that density
+                logvar = logvar + 2.0 * torch.log(batch["rl_latent_temperature"].float())
+            latent = gaussian_log_density(batch["rl_z"], state.mu, logvar).float()
             if "rl_latent_scale" in batch:  # rl.latent_logratio=mean: per-dimension mean instead of the sum
                 latent = latent * batch["rl_latent_scale"].float()
         if self.stop_head is not None and L:
@@ -215,10 +219,11 @@ class LatentReasoner(nn.Module):
     # ----- inference -----
     @torch.no_grad()
     def answer(self, prefix_ids, prefix_mask, n_slots, end_id: int, eos_id: int, pad_id: int, max_new_tokens: int,
-               sample_latents: bool = False, stop_mode: str = "greedy", temperature: float = 0.0, generator=None):
+               sample_latents: bool = False, stop_mode: str = "greedy", temperature: float = 0.0, generator=None,
+               latent_temperature: float = 1.0):
         """Fill the latents and decode the answer after <|end-latent|>. Returns (LatentState, Generation)."""
         state = self.fill(prefix_ids, prefix_mask, n_slots, sample_latents=sample_latents, stop_mode=stop_mode,
-                          generator=generator)
+                          generator=generator, latent_temperature=latent_temperature)
         first = torch.full((prefix_ids.shape[0], 1), end_id, dtype=torch.long, device=prefix_ids.device)
         gen = generate(self.lm, state, first, max_new_tokens, eos_id, pad_id, temperature, generator)
         return state, gen
