@@ -172,6 +172,7 @@ class RLConfig:
     # sum: the latent log-prob sums the Gaussian log-density over all d dimensions (paper), so its ratio scales
     # with the hidden size; mean: per-dimension mean (docs/deviations.md)
     latent_logratio: Literal["sum", "mean"] = "sum"
+    train_lm: bool = True  # false: RL updates only the latent and stop heads, the language model stays the start's
 
     def __post_init__(self):
         if self.group_size < 2:

@@ -30,9 +30,10 @@ LABELS = {"nocot": "No-CoT", "cot": "CoT-SFT", "coconut": "Coconut", "simcot": "
           "atp_rl_dynamic": "ATP RL, dynamic sampling", "atp_rl_token_norm": "ATP RL, token-level loss norm",
           "atp_rl_kl": "ATP RL, KL to start 0.1", "atp_rl_logratio_mean": "ATP RL, per-dim latent log-ratio",
           "atp_rl_cosine": "ATP RL, warmup + cosine lr", "atp_rl_group16": "ATP RL, 16 rollouts per question",
-          "atp_rl_latent_temp": "ATP RL, latent exploration x3"}
+          "atp_rl_latent_temp": "ATP RL, latent exploration x3", "atp_rl_heads_only": "ATP RL, heads only"}
 RL_KNOBS = ("atp_rl_low_lr", "atp_rl_high_lr", "atp_rl_cosine", "atp_rl_group16", "atp_rl_dynamic",
-            "atp_rl_token_norm", "atp_rl_kl", "atp_rl_logratio_mean", "atp_rl_latent_temp")
+            "atp_rl_token_norm", "atp_rl_kl", "atp_rl_logratio_mean", "atp_rl_latent_temp",
+            "atp_rl_heads_only")
 # Where each job starts from (its best validation checkpoint).
 STARTS = {"coconut": "cot", "simcot": "cot", "atp": "cot", "atp_rl": "atp", "atp_rl_coherence": "atp",
           "atp_no_kl": "cot", "atp_no_stop": "cot", "atp_no_decoder": "cot", "atp_rl_no_coherence": "atp",

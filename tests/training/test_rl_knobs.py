@@ -142,6 +142,24 @@ def test_latent_temperature_widens_the_sampled_and_scored_gaussian(start):
         load_config(None, ["rl.latent_temperature=0"])
 
 
+def test_train_lm_false_moves_only_the_heads(start):
+    """rl.train_lm=false: after RL steps at a large learning rate every LM weight equals the start's, the latent
+    head's do not."""
+    from atp_latent.training.rl import train_rl
+
+    sets = [f"data.train={start / 'train.jsonl'}", "data.val=null", "method.name=atp-rl",
+            f"model.init_from={start / 'start'}", "rl.questions_per_step=2", "rl.group_size=2",
+            "rl.minibatch_size=2", "rl.steps=2", "rl.max_new_tokens=3", "rl.lr=0.01", "rl.train_lm=false",
+            f"output_dir={start}", "name=heads_only"]
+    run = train_rl(load_config(None, sets))
+    before, _ = LatentReasoner.from_pretrained(start / "start")
+    after, _ = LatentReasoner.from_pretrained(run / "final")
+    lm0, lm1 = before.lm.state_dict(), after.lm.state_dict()
+    assert all(torch.equal(lm0[k], lm1[k]) for k in lm0)
+    h0, h1 = before.latent_head.state_dict(), after.latent_head.state_dict()
+    assert any(not torch.equal(h0[k], h1[k]) for k in h0)
+
+
 def test_all_knobs_on_run_and_log(start):
     from atp_latent.training.rl import train_rl
 

@@ -305,6 +305,8 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
     progress = {"step": 0, "best_val": -1.0, "cursor": 0}
     if model.decoder is not None:
         model.decoder.requires_grad_(False)  # frozen: it only scores coherence
+    if not cfg.rl.train_lm:
+        model.lm.requires_grad_(False)  # rl.train_lm=false: only the latent and stop heads move
     builder = builder_for(tok, model.spec)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay)
