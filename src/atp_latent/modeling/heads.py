@@ -60,10 +60,14 @@ class StopHead(nn.Module):
         return self.mlp(z)
 
 
-def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mu, exp(logvar)) summed over the last dimension, in fp32 whatever the inputs' dtype: a bf16 sum of
-    2048 terms of size ~1 carries rounding errors far beyond the PPO clip range."""
+def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                         temperature: float = 1.0) -> torch.Tensor:
+    """log N(z; mu, temperature^2 exp(logvar)) summed over the last dimension, in fp32 whatever the inputs' dtype: a
+    bf16 sum of 2048 terms of size ~1 carries rounding errors far beyond the PPO clip range. `temperature` is RL's
+    latent exploration k (rollouts sample N(mu, (k sigma)^2))."""
     z, mu, logvar = z.float(), mu.float(), logvar.float()
+    if temperature != 1.0:
+        logvar = logvar + 2.0 * math.log(temperature)
     return (-0.5 * (logvar + (z - mu) ** 2 * torch.exp(-logvar) + math.log(2 * math.pi))).sum(-1)
 
 

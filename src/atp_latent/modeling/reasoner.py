@@ -194,10 +194,8 @@ class LatentReasoner(nn.Module):
         latent = torch.zeros(batch["rl_active"].shape, device=state.z.device)
         stop = torch.zeros(latent.shape[0], device=state.z.device)
         if self.latent_head is not None and L:
-            logvar = state.logvar
-            if "rl_latent_temperature" in batch:  # rollouts sampled N(mu, (k sigma)^2): score that density
-                logvar = logvar + 2.0 * torch.log(batch["rl_latent_temperature"].float())
-            latent = gaussian_log_density(batch["rl_z"], state.mu, logvar).float()
+            k = float(batch["rl_latent_temperature"]) if "rl_latent_temperature" in batch else 1.0
+            latent = gaussian_log_density(batch["rl_z"], state.mu, state.logvar, k)
             if "rl_latent_scale" in batch:  # rl.latent_logratio=mean: per-dimension mean instead of the sum
                 latent = latent * batch["rl_latent_scale"].float()
         if self.stop_head is not None and L:

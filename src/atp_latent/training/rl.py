@@ -9,7 +9,6 @@ answer). The step decoder is frozen; the base model and both heads train. No KL 
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import time
 import warnings
@@ -173,16 +172,14 @@ def rollout(model: LatentReasoner, builder: SequenceBuilder, problems: list[Prob
         "rl_token_mask": gen.mask, "end_id": torch.tensor(builder.end_id),
         "rl_temperature": torch.tensor(float(r.temperature)),
     }
-    logvar = state.logvar
     if r.latent_temperature != 1.0:
         batch["rl_latent_temperature"] = torch.tensor(float(r.latent_temperature))
-        logvar = logvar + 2.0 * math.log(r.latent_temperature) if logvar is not None else None
     if r.latent_logratio == "mean" and state.z.shape[1]:
         batch["rl_latent_scale"] = torch.tensor(1.0 / state.z.shape[-1])
     sigma = float(torch.exp(0.5 * state.logvar)[state.active].mean()) if state.logvar is not None and \
         state.active.any() else 0.0
-    latent_lp = gaussian_log_density(state.z, state.mu, logvar) * state.active if state.mu is not None \
-        else torch.zeros(state.active.shape, device=device)
+    latent_lp = gaussian_log_density(state.z, state.mu, state.logvar, r.latent_temperature) * state.active \
+        if state.mu is not None else torch.zeros(state.active.shape, device=device)
     return Trajectories(batch, {"answer": gen.logprobs, "latent_gaussian": latent_lp}, rewards, {"acc": acc, "fmt": fmt, "coh": coh},
                         state.active.sum(-1).cpu(), sigma)
 
