@@ -243,6 +243,7 @@ def run_suite(suite: Suite, out: Path, seed: int = 0, scale: float = 1.0, data_s
 
 def run_quickstart(args) -> int:
     from atp_latent.evaluation.evaluate import markdown_table
+    from atp_latent.evaluation.report import stopped_early_note
 
     out = Path(args.out)
     t0 = time.time()
@@ -250,10 +251,12 @@ def run_quickstart(args) -> int:
     results = run_suite(suite, out, seed=args.seed, scale=args.scale, extra=args.overrides)
     table = markdown_table({_label(j): results[j] for j in suite.jobs}, TEST_SPLITS)
     minutes = (time.time() - t0) / 60
+    warning = stopped_early_note({_label(j): out / "runs" / j for j in suite.jobs})
     (out / "RESULTS.md").write_text(
         f"# Quickstart results (seed {args.seed})\n\nAccuracy (%) on each synthetic test split; # tokens = active "
-        f"latents + answer tokens (CoT: generated steps + answer).\n\n{table}\n\nTotal time: {minutes:.1f} min.\n")
-    print("\n" + table + "\n")
+        f"latents + answer tokens (CoT: generated steps + answer).\n\n{table}\n\nTotal time: {minutes:.1f} min.\n"
+        + (f"\n{warning}\n" if warning else ""))
+    print("\n" + table + "\n" + (f"\n{warning}\n" if warning else ""))
     print(f"run directories: {out / 'runs'}  table: {out / 'RESULTS.md'}  ({minutes:.1f} min)")
     return 0
 
@@ -338,6 +341,7 @@ def run_bench(args) -> int:
         plot_training_curves,
         results_table,
         run_cost,
+        stopped_early_note,
     )
 
     if args.suite not in SUITES:
@@ -400,6 +404,12 @@ def run_bench(args) -> int:
             "RL against its SFT start on the val split (greedy; the start's seed-to-seed std is the bar):\n\n"
             f"{rl_table}\n\n"
             "Plots: `accuracy_vs_tokens.png`, `training_curves.png`, `latents_used.png`.\n")
+    runs = {f"{_label(j)} seed {k}": d / "runs" / j for k, d in enumerate(seed_dirs) for j in suite.jobs}
+    runs |= {f"{_label(j)} seed 0": seed_dirs[0] / "runs" / j for j in (suite.ablations if args.ablations else ())}
+    warning = stopped_early_note(runs)
+    if warning:
+        text += f"\n{warning}\n"
+        print(warning, flush=True)
     if ablations:
         text += ("\n## Ablations (val split only, seed 0)\n\nSampled latents: z drawn from the VAE head's "
                  "N(mu, sigma) instead of z = mu, 3 draws.\n\n" + ablation_table(ablations) + "\n")

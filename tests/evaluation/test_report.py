@@ -13,6 +13,7 @@ from atp_latent.evaluation.report import (
     plot_training_curves,
     results_table,
     run_cost,
+    stopped_early_note,
 )
 
 
@@ -71,10 +72,30 @@ def test_run_cost_and_cost_columns(tmp_path):
             {"step": 20, "eval/val_accuracy": 0.75}, {"step": 30, "eval/val_accuracy": 0.6},
             {"step": 30, "train/finished": 1, "train/minutes": 2.5}]
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    assert run_cost(tmp_path) == {"steps": 30, "minutes": 2.5, "best_step": 20}
-    assert run_cost(tmp_path / "missing") == {"steps": None, "minutes": None, "best_step": None}
+    # a run from before scheduled steps were logged is not flagged
+    assert run_cost(tmp_path) == {"steps": 30, "minutes": 2.5, "best_step": 20, "scheduled_steps": None,
+                                  "stopped_early": False}
+    assert run_cost(tmp_path / "missing") == {"steps": None, "minutes": None, "best_step": None,
+                                              "scheduled_steps": None, "stopped_early": False}
     costs = {"cot": [{"steps": 30, "minutes": 2.0}, {"steps": 30, "minutes": 4.0}], "atp": [{"steps": None}]}
     table = results_table(aggregate(PER_SEED), PER_SEED, ["a", "b"], {"cot": "CoT-SFT"}, costs)
     assert table.splitlines()[0].endswith("| train steps | train min |")
     assert next(r for r in table.splitlines() if r.startswith("| CoT-SFT")).endswith("| 30 | 3 |")
     assert next(r for r in table.splitlines() if r.startswith("| atp")).endswith("| - | - |")
+
+
+def test_runs_cut_by_the_safety_stop_are_named(tmp_path):
+    def run(name, step, scheduled):
+        (tmp_path / name).mkdir()
+        rows = [{"step": step, "eval/val_accuracy": 0.5},
+                {"step": step, "train/finished": 1, "train/minutes": 1.0, "train/scheduled_steps": scheduled}]
+        (tmp_path / name / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        return tmp_path / name
+
+    full, cut = run("full", 400, 400), run("cut", 250, 400)
+    assert run_cost(full)["stopped_early"] is False
+    assert run_cost(cut) == {"steps": 250, "minutes": 1.0, "best_step": 250, "scheduled_steps": 400,
+                             "stopped_early": True}
+    assert stopped_early_note({"CoT-SFT": full}) == ""
+    note = stopped_early_note({"CoT-SFT": full, "Coconut": cut})
+    assert "Coconut (250 of 400 steps)" in note and "CoT-SFT" not in note and note.startswith("**Warning")

@@ -241,6 +241,13 @@ def test_time_budget_stop_is_one_decision_across_processes(data, tmp_path, kind)
     steps = [r["step"] for r in rows if "train/loss" in r]
     assert steps == [1]  # rank 1 was out of time after its first step; rank 0 (30 s left) stopped with it
     assert any(r.get("train/replicas_in_sync") == 1 for r in rows)
+    # the cut is recorded and said: the run did not follow its schedule
+    from atp_latent.evaluation.report import run_cost
+
+    cost = run_cost(tmp_path / "clock")
+    assert cost["stopped_early"] and cost["steps"] == 1
+    assert cost["scheduled_steps"] == 20 if kind == "rl" else cost["scheduled_steps"] > 1
+    assert f"stopped at step 1 of {cost['scheduled_steps']}" in proc.stdout + proc.stderr
 
 
 def test_best_checkpoint_and_learning_rate_by_hand(data, tmp_path, monkeypatch):

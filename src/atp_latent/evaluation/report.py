@@ -32,18 +32,35 @@ def mean_over_splits(results: dict[str, dict], per_seed: list[dict], job: str, s
 
 
 def run_cost(run: Path) -> dict:
-    """What a finished run cost: optimizer (or RL) steps, wall minutes (summed over resumes), and the step of its
-    best validation accuracy, from its metrics.jsonl."""
-    steps = minutes = best_step = None
+    """What a finished run cost: optimizer (or RL) steps, wall minutes (summed over resumes), the step of its
+    best validation accuracy, and whether the wall-clock safety stop cut it short of its scheduled steps, from
+    its metrics.jsonl."""
+    steps = minutes = best_step = scheduled = None
     best = -1.0
     path = Path(run) / "metrics.jsonl"
     for line in path.read_text().splitlines() if path.is_file() else []:
         m = json.loads(line)
         if "train/finished" in m:
-            steps, minutes = m["step"], m.get("train/minutes")
+            steps, minutes, scheduled = m["step"], m.get("train/minutes"), m.get("train/scheduled_steps")
         if m.get("eval/val_accuracy", -1.0) > best:
             best, best_step = m["eval/val_accuracy"], m["step"]
-    return {"steps": steps, "minutes": minutes, "best_step": best_step}
+    return {"steps": steps, "minutes": minutes, "best_step": best_step, "scheduled_steps": scheduled,
+            "stopped_early": bool(scheduled and steps is not None and steps < scheduled)}
+
+
+def stopped_early_note(runs: dict[str, Path]) -> str:
+    """One line naming the runs (label -> run dir) the safety stop cut short, or '' when every run kept to its
+    schedule: their rows are not the protocol's numbers."""
+    cut = []
+    for label, run in runs.items():
+        c = run_cost(run)
+        if c["stopped_early"]:
+            cut.append(f"{label} ({c['steps']} of {c['scheduled_steps']} steps)")
+    if not cut:
+        return ""
+    return ("**Warning: the wall-clock safety stop (train.max_minutes) cut " + ", ".join(cut) + " short of the "
+            "schedule, so these rows are not the protocol's numbers (a busy or slow machine); re-run on a quieter "
+            "machine or raise train.max_minutes.**")
 
 
 def _mean_cost(costs: list[dict], key: str) -> str:

@@ -412,7 +412,7 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
             if accelerator.check_trigger():
                 break
     bar.close()
-    finish_run(accelerator, model, run, tok, progress["step"], (time.time() - t0) / 60)
+    finish_run(accelerator, model, run, tok, progress["step"], (time.time() - t0) / 60, total)
     accelerator.wait_for_everyone()
     return run.path if run is not None else run_path
 

@@ -142,8 +142,11 @@ def open_run_dir(run_path: Path, cfg: RunConfig, resume: bool, ckpt: Path | None
     return run
 
 
-def finish_run(accelerator: Accelerator, model, run: RunDir | None, tokenizer, step: int, minutes: float) -> None:
-    """Check that every process holds the same parameters, then write RUN/final and close the run."""
+def finish_run(accelerator: Accelerator, model, run: RunDir | None, tokenizer, step: int, minutes: float,
+               scheduled_steps: int | None = None) -> None:
+    """Check that every process holds the same parameters, then write RUN/final and close the run. A run that
+    ends before its `scheduled_steps` was cut by the wall-clock safety stop (train.max_minutes): it says so, and
+    `report.run_cost` flags it, since its numbers are not its schedule's."""
     in_sync = replicas_in_sync(accelerator, model)
     if not in_sync:
         raise RuntimeError("parameters differ across processes: gradients were not synchronised")
@@ -152,8 +155,12 @@ def finish_run(accelerator: Accelerator, model, run: RunDir | None, tokenizer, s
     run.log({"train/processes": accelerator.num_processes, "train/replicas_in_sync": int(in_sync)}, step)
     with atomic_checkpoint(run.path / "final") as tmp:
         accelerator.unwrap_model(model).save_pretrained(tmp, tokenizer)
-    run.log({"train/finished": 1, "train/minutes": minutes}, step)
+    run.log({"train/finished": 1, "train/minutes": minutes}
+            | ({"train/scheduled_steps": scheduled_steps} if scheduled_steps else {}), step)
     run.close()
+    if scheduled_steps and step < scheduled_steps:
+        print(f"warning: {run.path.name} stopped at step {step} of {scheduled_steps}: train.max_minutes "
+              f"({minutes:.1f} min) ran out, so this run did not follow its schedule", flush=True)
     print(f"run directory: {run.path}  (final weights: {run.path / 'final'})")
 
 
@@ -294,7 +301,7 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
         if out_of_time:
             break
 
-    finish_run(accelerator, model, run, tok, progress["step"], progress["elapsed"] / 60)
+    finish_run(accelerator, model, run, tok, progress["step"], progress["elapsed"] / 60, total_steps)
     if run is not None:
         run_path = run.path
     accelerator.wait_for_everyone()
