@@ -29,7 +29,7 @@ from atp_latent.config import load_config
 from atp_latent.data.formats import load_records
 from atp_latent.evaluation.evaluate import evaluate, load_for_eval
 from atp_latent.progress import quiet_library_bars
-from atp_latent.training.rl import group_advantages, grpo_update, rollout
+from atp_latent.training.rl import freeze_for_rl, group_advantages, grpo_update, rollout
 from atp_latent.training.runs import run_dir_of
 
 RL_CONFIG = "src/atp_latent/configs/bench/atp_rl.yaml"
@@ -66,10 +66,7 @@ def headroom(args, model, builder, problems):
 
 def _trainer(model, cfg):
     """The trainer's optimizer and accelerate wrapper (rl.train_lm honoured; the decoder stays frozen)."""
-    if not cfg.rl.train_lm:
-        model.lm.requires_grad_(False)
-    if model.decoder is not None:
-        model.decoder.requires_grad_(False)
+    freeze_for_rl(model, cfg)
     accelerator = Accelerator(cpu=True)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.rl.lr, weight_decay=0.0)
     wrapped, opt = accelerator.prepare(model, opt)

@@ -278,6 +278,15 @@ def across_processes(accelerator: Accelerator, metrics: dict[str, float]) -> dic
             for i, k in enumerate(keys)}
 
 
+def freeze_for_rl(model: LatentReasoner, cfg: RunConfig) -> None:
+    """What RL does not train: the step decoder (it only scores coherence) and, with rl.train_lm=false, the
+    language model (only the latent and stop heads move)."""
+    if model.decoder is not None:
+        model.decoder.requires_grad_(False)
+    if not cfg.rl.train_lm:
+        model.lm.requires_grad_(False)
+
+
 def rl_learning_rate(cfg: RunConfig, step: int, total: int) -> float:
     """rl.lr with a linear warmup over rl.warmup_steps, then constant or cosine decay to 10% at the last step."""
     r = cfg.rl
@@ -300,10 +309,7 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
                       "and can learn to please it; a separate decoder is frozen during RL", stacklevel=2)
     run = open_run_dir(run_path, cfg, resume, ckpt, accelerator) if is_main else None
     progress = {"step": 0, "best_val": -1.0, "cursor": 0}
-    if model.decoder is not None:
-        model.decoder.requires_grad_(False)  # frozen: it only scores coherence
-    if not cfg.rl.train_lm:
-        model.lm.requires_grad_(False)  # rl.train_lm=false: only the latent and stop heads move
+    freeze_for_rl(model, cfg)
     builder = builder_for(tok, model.spec)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay)
