@@ -61,6 +61,23 @@ def test_resumed_run_ends_like_uninterrupted_run(data, tmp_path):
     assert curve(resumed) == curve(full) and [s for s, _ in curve(full)] == list(range(1, 19))
 
 
+def test_resume_forgets_the_metrics_of_steps_it_redoes(data, tmp_path):
+    """A resumed run redoes every step after its checkpoint, all of them when it was killed before its first one;
+    their old records must not stay beside the new ones (curves would draw both)."""
+    from atp_latent.training.runs import RunDir
+    from atp_latent.training.sft import open_run_dir
+
+    cfg = config(data, tmp_path, name="r", **{"train.report_to": "[]"})
+    for ckpt, kept in ((tmp_path / "r" / "checkpoints" / "step-00000002", [0, 1, 2]), (None, [])):
+        with RunDir.create(tmp_path, "r", resume=True, tensorboard=False) as run:
+            for step in range(4):
+                run.log({"train/loss": 1.0}, step)
+        opened = open_run_dir(tmp_path / "r", cfg, resume=True, ckpt=ckpt)
+        assert [r["step"] for r in opened.read_metrics()] == kept
+        opened.close()
+        (tmp_path / "r" / "metrics.jsonl").unlink()
+
+
 def test_micro_atp_run_from_cot_checkpoint(data, tmp_path):
     cot = train(config(data, tmp_path, name="cot0", **{"train.epochs": 1}))
     run = train(config(data, tmp_path, method="atp", name="atp", **{"model.init_from": str(cot / "final"),

@@ -133,11 +133,11 @@ def open_run_dir(run_path: Path, cfg: RunConfig, resume: bool, ckpt: Path | None
                  accelerator: Accelerator | None = None) -> RunDir:
     """The run directory (main process only), with the resolved config and its experiment trackers (started
     through `accelerator` when given); a resumed run forgets the metrics logged after its checkpoint, since
-    those steps are redone."""
+    those steps are redone (all of them when it was killed before its first checkpoint: it starts over)."""
     run = RunDir.create(run_path.parent, run_path.name, resume=resume, report_to=cfg.train.report_to)
     run.save_config(cfg)
-    if ckpt is not None:
-        run.truncate_metrics_after(int(ckpt.name.split("-")[-1]))
+    if resume:
+        run.truncate_metrics_after(int(ckpt.name.split("-")[-1]) if ckpt is not None else -1)
     run.start_trackers(accelerator, config=to_dict(cfg))
     return run
 
