@@ -23,7 +23,11 @@ SMOKE_CHECKS = ["paper_model", "paper_config", "sft_run", "sft_memory_flat", "sf
 def test_gpu_smoke_cpu(tmp_path):
     """The GPU smoke check at CPU shapes: the paper configs through sft.train and rl.train_rl, every check PASS,
     one timing line per SFT epoch and one for the RL step, and the markdown summary."""
-    out = run(["bash", "benchmarks/gpu_smoke.sh", "--cpu", "--out", str(tmp_path)])
+    back = tmp_path / "back"  # what the device tool brings back ($OUT)
+    back.mkdir()
+    # through the device session's script (which calls gpu_smoke.sh), as a lent GPU session runs it
+    out = run(["env", f"OUT={back}", "bash", "benchmarks/device_session.sh", "smoke", "--cpu"])
+    assert (back / "smoke.log").read_text().strip().splitlines() == [line for line in out if not line.startswith("torch ")]
     checks = [line.split() for line in out if line.startswith("CHECK ")]
     assert [c[1] for c in checks] == SMOKE_CHECKS, out
     assert all(c[2] == "PASS" for c in checks), "\n".join(out)
@@ -31,7 +35,7 @@ def test_gpu_smoke_cpu(tmp_path):
     assert [line.split()[2] for line in out if line.startswith("TIME sft epoch=")] == ["epoch=1", "epoch=2", "epoch=3"]
     assert any(line.startswith("TIME rl step step_seconds=") for line in out)
     assert any(line.startswith("SUMMARY PASS 6/6") for line in out)
-    md = (tmp_path / "SMOKE.md").read_text()
+    md = (back / "SMOKE.md").read_text()
     assert "- device: cpu" in md and "transformers" in md and "gpu_smoke.sh --cpu" in md
     assert all(" ".join(c) in md for c in checks)
 

@@ -2,12 +2,18 @@
 included) and schedule a GPU run uses, with --set overrides that shrink the model and the runs."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import yaml
 
-from atp_latent.cli import main
 from atp_latent.data.synthetic import SynthConfig, write_benchmark
 from atp_latent.suite import SUITES
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = ["model.preset=llama-tiny", "optim.batch_size=8", "data.epoch_size=16", "data.max_val=8",
         "eval.batch_size=8", "train.max_minutes=null", "train.max_steps=null", "train.epochs=5",
@@ -18,10 +24,19 @@ TINY = ["model.preset=llama-tiny", "optim.batch_size=8", "data.epoch_size=16", "
 def test_gpu_suite_runs_every_method_on_cpu_at_tiny_shapes(tmp_path):
     out = tmp_path / "gpu"
     write_benchmark(out / "seed-0" / "data", SynthConfig(seed=0, n_train=64, n_val=8, n_test=8, n_ood=8))
-    args = ["bench", "--suite", "gpu", "--seeds", "1", "--out", str(out)]
+    back = tmp_path / "back"  # what the device tool brings back ($OUT): the summaries, not the runs
+    back.mkdir()
+    args = ["bash", "benchmarks/device_session.sh", "suite"]  # as a lent GPU session runs it
     for s in TINY:
         args += ["--set", s]
-    assert main(args) == 0
+    env = {**os.environ, "OUT": str(back), "GPU_BENCH_OUT": str(out), "PYTHON": sys.executable}
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert sorted(p.name for p in back.iterdir()) == sorted(
+        ["RESULTS.md", "results.json", "accuracy_vs_tokens.png", "training_curves.png", "latents_used.png", "bench.log"]
+        + (["gpu.csv"] if shutil.which("nvidia-smi") else []))
+    assert (back / "RESULTS.md").read_text() == (out / "RESULTS.md").read_text()
+    assert "GPU suite wall time:" in (back / "bench.log").read_text()
     res = json.loads((out / "results.json").read_text())
     jobs = SUITES["gpu"].jobs
     assert set(res["mean"]) == set(jobs) and len(jobs) == 7
@@ -48,4 +63,9 @@ def test_gpu_configs_are_one_size_up():
         assert gpu.train.mixed_precision == "bf16" and gpu.optim.batch_size == 4 * cpu.optim.batch_size
         assert gpu.method == cpu.method and gpu.curriculum == cpu.curriculum and gpu.rl == cpu.rl
         assert gpu.train.max_minutes and gpu.train.max_minutes <= 2.5
+    # Training (phases of at most two jobs, each bounded by its safety stop) stays within 6.5 minutes, so the suite
+    # with its evaluation fits one device call beside the GPU check in a 15-minute lease.
+    stops = [max(load_config(str(config_path(SUITES["gpu"], j))).train.max_minutes for j in phase)
+             for phase in SUITES["gpu"].phases]
+    assert sum(stops) <= 6.5, stops
     assert load_config(str(config_path(SUITES["gpu"], "cot"))).model.preset == "llama-medium"

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# What a session lent a GPU runs through the `device` tool: two calls, each under 10 minutes, so that both fit the
+# 15 minutes of device time a session gets (a machine's start takes 1-2 of them).
+#
+#   bash benchmarks/device_session.sh smoke   # benchmarks/gpu_smoke.sh: the paper recipe at 1B shape -> $OUT/SMOKE.md
+#   bash benchmarks/device_session.sh suite   # benchmarks/gpu_bench.sh: bench --suite gpu -> $OUT/RESULTS.md, ...
+#
+# Extra arguments go to gpu_smoke.sh / gpu_bench.sh (the tests run both on CPU: `smoke --cpu`, `suite --set ...`).
+# The device image has no .venv and no network but holds torch, transformers, accelerate, safetensors, tokenizers,
+# tensorboard, matplotlib, pyyaml and tqdm, so the package runs from src/ with the image's python3. The files that
+# come back (at most 8, 2 folders down) are the summaries, not the run directories: copy them into results/gpu/
+# and commit them, naming the card (gpu.csv).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+: "${OUT:?OUT must name the folder whose files come back (the device tool sets it)}"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHON="${PYTHON:-python3}"
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv"
+fi
+"$PYTHON" -c 'import torch, transformers, accelerate; print("torch", torch.__version__, "transformers",
+transformers.__version__, "accelerate", accelerate.__version__, "cuda", torch.cuda.is_available())'
+case "${1:-}" in
+  smoke)
+    bash benchmarks/gpu_smoke.sh "${@:2}" --out "$OUT" 2>&1 | tee "$OUT/smoke.log"
+    status=$? ;;
+  suite)
+    work="${GPU_BENCH_OUT:-/tmp/gpu-suite}"
+    GPU_BENCH_OUT="$work" bash benchmarks/gpu_bench.sh "${@:2}" 2>&1 | tee "$OUT/bench.log"
+    status=$?
+    for f in RESULTS.md results.json accuracy_vs_tokens.png training_curves.png latents_used.png; do
+      [ -f "$work/$f" ] && cp "$work/$f" "$OUT/"
+    done ;;
+  *)
+    echo "usage: $0 smoke|suite [arguments for gpu_smoke.sh | gpu_bench.sh]" >&2
+    exit 2 ;;
+esac
+exit "$status"
