@@ -52,6 +52,10 @@ def test_gpu_suite_runs_every_method_on_cpu_at_tiny_shapes(tmp_path):
     text = (out / "RESULTS.md").read_text()
     assert text.startswith("# GPU benchmark") and "ATP-Latent (RL) − SIM-CoT" in text
     assert "RL against its SFT start" in text
+    # the claim, decided from the numbers above it (one seed: "every seed" is that seed)
+    assert "## The claim" in text and "The claim as a whole: **" in text
+    assert set(res["claim"]) == {"simcot", "coconut", "rl_over_start", "holds"}
+    assert res["claim"]["holds"] == all(res["claim"][k]["holds"] for k in ("simcot", "coconut", "rl_over_start"))
 
 
 def test_gpu_configs_are_one_size_up():

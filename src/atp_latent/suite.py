@@ -335,6 +335,7 @@ def run_bench(args) -> int:
     then each seed evaluated on the test splits, tables and plots; the ablations on seed 0's val split."""
     from atp_latent.evaluation.report import (
         aggregate,
+        claim_verdict,
         paired_table,
         plot_accuracy_vs_tokens,
         plot_latents,
@@ -369,6 +370,7 @@ def run_bench(args) -> int:
     val_rows = [evaluate_val([j for j in ("atp", "atp_rl", "atp_rl_coherence") if j in suite.jobs], d)
                 for d in seed_dirs]
     rl_table, rl_summary = rl_vs_start_table(val_rows)
+    claim_text, claim = claim_verdict(per_seed, TEST_SPLITS, rl_summary, LABELS)
     ablations = None
     if args.ablations:
         print("evaluating seed 0 and the ablations on the val split", flush=True)
@@ -388,7 +390,8 @@ def run_bench(args) -> int:
                        + (["--ablations"] if args.ablations else []) + ["--out", str(out)])
     (out / "results.json").write_text(json.dumps({"command": command, "seeds": args.seeds, "splits": TEST_SPLITS,
                                                   "mean": agg, "per_seed": per_seed, "costs": costs,
-                                                  "rl_vs_start_val": rl_summary, "ablations_val": ablations},
+                                                  "rl_vs_start_val": rl_summary, "claim": claim,
+                                                  "ablations_val": ablations},
                                                  indent=2))
     minutes = (time.time() - t0) / 60
     took = f"{minutes:.0f} min on this machine"
@@ -403,6 +406,8 @@ def run_bench(args) -> int:
             f"seeds, and the seeds on which the first was ahead.\n\n{paired}\n\n"
             "RL against its SFT start on the val split (greedy; the start's seed-to-seed std is the bar):\n\n"
             f"{rl_table}\n\n"
+            "## The claim: ATP-Latent (RL) beats SIM-CoT and Coconut at no more tokens, and RL beats its SFT start\n\n"
+            f"{claim_text}\n\n"
             "Plots: `accuracy_vs_tokens.png`, `training_curves.png`, `latents_used.png`.\n")
     runs = {f"{_label(j)} seed {k}": d / "runs" / j for k, d in enumerate(seed_dirs) for j in suite.jobs}
     runs |= {f"{_label(j)} seed 0": seed_dirs[0] / "runs" / j for j in (suite.ablations if args.ablations else ())}

@@ -6,6 +6,7 @@ import pytest
 
 from atp_latent.evaluation.report import (
     aggregate,
+    claim_verdict,
     paired_comparison,
     paired_table,
     plot_accuracy_vs_tokens,
@@ -99,3 +100,26 @@ def test_runs_cut_by_the_safety_stop_are_named(tmp_path):
     assert stopped_early_note({"CoT-SFT": full}) == ""
     note = stopped_early_note({"CoT-SFT": full, "Coconut": cut})
     assert "Coconut (250 of 400 steps)" in note and "CoT-SFT" not in note and note.startswith("**Warning")
+
+
+def test_claim_verdict_by_hand():
+    # mean over splits a, b per seed: cot 0.4 / 0.6 at 46 tokens, atp 0.15 / 0.25 at 8.5 tokens
+    rl = {"atp": {"std": 0.02}, "cot": {"mean_gain": 0.03}}
+    text, facts = claim_verdict(PER_SEED, ["a", "b"], rl, {"cot": "CoT"}, method="cot", baselines=("atp",),
+                                start="atp")
+    # cot is ahead on both seeds (+25, +35) but spends more tokens (46 vs 8.5): the claim fails on tokens
+    assert facts["atp"]["diffs"] == pytest.approx([0.25, 0.35]) and facts["atp"]["tokens"] == pytest.approx(46)
+    assert not facts["atp"]["holds"] and facts["rl_over_start"]["holds"] and not facts["holds"]
+    assert "+25.0, +35.0 points" in text and "46.0 vs 8.5" in text and text.startswith(
+        "The claim as a whole: **does not hold**")
+    # atp against cot: fewer tokens, behind on every seed; its gain over a start below the start's std fails too
+    rl = {"cot": {"std": 0.05}, "atp": {"mean_gain": 0.05}}
+    _, facts = claim_verdict(PER_SEED, ["a", "b"], rl, {}, method="atp", baselines=("cot", "absent"), start="cot")
+    assert set(facts) == {"cot", "rl_over_start", "holds"}  # a baseline that did not run is left out
+    assert not facts["cot"]["holds"] and not facts["rl_over_start"]["holds"]  # gain must exceed the std
+    # ahead on every seed at no more tokens, and a gain above the std: holds
+    per_seed = [{"x": {"a": cell(0.6, 8, 3)}, "y": {"a": cell(0.5, 8, 3)}},
+                {"x": {"a": cell(0.55, 8, 3)}, "y": {"a": cell(0.5, 9, 3)}}]
+    text, facts = claim_verdict(per_seed, ["a"], {"x": {"mean_gain": 0.03}, "s": {"std": 0.01}}, {}, method="x",
+                                baselines=("y",), start="s")
+    assert facts["holds"] and text.startswith("The claim as a whole: **holds**")

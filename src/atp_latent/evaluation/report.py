@@ -110,6 +110,45 @@ def paired_table(per_seed: list[dict], pairs: list[tuple[str, str]], splits: lis
     return "\n".join(lines)
 
 
+def claim_verdict(per_seed: list[dict], splits: list[str], rl_vs_start: dict, labels: dict,
+                  method: str = "atp_rl", baselines: tuple[str, ...] = ("simcot", "coconut"),
+                  start: str = "atp") -> tuple[str, dict]:
+    """The paper's claim, tested on these numbers: `method` beats each baseline at no more tokens, and RL beats
+    its SFT start. "Beats a baseline": ahead on the mean accuracy over `splits` on every seed (paired: same data,
+    same CoT start), with no more tokens on average. "Beats its start": the mean val gain over the start is
+    larger than the start's seed-to-seed std (`rl_vs_start`: suite.rl_vs_start_table's summary). Returns
+    markdown lines and the same facts as a dict."""
+    def over_splits(r, job, key):
+        return sum(r[job][s][key] for s in splits) / len(splits)
+
+    facts, lines = {}, []
+    for b in baselines:
+        if not all(method in r and b in r for r in per_seed):
+            continue
+        diffs = [over_splits(r, method, "accuracy") - over_splits(r, b, "accuracy") for r in per_seed]
+        tok_a = sum(over_splits(r, method, "mean_tokens") for r in per_seed) / len(per_seed)
+        tok_b = sum(over_splits(r, b, "mean_tokens") for r in per_seed) / len(per_seed)
+        mean, std = mean_std(diffs)
+        holds = all(d > 0 for d in diffs) and tok_a <= tok_b
+        facts[b] = {"diffs": diffs, "mean": mean, "std": std, "tokens": tok_a, "baseline_tokens": tok_b,
+                    "holds": holds}
+        verdict = "holds" if holds else "does not hold"
+        lines.append(f"- {labels.get(method, method)} beats {labels.get(b, b)} at no more tokens: "
+                     f"**{verdict}** (mean accuracy over the test splits, paired per "
+                     f"seed: {', '.join(f'{100 * d:+.1f}' for d in diffs)} points, mean {100 * mean:+.1f} ± "
+                     f"{100 * std:.1f}; # tokens {tok_a:.1f} vs {tok_b:.1f})")
+    if method in rl_vs_start and start in rl_vs_start:
+        gain, bar = rl_vs_start[method]["mean_gain"], rl_vs_start[start]["std"]
+        holds = gain > bar
+        facts["rl_over_start"] = {"mean_gain": gain, "start_std": bar, "holds": holds}
+        verdict = "holds" if holds else "does not hold"
+        lines.append(f"- {labels.get(method, method)} beats its SFT start on val: **{verdict}** (mean gain "
+                     f"{100 * gain:+.1f} points against a seed-to-seed std of the start of {100 * bar:.1f})")
+    facts["holds"] = bool(lines) and all(f["holds"] for f in facts.values())
+    head = f"The claim as a whole: **{'holds' if facts['holds'] else 'does not hold'}** here."
+    return "\n".join([head, "", *lines]), facts
+
+
 def plot_accuracy_vs_tokens(agg: dict, per_seed: list[dict], splits: list[str], labels: dict, path: Path) -> None:
     import matplotlib
 
