@@ -8,16 +8,20 @@ from atp_latent import suite as suite_mod
 from atp_latent.config import load_config
 from atp_latent.suite import STARTS, SUITES, config_path, train_jobs
 
+# polls a fake job needs before it finishes: 2, or more for these (so that not every job ends in lockstep)
+SLOW_JOBS = {"atp_rl_new_style": 5}
+
 
 class FakeJob:
-    """Stands in for a training subprocess: finishes (writes final/reasoner.json) on its second poll."""
+    """Stands in for a training subprocess: finishes (writes final/reasoner.json) on its second poll (SLOW_JOBS:
+    later)."""
 
     def __init__(self, run: Path, log: Path, returncode: int, events: list):
         self.run, self.log, self.rc, self.events, self.polls, self.returncode = run, log, returncode, events, 0, None
 
     def poll(self):
         self.polls += 1
-        if self.polls < 2:
+        if self.polls < SLOW_JOBS.get(self.run.name, 2):
             return None
         if self.returncode is None:
             self.returncode = self.rc
@@ -154,3 +158,49 @@ def test_scale_stretches_steps_not_minutes_only(tmp_path):
     sets = dict(x.split("=", 1) for x in suite_mod._scaled(config_path(s, "cot"), ["train.max_steps=100"], 2.0))
     assert sets["train.max_steps"] == "200"
     assert cot.method.name == "cot"
+
+
+def test_new_style_questions_are_fresh_and_fixed(tmp_path):
+    """write_new_style: the requested counts, none of them a question of any split of the seed folder, the same
+    files from the same data seed, kept when present; atp_rl_new_style is started on them."""
+    import json
+
+    from atp_latent.data.formats import load_records
+    from atp_latent.data.synthetic import SPLITS, SynthConfig, write_benchmark
+
+    out = tmp_path / "seed-0"
+    write_benchmark(out / "data", SynthConfig(seed=5, n_train=200, n_val=20, n_test=20, n_ood=20))
+    suite_mod.write_new_style(out, data_seed=5, n_train=60, n_val=15)
+    train, val = (load_records(out / "data" / "new_style" / f"{s}.jsonl") for s in ("train", "val"))
+    assert len(train) == 60 and len(val) == 15
+    taken = {r.question for s in SPLITS for r in load_records(out / "data" / f"{s}.jsonl")}
+    questions = [r.question for r in train + val]
+    assert len(set(questions)) == 75 and not taken & set(questions)
+    assert all(r.answer and r.steps for r in train + val)
+    # the same files from the same data seed, and an existing folder is kept as it is
+    again = tmp_path / "again"
+    write_benchmark(again / "data", SynthConfig(seed=5, n_train=200, n_val=20, n_test=20, n_ood=20))
+    suite_mod.write_new_style(again, data_seed=5, n_train=60, n_val=15)
+    for s in ("train", "val"):
+        assert (again / "data" / "new_style" / f"{s}.jsonl").read_bytes() == \
+            (out / "data" / "new_style" / f"{s}.jsonl").read_bytes()
+    (out / "data" / "new_style" / "val.jsonl").write_text(json.dumps({"question": "q", "answer": "1"}) + "\n")
+    suite_mod.write_new_style(out, data_seed=5, n_train=60, n_val=15)
+    assert len(load_records(out / "data" / "new_style" / "val.jsonl")) == 1
+
+
+def test_jobs_start_on_their_own_data(tmp_path, monkeypatch):
+    started = {}
+
+    def popen(args, **kw):
+        started[args[args.index("--name") + 1]] = dict(a.split("=", 1) for a in args if a.startswith("data."))
+        return None
+
+    monkeypatch.setattr(suite_mod.subprocess, "Popen", popen)
+    for job in ("atp_rl", "atp_rl_new_style"):
+        suite_mod._start_job(SUITES["cpu"], job, tmp_path, 0, 1.0, [])
+    assert started["atp_rl"] == {"data.train": str(tmp_path / "data" / "train.jsonl"),
+                                 "data.val": str(tmp_path / "data" / "val.jsonl")}
+    assert started["atp_rl_new_style"] == {"data.train": str(tmp_path / "data" / "new_style" / "train.jsonl"),
+                                           "data.val": str(tmp_path / "data" / "new_style" / "val.jsonl")}
+    assert "atp_rl_new_style" in SUITES["cpu"].jobs and "atp_rl_new_style" not in SUITES["gpu"].jobs

@@ -30,19 +30,22 @@ LABELS = {"nocot": "No-CoT", "cot": "CoT-SFT", "coconut": "Coconut", "simcot": "
           "atp_rl_dynamic": "ATP RL, dynamic sampling", "atp_rl_token_norm": "ATP RL, token-level loss norm",
           "atp_rl_kl": "ATP RL, KL to start 0.1", "atp_rl_logratio_mean": "ATP RL, per-dim latent log-ratio",
           "atp_rl_cosine": "ATP RL, warmup + cosine lr", "atp_rl_group16": "ATP RL, 16 rollouts per question",
-          "atp_rl_latent_temp": "ATP RL, latent exploration x3", "atp_rl_heads_only": "ATP RL, heads only"}
+          "atp_rl_latent_temp": "ATP RL, latent exploration x3", "atp_rl_heads_only": "ATP RL, heads only",
+          "atp_rl_new_style": "ATP-Latent (RL on new-style questions)"}
 RL_KNOBS = ("atp_rl_low_lr", "atp_rl_high_lr", "atp_rl_cosine", "atp_rl_group16", "atp_rl_dynamic",
             "atp_rl_token_norm", "atp_rl_kl", "atp_rl_logratio_mean", "atp_rl_latent_temp",
             "atp_rl_heads_only")
 # Where each job starts from (its best validation checkpoint).
 STARTS = {"coconut": "cot", "simcot": "cot", "atp": "cot", "atp_rl": "atp", "atp_rl_coherence": "atp",
           "atp_no_kl": "cot", "atp_no_stop": "cot", "atp_no_decoder": "cot", "atp_rl_no_coherence": "atp",
-          "atp_rl_long": "atp", "atp_no_vae": "cot", **{k: "atp" for k in RL_KNOBS}}
+          "atp_rl_long": "atp", "atp_no_vae": "cot", "atp_rl_new_style": "atp", **{k: "atp" for k in RL_KNOBS}}
+# Jobs trained on other data than their seed's train/val splits (paths under the seed folder's data/)
+JOB_DATA = {"atp_rl_new_style": ("new_style/train.jsonl", "new_style/val.jsonl")}
 
 
 # The bench's paired comparisons (first minus second, seed by seed)
 PAIRS = [("atp_rl", "simcot"), ("atp_rl", "coconut"), ("atp_rl", "atp"), ("atp", "simcot"),
-         ("atp_rl_coherence", "atp")]
+         ("atp_rl_coherence", "atp"), ("atp_rl_new_style", "atp")]
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,8 @@ class Suite:
 _ALL = (("cot", "nocot"), ("atp", "coconut"), ("simcot", "atp_rl"), ("atp_rl_coherence",))
 SUITES = {
     "quickstart": Suite("quickstart", (("cot", "nocot"), ("atp", "coconut"), ("atp_rl",))),
-    "cpu": Suite("bench", _ALL,
+    # the CPU bench also runs RL where its reward knows more than SFT did (write_new_style)
+    "cpu": Suite("bench", _ALL[:-1] + (("atp_rl_coherence", "atp_rl_new_style"),),
                  ablations=("atp_no_kl", "atp_no_stop", "atp_no_decoder", "atp_no_vae", "atp_rl_no_coherence",
                             "atp_rl_long", *RL_KNOBS)),
     # one size up for one GPU: a larger model from scratch, same data and protocol (configs/gpu/)
@@ -77,9 +81,10 @@ def _label(job: str) -> str:
 
 def _start_job(suite: Suite, job: str, out: Path, seed: int, scale: float, extra: list[str]):
     data, runs = out / "data", out / "runs"
+    train, val = JOB_DATA.get(job, ("train.jsonl", "val.jsonl"))
     args = [sys.executable, "-m", "atp_latent.cli", "train", "--config", str(config_path(suite, job)),
-            "--output-dir", str(runs), "--name", job, "--set", f"data.train={data / 'train.jsonl'}",
-            "--set", f"data.val={data / 'val.jsonl'}", "--set", f"train.seed={seed}"]
+            "--output-dir", str(runs), "--name", job, "--set", f"data.train={data / train}",
+            "--set", f"data.val={data / val}", "--set", f"train.seed={seed}"]
     if job in STARTS:
         args += ["--set", f"model.init_from={runs / STARTS[job] / 'best' / 'model'}"]
     for s in extra + (_scaled(config_path(suite, job), extra, scale) if scale != 1.0 else []):
@@ -224,6 +229,27 @@ def write_data(out: Path, data_seed: int = 0) -> None:
         write_benchmark(out / "data", SynthConfig(seed=data_seed))
 
 
+def write_new_style(out: Path, data_seed: int = 0, n_train: int = 4800, n_val: int = 200) -> None:
+    """data/new_style/{train,val}.jsonl: questions in test_perturbed's style (reworded sentences, a distractor,
+    half of them reordered), which no SFT run sees, drawn with data seed `data_seed` + 101 and kept only when their
+    text is in none of the seed folder's splits. `atp_rl_new_style` trains on them: RL whose reward (the answer)
+    carries what SFT's targets did not (docs/benchmark.md). Kept when already there."""
+    from atp_latent.data.formats import load_records, write_jsonl
+    from atp_latent.data.synthetic import SPLITS, generate_benchmark
+
+    folder = out / "data" / "new_style"
+    if (folder / "val.jsonl").is_file():
+        return
+    taken = {r.question for split in SPLITS for r in load_records(out / "data" / f"{split}.jsonl")}
+    drawn = generate_benchmark(SynthConfig(seed=data_seed + 101, n_train=10, n_val=10, n_test=10,
+                                           n_ood=n_train + n_val))["test_perturbed"]
+    fresh = [p for p in drawn if p.question not in taken]
+    if len(fresh) < n_train + n_val:
+        raise ValueError(f"only {len(fresh)} new-style questions are disjoint from {out / 'data'}")
+    write_jsonl(folder / "train.jsonl", fresh[:n_train])
+    write_jsonl(folder / "val.jsonl", fresh[n_train:n_train + n_val])
+
+
 def evaluate_seed(jobs: list[str], out: Path, seed: int) -> tuple[dict, dict]:
     """evaluate_jobs for one seed folder, also written to its results.json."""
     results, latents = evaluate_jobs(jobs, out)
@@ -354,6 +380,8 @@ def run_bench(args) -> int:
     seed_dirs = [out / f"seed-{seed}" for seed in range(args.seeds)]
     for d in seed_dirs:
         write_data(d, args.data_seed)
+        if any(j in JOB_DATA for j in suite.jobs):
+            write_new_style(d, args.data_seed)
     tasks = [(d, j, seed) for seed, d in enumerate(seed_dirs) for j in suite.jobs]
     if args.ablations:
         tasks += [(seed_dirs[0], j, 0) for j in suite.ablations]
