@@ -197,10 +197,14 @@ def test_jobs_start_on_their_own_data(tmp_path, monkeypatch):
         return None
 
     monkeypatch.setattr(suite_mod.subprocess, "Popen", popen)
-    for job in ("atp_rl", "atp_rl_new_style"):
+    for job in ("atp_rl", "atp_rl_new_style", "atp_rl_new_style_dynamic"):
         suite_mod._start_job(SUITES["cpu"], job, tmp_path, 0, 1.0, [])
     assert started["atp_rl"] == {"data.train": str(tmp_path / "data" / "train.jsonl"),
                                  "data.val": str(tmp_path / "data" / "val.jsonl")}
-    assert started["atp_rl_new_style"] == {"data.train": str(tmp_path / "data" / "new_style" / "train.jsonl"),
-                                           "data.val": str(tmp_path / "data" / "new_style" / "val.jsonl")}
+    for job in ("atp_rl_new_style", "atp_rl_new_style_dynamic"):
+        assert started[job] == {"data.train": str(tmp_path / "data" / "new_style" / "train.jsonl"),
+                                "data.val": str(tmp_path / "data" / "new_style" / "val.jsonl")}
+    plain, dynamic = (load_config(str(config_path(SUITES["cpu"], j))).rl
+                      for j in ("atp_rl_new_style", "atp_rl_new_style_dynamic"))
+    assert {f for f in vars(plain) if getattr(plain, f) != getattr(dynamic, f)} == {"dynamic_sampling"}
     assert "atp_rl_new_style" in SUITES["cpu"].jobs and "atp_rl_new_style" not in SUITES["gpu"].jobs

@@ -31,21 +31,23 @@ LABELS = {"nocot": "No-CoT", "cot": "CoT-SFT", "coconut": "Coconut", "simcot": "
           "atp_rl_kl": "ATP RL, KL to start 0.1", "atp_rl_logratio_mean": "ATP RL, per-dim latent log-ratio",
           "atp_rl_cosine": "ATP RL, warmup + cosine lr", "atp_rl_group16": "ATP RL, 16 rollouts per question",
           "atp_rl_latent_temp": "ATP RL, latent exploration x3", "atp_rl_heads_only": "ATP RL, heads only",
-          "atp_rl_new_style": "ATP-Latent (RL on new-style questions)"}
+          "atp_rl_new_style": "ATP-Latent (RL on new-style questions)",
+          "atp_rl_new_style_dynamic": "ATP-Latent (RL on new-style questions, dynamic sampling)"}
 RL_KNOBS = ("atp_rl_low_lr", "atp_rl_high_lr", "atp_rl_cosine", "atp_rl_group16", "atp_rl_dynamic",
             "atp_rl_token_norm", "atp_rl_kl", "atp_rl_logratio_mean", "atp_rl_latent_temp",
             "atp_rl_heads_only")
 # Where each job starts from (its best validation checkpoint).
 STARTS = {"coconut": "cot", "simcot": "cot", "atp": "cot", "atp_rl": "atp", "atp_rl_coherence": "atp",
           "atp_no_kl": "cot", "atp_no_stop": "cot", "atp_no_decoder": "cot", "atp_rl_no_coherence": "atp",
-          "atp_rl_long": "atp", "atp_no_vae": "cot", "atp_rl_new_style": "atp", **{k: "atp" for k in RL_KNOBS}}
+          "atp_rl_long": "atp", "atp_no_vae": "cot", "atp_rl_new_style": "atp",
+          "atp_rl_new_style_dynamic": "atp", **{k: "atp" for k in RL_KNOBS}}
 # Jobs trained on other data than their seed's train/val splits (paths under the seed folder's data/)
-JOB_DATA = {"atp_rl_new_style": ("new_style/train.jsonl", "new_style/val.jsonl")}
+JOB_DATA = {j: ("new_style/train.jsonl", "new_style/val.jsonl") for j in ("atp_rl_new_style", "atp_rl_new_style_dynamic")}
 
 
 # The bench's paired comparisons (first minus second, seed by seed)
 PAIRS = [("atp_rl", "simcot"), ("atp_rl", "coconut"), ("atp_rl", "atp"), ("atp", "simcot"),
-         ("atp_rl_coherence", "atp"), ("atp_rl_new_style", "atp")]
+         ("atp_rl_coherence", "atp"), ("atp_rl_new_style", "atp"), ("atp_rl_new_style_dynamic", "atp")]
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ _ALL = (("cot", "nocot"), ("atp", "coconut"), ("simcot", "atp_rl"), ("atp_rl_coh
 SUITES = {
     "quickstart": Suite("quickstart", (("cot", "nocot"), ("atp", "coconut"), ("atp_rl",))),
     # the CPU bench also runs RL where its reward knows more than SFT did (write_new_style)
-    "cpu": Suite("bench", _ALL[:-1] + (("atp_rl_coherence", "atp_rl_new_style"),),
+    "cpu": Suite("bench", _ALL[:-1] + (("atp_rl_coherence", "atp_rl_new_style", "atp_rl_new_style_dynamic"),),
                  ablations=("atp_no_kl", "atp_no_stop", "atp_no_decoder", "atp_no_vae", "atp_rl_no_coherence",
                             "atp_rl_long", *RL_KNOBS)),
     # one size up for one GPU: a larger model from scratch, same data and protocol (configs/gpu/)
