@@ -106,5 +106,9 @@ def test_rl_sigkill_then_resume_matches_uninterrupted(toy, rl_sets, tmp_path):
     a, b = _rows(full, RL_KEYS), _rows(tmp_path / "killed", RL_KEYS)
     assert sorted(a) == sorted(b) == list(range(1, 7))
     assert a == b
+    # the reported wall time spans both processes: at least the time of every step either of them logged
+    steps = _rows(tmp_path / "killed", ("train/step_seconds",))
+    finished = _rows(tmp_path / "killed", ("train/finished", "train/minutes"))[6]
+    assert 60 * finished["train/minutes"] >= sum(r["train/step_seconds"] for r in steps.values())
     # the case is not vacuous: the policy was updated after the checkpoint it resumed from
     assert len({r["train/reward"] for r in a.values()}) > 1 and sum(a[s]["train/grad_norm"] > 0 for s in (3, 4, 5, 6)) >= 2

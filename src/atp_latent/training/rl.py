@@ -308,7 +308,7 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
         warnings.warn("decoder_mode=shared: the policy decodes its own plans, so it is its own coherence judge "
                       "and can learn to please it; a separate decoder is frozen during RL", stacklevel=2)
     run = open_run_dir(run_path, cfg, resume, ckpt, accelerator) if is_main else None
-    progress = {"step": 0, "best_val": -1.0, "cursor": 0}
+    progress = {"step": 0, "best_val": -1.0, "cursor": 0, "elapsed": 0.0}
     freeze_for_rl(model, cfg)
     builder = builder_for(tok, model.spec)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -359,7 +359,7 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
         progress["best_val"] = summary.accuracy
         _save(run.path / "best", raw, tok, optimizer if cfg.train.save_checkpoints else None, progress, rngs)
     bar = progress_bar(total=total, initial=progress["step"], desc="atp-rl", disable=not is_main)
-    t0 = time.time()
+    t0 = time.time() - progress.get("elapsed", 0.0)  # wall time counts across resumes (the safety stop too)
     while progress["step"] < total:
         # Each process rolls out its own questions: consecutive slices of one shared order.
         n_q = B * (cfg.rl.oversample if cfg.rl.dynamic_sampling else 1)
@@ -378,6 +378,7 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
             g["lr"] = rl_learning_rate(cfg, progress["step"], total)
         stats = grpo_update(model, optimizer, accelerator, traj, adv, cfg, perm_rng, ref_model)
         progress["step"] += 1
+        progress["elapsed"] = time.time() - t0
         equal = equal_reward_groups(traj.rewards, cfg.rl.group_size).float().mean()
         lat = traj.latents_used.float()
         seconds = time.time() - t_step
