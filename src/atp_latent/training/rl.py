@@ -359,7 +359,7 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
         progress["best_val"] = summary.accuracy
         _save(run.path / "best", raw, tok, optimizer if cfg.train.save_checkpoints else None, progress, rngs)
     bar = progress_bar(total=total, initial=progress["step"], desc="atp-rl", disable=not is_main)
-    t0 = time.time() - progress.get("elapsed", 0.0)  # wall time counts across resumes (the safety stop too)
+    t0 = time.time() - progress["elapsed"]  # wall time counts across resumes (the safety stop too)
     while progress["step"] < total:
         # Each process rolls out its own questions: consecutive slices of one shared order.
         n_q = B * (cfg.rl.oversample if cfg.rl.dynamic_sampling else 1)
