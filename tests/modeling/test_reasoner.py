@@ -60,6 +60,19 @@ def test_kl_over_active_latents_only(tok):
     act = batch["active"]
     torch.testing.assert_close(out["kl"], kl[act].mean())
     assert act.sum() < act.numel()  # the case actually has masked latents
+    sigma = torch.exp(0.5 * state.logvar).mean(-1)
+    torch.testing.assert_close(out["sigma"], sigma[act].mean())
+    assert not out["sigma"].requires_grad  # logged only, never part of the loss
+
+
+def test_sigma_starts_at_the_initial_logvar(tok):
+    """With init_logvar = -5 every latent's std is exp(-2.5) before any update; a method without the VAE head
+    has no sigma to log."""
+    model = make(tok, latent_head_residual=True, init_logvar=-5.0).eval()
+    out = model(batch_for(tok, model))
+    # the soft clamp moves logvar = -5 by about exp(-(-5 - LOGVAR_MIN)) = exp(-7), i.e. sigma by 0.05%
+    assert out["sigma"].item() == pytest.approx(math.exp(0.5 * (-5 + math.exp(-7))), rel=1e-5)
+    assert "sigma" not in make(tok, use_vae=False).eval()(batch_for(tok, model))
 
 
 def test_micro_atp_run_lowers_every_loss(tok):

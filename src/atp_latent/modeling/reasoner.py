@@ -112,9 +112,14 @@ class LatentReasoner(nn.Module):
         zero = ce.new_zeros(())
         out = {"ce": ce, "kl": zero, "decoder": zero, "stop": zero}
         active = batch["active"][:, : state.z.shape[1]]
+        if self.latent_head is not None:
+            out["sigma"] = zero  # logged as train/sigma; every process logs the same keys (DDP's reduce)
         if self.latent_head is not None and active.any():
             kl = kl_to_standard_normal(state.mu, state.logvar).mean(-1)
             out["kl"] = (kl * active).sum() / active.sum()
+            # The mean std of the active latents: watch it rise when nothing but the KL acts on it (no decoder).
+            sigma = torch.exp(0.5 * state.logvar.detach().float()).mean(-1)
+            out["sigma"] = (sigma * active).sum() / active.sum()
         if self.stop_head is not None and state.z.shape[1] > 0:
             out["stop"] = self.stop_loss(state, batch)
         if self.spec.use_decoder and "dec_ids" in batch:
