@@ -6,6 +6,9 @@
 #   bash benchmarks/device_session.sh suite   # benchmarks/gpu_bench.sh: bench --suite gpu -> $OUT/RESULTS.md, ...
 #
 # Extra arguments go to gpu_smoke.sh / gpu_bench.sh (the tests run both on CPU: `smoke --cpu`, `suite --set ...`).
+# If the smoke call leaves less device time than the suite needs (about 9 minutes, plus 1 while the machine is
+# warm), shorten every job, safety stops included: `suite --scale F` with F = (minutes left - 2) / 9. A suite cut
+# off by the lease leaves no RESULTS.md; a scaled one does, and its command line in RESULTS.md names the scale.
 # The device image has no .venv and no network but holds torch, transformers, accelerate, safetensors, tokenizers,
 # tensorboard, matplotlib, pyyaml and tqdm, so the package runs from src/ with the image's python3. The files that
 # come back (at most 8, 2 folders down) are the summaries, not the run directories: copy them into results/gpu/
