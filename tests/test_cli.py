@@ -225,6 +225,20 @@ def test_explain_prints_plan(checkpoint, capsys):
         assert f" {r['latents']} of 4 latent slots used" in block
         n_groups = sum(line.startswith("  latent group") for line in block.splitlines())
         assert n_groups == -(-r["latents"] // 2)
+    # each group's sigma is the mean of exp(logvar / 2) over its 2 latents, read from the greedy fill
+    from atp_latent.data.sequences import left_pad
+    from atp_latent.evaluation.explain import explain
+
+    q = load_records(checkpoint / "data" / "test.jsonl")[0].question
+    e = explain(model, builder_for(tok, model.spec), [q])[0]
+    prefix, slots = builder_for(tok, model.spec).eval_prompt(q)
+    ids, mask = left_pad([prefix], tok.pad_token_id)
+    with torch.no_grad():
+        state = model.fill(ids, mask, torch.tensor([slots]))
+    per_latent = torch.exp(0.5 * state.logvar[0]).mean(-1)
+    want = [float(per_latent[2 * g: 2 * g + 2].mean()) for g in range(len(e["steps"]))]
+    assert len(want) > 0 and e["sigma"] == pytest.approx(want, rel=1e-5)
+    assert f"(slots 0-1, sigma {want[0]:.3f}): " in blocks[0]  # blocks[0] is that problem's printed plan
 
 
 def test_explain_rejects_language_baseline(tmp_path, capsys):

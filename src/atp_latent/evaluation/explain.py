@@ -13,7 +13,8 @@ from atp_latent.modeling.tokenizer import END_LATENT
 @torch.no_grad()
 def explain(model: LatentReasoner, builder: SequenceBuilder, questions: list[str], max_new_tokens: int = 16,
             device="cpu") -> list[dict]:
-    """Per question: decoded text of each active latent group, the stop decision, and the answer."""
+    """Per question: decoded text of each active latent group, the group's mean sigma (VAE head only: how much
+    noise training sampled around it), the stop decision, and the answer."""
     model.eval()
     tok = builder.tok
     prompts = [builder.eval_prompt(q) for q in questions]
@@ -32,6 +33,9 @@ def explain(model: LatentReasoner, builder: SequenceBuilder, questions: list[str
         for (i, g), row in zip(groups, decoded.tolist()):
             cut = row.index(tok.eos_token_id) if tok.eos_token_id in row else len(row)
             texts[(i, g)] = tok.decode(row[:cut], skip_special_tokens=False)
+    # mean std over each group's c latents and d dimensions [B, L // c]
+    sigma = torch.exp(0.5 * state.logvar.float()).mean(-1).view(len(questions), -1, c).mean(-1) \
+        if state.logvar is not None and L else None
     out = []
     for i, q in enumerate(questions):
         stop_slot = state.stopped[i].nonzero().flatten().tolist() if state.stopped.numel() else []
@@ -42,6 +46,7 @@ def explain(model: LatentReasoner, builder: SequenceBuilder, questions: list[str
         out.append({
             "question": q,
             "steps": [texts.get((i, g), None) for g in range(L // c) if state.active[i, g * c]],
+            "sigma": None if sigma is None else [float(sigma[i, g]) for g in range(L // c) if state.active[i, g * c]],
             "latents": int(state.active[i].sum()) if state.active.numel() else 0,
             "slots": int(n_slots[i]),
             "stopped_at_group": stop_slot[0] // c if stop_slot else None,
@@ -56,7 +61,8 @@ def format_explanation(e: dict, gold: str | None = None, c: int = 2, has_decoder
     lines = [f"Q: {e['question']}"]
     for g, text in enumerate(e["steps"]):
         shown = text if has_decoder else "(this method has no step decoder)"
-        lines.append(f"  latent group {g + 1} (slots {g * c}-{g * c + c - 1}): {shown}")
+        noise = f", sigma {e['sigma'][g]:.3f}" if e.get("sigma") else ""
+        lines.append(f"  latent group {g + 1} (slots {g * c}-{g * c + c - 1}{noise}): {shown}")
     if e["stopped_at_group"] is not None:
         lines.append(f"  stop head: stopped before group {e['stopped_at_group'] + 1} (p_stop={e['p_stop']:.2f}); "
                      f"{e['latents']} of {e['slots']} latent slots used")
