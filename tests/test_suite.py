@@ -67,6 +67,10 @@ def test_every_bench_config_loads():
     assert load_config(str(config_path(s, "atp_no_decoder"))).method.use_decoder is False
     both = load_config(str(config_path(s, "atp_no_decoder_no_kl"))).method
     assert both.use_decoder is False and both.beta_kl == 0.0
+    m = load_config(str(config_path(s, "atp_no_decoder_no_vae"))).method
+    assert (m.use_decoder, m.use_vae, m.use_stop_head) == (False, False, None)  # None: the method's default (on)
+    m = load_config(str(config_path(s, "atp_no_decoder_no_kl_no_stop"))).method
+    assert (m.use_decoder, m.use_stop_head, m.beta_kl, m.use_vae) == (False, False, 0.0, None)
     assert load_config(str(config_path(s, "atp_no_vae"))).method.use_vae is False
     assert load_config(str(config_path(s, "atp_rl_no_coherence"))).rl.w_coh == 0.0
     assert load_config(str(config_path(s, "atp_rl_low_lr"))).rl.lr == 1e-5

@@ -25,7 +25,10 @@ LABELS = {"nocot": "No-CoT", "cot": "CoT-SFT", "coconut": "Coconut", "simcot": "
           "atp_rl": "ATP-Latent (RL)", "atp_rl_coherence": "ATP-Latent (RL, coherence only)",
           "atp_no_kl": "ATP SFT, no KL (beta_kl=0)", "atp_no_stop": "ATP SFT, no stop head",
           "atp_no_decoder": "ATP SFT, no decoder",
-          "atp_no_decoder_no_kl": "ATP SFT, no decoder, no KL", "atp_rl_no_coherence": "ATP RL, coherence weight 0",
+          "atp_no_decoder_no_kl": "ATP SFT, no decoder, no KL",
+          "atp_no_decoder_no_vae": "ATP SFT, no decoder, no VAE (Coconut + stop head)",
+          "atp_no_decoder_no_kl_no_stop": "ATP SFT, VAE head only (no decoder, KL, stop head)",
+          "atp_rl_no_coherence": "ATP RL, coherence weight 0",
           "atp_rl_long": "ATP RL, twice the steps", "atp_no_vae": "ATP SFT, no VAE (z = hidden state)",
           "atp_rl_low_lr": "ATP RL, lr 1e-5", "atp_rl_high_lr": "ATP RL, lr 1e-4",
           "atp_rl_dynamic": "ATP RL, dynamic sampling", "atp_rl_token_norm": "ATP RL, token-level loss norm",
@@ -40,8 +43,9 @@ RL_KNOBS = ("atp_rl_low_lr", "atp_rl_high_lr", "atp_rl_cosine", "atp_rl_group16"
 # Where each job starts from (its best validation checkpoint).
 STARTS = {"coconut": "cot", "simcot": "cot", "atp": "cot", "atp_rl": "atp", "atp_rl_coherence": "atp",
           "atp_no_kl": "cot", "atp_no_stop": "cot", "atp_no_decoder": "cot", "atp_no_decoder_no_kl": "cot",
-          "atp_rl_no_coherence": "atp", "atp_rl_long": "atp", "atp_no_vae": "cot", "atp_rl_new_style": "atp",
-          "atp_rl_new_style_dynamic": "atp", **{k: "atp" for k in RL_KNOBS}}
+          "atp_no_decoder_no_vae": "cot", "atp_no_decoder_no_kl_no_stop": "cot", "atp_rl_no_coherence": "atp",
+          "atp_rl_long": "atp", "atp_no_vae": "cot", "atp_rl_new_style": "atp", "atp_rl_new_style_dynamic": "atp",
+          **{k: "atp" for k in RL_KNOBS}}
 # Jobs trained on other data than their seed's train/val splits (paths under the seed folder's data/)
 JOB_DATA = {j: ("new_style/train.jsonl", "new_style/val.jsonl") for j in ("atp_rl_new_style", "atp_rl_new_style_dynamic")}
 
@@ -68,7 +72,7 @@ SUITES = {
     # the CPU bench also runs RL where its reward knows more than SFT did (write_new_style)
     "cpu": Suite("bench", _ALL[:-1] + (("atp_rl_coherence", "atp_rl_new_style", "atp_rl_new_style_dynamic"),),
                  ablations=("atp_no_kl", "atp_no_stop", "atp_no_decoder", "atp_no_decoder_no_kl", "atp_no_vae",
-                            "atp_rl_no_coherence", "atp_rl_long", *RL_KNOBS)),
+                            "atp_no_decoder_no_vae", "atp_no_decoder_no_kl_no_stop", "atp_rl_no_coherence", "atp_rl_long", *RL_KNOBS)),
     # one size up for one GPU: a larger model from scratch, same data and protocol (configs/gpu/)
     "gpu": Suite("gpu", _ALL),
 }
