@@ -126,6 +126,7 @@ def test_atp_sft_runs_the_paper_recipe(atp):
     steps = [r for r in rows if "train/loss" in r]
     assert [r["train/stage"] for r in steps] == [1, 2, 3]  # stage 3 > max_latent_stage: every step latent
     assert all(r["train/active_latents"] > 0 for r in steps)
+    assert all(0 < r["train/sigma"] < 10 for r in steps)  # the VAE head's std under bf16 autocast, every epoch
     assert len(values(rows, "eval/val_accuracy")) == 3
     epochs = [r for r in rows if "train/step_seconds" in r]
     assert [r["train/epoch"] for r in epochs] == [0, 1, 2]

@@ -241,7 +241,8 @@ def test_time_budget_stop_is_one_decision_across_processes(data, tmp_path, kind)
     sets = [f"data.train={data / 'train.jsonl'}", "data.val=null", "train.threads=1", "train.max_minutes=0.5",
             "train.log_every=1", f"output_dir={tmp_path}", "name=clock"]
     if kind == "sft":
-        sets += ["method.name=simcot", "train.epochs=2", "optim.batch_size=8", "method.latents_per_step=1",
+        # atp: its logged terms (train/sigma too) are reduced over both processes, so every process must log them
+        sets += ["method.name=atp", "train.epochs=2", "optim.batch_size=8", "method.latents_per_step=1",
                  "curriculum.max_latent_stage=2"]
     else:
         tok = build_word_tokenizer(["Ann has 3 cats. How many?", "<<1+2=3>>\n### 3"])
@@ -257,6 +258,9 @@ def test_time_budget_stop_is_one_decision_across_processes(data, tmp_path, kind)
     rows = [json.loads(line) for line in (tmp_path / "clock" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if "train/loss" in r]
     assert steps == [1]  # rank 1 was out of time after its first step; rank 0 (30 s left) stopped with it
+    if kind == "sft":
+        logged = next(r for r in rows if "train/loss" in r)
+        assert 0 < logged["train/sigma"] < 10 and logged["train/kl"] > 0
     assert any(r.get("train/replicas_in_sync") == 1 for r in rows)
     # the cut is recorded and said: the run did not follow its schedule
     from atp_latent.evaluation.report import run_cost

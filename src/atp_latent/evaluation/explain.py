@@ -38,6 +38,7 @@ def explain(model: LatentReasoner, builder: SequenceBuilder, questions: list[str
         if state.logvar is not None and L else None
     out = []
     for i, q in enumerate(questions):
+        shown = [g for g in range(L // c) if state.active[i, g * c]]
         stop_slot = state.stopped[i].nonzero().flatten().tolist() if state.stopped.numel() else []
         p_stop = None
         if stop_slot and state.stop_logits is not None:
@@ -45,8 +46,8 @@ def explain(model: LatentReasoner, builder: SequenceBuilder, questions: list[str
         answer_text = tok.decode(gen.tokens[i, : int(gen.lengths[i])].tolist(), skip_special_tokens=False)
         out.append({
             "question": q,
-            "steps": [texts.get((i, g), None) for g in range(L // c) if state.active[i, g * c]],
-            "sigma": None if sigma is None else [float(sigma[i, g]) for g in range(L // c) if state.active[i, g * c]],
+            "steps": [texts.get((i, g), None) for g in shown],
+            "sigma": None if sigma is None else [float(sigma[i, g]) for g in shown],
             "latents": int(state.active[i].sum()) if state.active.numel() else 0,
             "slots": int(n_slots[i]),
             "stopped_at_group": stop_slot[0] // c if stop_slot else None,
