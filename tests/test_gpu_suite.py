@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from atp_latent.data.synthetic import SynthConfig, write_benchmark
@@ -26,7 +27,7 @@ def test_gpu_suite_runs_every_method_on_cpu_at_tiny_shapes(tmp_path):
     write_benchmark(out / "seed-0" / "data", SynthConfig(seed=0, n_train=64, n_val=8, n_test=8, n_ood=8))
     back = tmp_path / "back"  # what the device tool brings back ($OUT): the summaries, not the runs
     back.mkdir()
-    args = ["bash", "benchmarks/device_session.sh", "suite"]  # as a lent GPU session runs it
+    args = ["bash", "benchmarks/device_session.sh", "suite", "--val-large", "40"]  # as a lent GPU session runs it
     for s in TINY:
         args += ["--set", s]
     env = {**os.environ, "OUT": str(back), "GPU_BENCH_OUT": str(out), "PYTHON": sys.executable}
@@ -52,6 +53,13 @@ def test_gpu_suite_runs_every_method_on_cpu_at_tiny_shapes(tmp_path):
     text = (out / "RESULTS.md").read_text()
     assert text.startswith("# GPU benchmark") and "ATP-Latent (RL) − SIM-CoT" in text
     assert "RL against its SFT start" in text
+    # RL against its start on the fresh in-distribution sample: the gain is what the flipped problems make it
+    assert "The same on 40 fresh in-distribution problems" in text
+    assert len((out / "seed-0" / "data" / "val_large.jsonl").read_text().splitlines()) == 40
+    large = res["rl_vs_start_val_large"]
+    for job in ("atp_rl", "atp_rl_coherence"):
+        (gained, lost), = large[job]["gained_lost"]
+        assert large[job]["gains"][0] == pytest.approx((gained - lost) / 40)
     # the claim, decided from the numbers above it (one seed: "every seed" is that seed)
     assert "## The claim" in text and "The claim as a whole: **" in text
     assert set(res["claim"]) == {"simcot", "coconut", "rl_over_start", "holds"}

@@ -6,6 +6,7 @@ import pytest
 
 from atp_latent import suite as suite_mod
 from atp_latent.config import load_config
+from atp_latent.data.records import Problem
 from atp_latent.suite import STARTS, SUITES, config_path, train_jobs
 
 # polls a fake job needs before it finishes: 2, or more for these (so that not every job ends in lockstep)
@@ -71,6 +72,10 @@ def test_every_bench_config_loads():
     assert (m.use_decoder, m.use_vae, m.use_stop_head) == (False, False, None)  # None: the method's default (on)
     m = load_config(str(config_path(s, "atp_no_decoder_no_kl_no_stop"))).method
     assert (m.use_decoder, m.use_stop_head, m.beta_kl, m.use_vae) == (False, False, 0.0, None)
+    m = load_config(str(config_path(s, "atp_no_decoder_no_kl_stop_detached"))).method
+    assert (m.use_decoder, m.beta_kl, m.stop_head_detached, m.use_stop_head) == (False, 0.0, True, None)
+    m = load_config(str(config_path(s, "atp_no_decoder_no_vae_stop_detached"))).method
+    assert (m.use_decoder, m.use_vae, m.stop_head_detached, m.use_stop_head) == (False, False, True, None)
     assert load_config(str(config_path(s, "atp_no_vae"))).method.use_vae is False
     assert load_config(str(config_path(s, "atp_rl_no_coherence"))).rl.w_coh == 0.0
     assert load_config(str(config_path(s, "atp_rl_low_lr"))).rl.lr == 1e-5
@@ -128,11 +133,40 @@ def test_missing_start_checkpoint_is_reported(fake_jobs, tmp_path):
 
 def test_ablation_table_rows():
     rows = {"atp": {"accuracy": 0.125, "mean_tokens": 9.5, "mean_latents": 3.25, "sampled_accuracy": 0.1,
-                    "sampled_accuracy_std": 0.02},
+                    "sampled_accuracy_std": 0.02, "by_steps": {"2": {"n": 4, "accuracy": 0.25, "latents": 2.0},
+                                                               "3": {"n": 4, "accuracy": 0.0, "latents": 2.5}}},
             "cot": {"accuracy": 0.4, "mean_tokens": 42.0, "mean_latents": 0.0}}
     lines = suite_mod.ablation_table(rows).splitlines()
-    assert lines[2] == "| ATP-Latent (SFT) | 12.5 | 10.0 ± 2.0 | 9.5 | 3.2 |"
-    assert lines[3] == "| CoT-SFT | 40.0 | - | 42.0 | 0.0 |"
+    assert lines[2] == "| ATP-Latent (SFT) | 12.5 | 10.0 ± 2.0 | 9.5 | 3.2 | 2: 25.0 (2.00); 3: 0.0 (2.50) |"
+    assert lines[3] == "| CoT-SFT | 40.0 | - | 42.0 | 0.0 | - |"
+
+
+def test_accuracy_by_steps_by_hand():
+    problems = [Problem(question=f"q{i}", steps=["1+1=2"] * n, answer="2") for i, n in enumerate([2, 3, 2, 2, 3])]
+    rows = [{"correct": c, "latents": k} for c, k in [(True, 2), (False, 3), (False, 2), (True, 1), (True, 3)]]
+    by = suite_mod.accuracy_by_steps(problems, rows)
+    assert list(by) == ["2", "3"]
+    assert by["2"] == {"n": 3, "accuracy": pytest.approx(2 / 3), "latents": pytest.approx(5 / 3)}
+    assert by["3"] == {"n": 2, "accuracy": 0.5, "latents": 3.0}
+
+
+def test_cached_evaluation_recomputed_when_a_figure_is_missing(tmp_path):
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "reasoner.json").write_text("{}")
+    calls = []
+
+    def compute(x):
+        calls.append(x)
+        return {"accuracy": x, "by_steps": {}}
+
+    (tmp_path / "val_eval.json").write_text('{"accuracy": 0.5}')  # written before by_steps existed
+    def valid(v):
+        return "by_steps" in v
+
+    assert suite_mod._cached(tmp_path, "val_eval.json", compute, 0.7, valid=valid)["accuracy"] == 0.7
+    assert suite_mod._cached(tmp_path, "val_eval.json", compute, 0.9, valid=valid)["accuracy"] == 0.7
+    assert calls == [0.7]  # the second call reused the file the first wrote
+    assert suite_mod._cached(tmp_path, "val_eval.json", compute, 0.8)["accuracy"] == 0.7  # no check: reused
 
 
 def test_rl_vs_start_by_hand():
@@ -146,8 +180,19 @@ def test_rl_vs_start_by_hand():
     assert summary["atp_rl"]["gains"] == pytest.approx([0.10, 0.03, 0.07])
     assert summary["atp_rl"]["mean_gain"] == pytest.approx(0.2 / 3)
     lines = table.splitlines()
-    assert lines[3] == "| ATP-Latent (RL) | 50.0, 47.0, 49.0 | 48.7 ± 1.5 | +10.0, +3.0, +7.0 | +6.7 | yes |"
-    assert lines[4].endswith("| -2.0, +1.0, +1.0 | +0.0 | no |")
+    assert lines[3] == "| ATP-Latent (RL) | 50.0, 47.0, 49.0 | 48.7 ± 1.5 | +10.0, +3.0, +7.0 | +6.7 | yes | - |"
+    assert lines[4].endswith("| -2.0, +1.0, +1.0 | +0.0 | no | - |")
+
+
+def test_rl_vs_start_counts_flipped_problems():
+    """With per-problem results, each seed's problems the RL model gained (start wrong, RL right) and lost."""
+    rows = [{"atp": {"accuracy": 0.5, "correct": "1100"}, "atp_rl": {"accuracy": 0.75, "correct": "1011"}},
+            {"atp": {"accuracy": 0.25, "correct": "0001"}, "atp_rl": {"accuracy": 0.25, "correct": "0001"}}]
+    table, summary = suite_mod.rl_vs_start_table(rows)
+    # seed 0: gained problems 2 and 3, lost problem 1; seed 1: identical. Mean gain 12.5 points against the start's
+    # std of 0.25 / sqrt(2) = 17.7 points: not above it
+    assert summary["atp_rl"]["gained_lost"] == [(2, 1), (0, 0)]
+    assert table.splitlines()[3].endswith("| +25.0, +0.0 | +12.5 | no | +2 / -1, +0 / -0 |")
 
 
 def test_scale_stretches_steps_not_minutes_only(tmp_path):
@@ -164,6 +209,33 @@ def test_scale_stretches_steps_not_minutes_only(tmp_path):
     sets = dict(x.split("=", 1) for x in suite_mod._scaled(config_path(s, "cot"), ["train.max_steps=100"], 2.0))
     assert sets["train.max_steps"] == "200"
     assert cot.method.name == "cot"
+
+
+def test_val_large_is_in_distribution_fresh_and_fixed(tmp_path):
+    """write_val_large: n problems of the val distribution (2-3 steps, no rewording), none a question of any split
+    of the seed folder (planted ones are dropped), the same file from the same data seed, kept at the same size."""
+    from atp_latent.data.formats import load_records, write_jsonl
+    from atp_latent.data.synthetic import SPLITS, SynthConfig, write_benchmark
+
+    first = tmp_path / "first"
+    write_benchmark(first / "data", SynthConfig(seed=5, n_train=200, n_val=20, n_test=20, n_ood=20))
+    drawn = load_records(suite_mod.write_val_large(first, data_seed=5, n=50))
+    assert len(drawn) == 50 and len({r.question for r in drawn}) == 50
+    assert all(2 <= len(r.steps) <= 3 and r.answer for r in drawn)
+    taken = {r.question for s in SPLITS for r in load_records(first / "data" / f"{s}.jsonl")}
+    assert not taken & {r.question for r in drawn}
+    # a seed folder whose training set holds 5 of those questions gets 50 others in the same order
+    planted = tmp_path / "planted"
+    write_benchmark(planted / "data", SynthConfig(seed=5, n_train=200, n_val=20, n_test=20, n_ood=20))
+    write_jsonl(planted / "data" / "train.jsonl", load_records(planted / "data" / "train.jsonl") + drawn[:5])
+    again = load_records(suite_mod.write_val_large(planted, data_seed=5, n=50))
+    assert [r.question for r in again[:45]] == [r.question for r in drawn[5:]]
+    assert not {r.question for r in drawn[:5]} & {r.question for r in again}
+    # the same data seed gives the same file; one of the requested size is kept, another size is redrawn
+    path = first / "data" / "val_large.jsonl"
+    before = path.read_bytes()
+    assert suite_mod.write_val_large(first, data_seed=5, n=50).read_bytes() == before
+    assert len(load_records(suite_mod.write_val_large(first, data_seed=5, n=30))) == 30
 
 
 def test_new_style_questions_are_fresh_and_fixed(tmp_path):
@@ -214,3 +286,12 @@ def test_jobs_start_on_their_own_data(tmp_path, monkeypatch):
                       for j in ("atp_rl_new_style", "atp_rl_new_style_dynamic"))
     assert {f for f in vars(plain) if getattr(plain, f) != getattr(dynamic, f)} == {"dynamic_sampling"}
     assert "atp_rl_new_style" in SUITES["cpu"].jobs and "atp_rl_new_style" not in SUITES["gpu"].jobs
+
+
+def test_gain_table_by_hand():
+    rows = {"atp": {"accuracy": 0.5, "correct": "1100"}, "atp_rl_cosine": {"accuracy": 0.75, "correct": "1011"},
+            "atp_rl_kl": {"accuracy": 0.5, "correct": "1100"}}
+    lines = suite_mod.gain_table(rows).splitlines()
+    assert lines[2] == "| ATP-Latent (SFT) | 50.00 | - | - |"
+    assert lines[3] == "| ATP RL, warmup + cosine lr | 75.00 | +25.00 | +2 / -1 |"
+    assert lines[4] == "| ATP RL, KL to start 0.1 | 50.00 | +0.00 | +0 / -0 |"

@@ -46,6 +46,7 @@ class MethodConfig:
     decoder_trainable: bool = True
     beta_kl: float = 0.001
     stop_loss_positions: Literal["group_start", "all"] = "group_start"
+    stop_head_detached: bool = False  # ablation: the stop head reads z.detach(), so its loss stops at the head
     decoder_weight: float = 1.0
     # latent head initialisation (ours, off by default = the reference): mu = h + f(h) with f zero at init, so
     # ATP starts from Coconut's feedback; and the initial log-variance of every latent (None: random layer)

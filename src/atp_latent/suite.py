@@ -28,6 +28,8 @@ LABELS = {"nocot": "No-CoT", "cot": "CoT-SFT", "coconut": "Coconut", "simcot": "
           "atp_no_decoder_no_kl": "ATP SFT, no decoder, no KL",
           "atp_no_decoder_no_vae": "ATP SFT, no decoder, no VAE (Coconut + stop head)",
           "atp_no_decoder_no_kl_no_stop": "ATP SFT, VAE head only (no decoder, KL, stop head)",
+          "atp_no_decoder_no_kl_stop_detached": "ATP SFT, no decoder, no KL, stop loss kept from the LM",
+          "atp_no_decoder_no_vae_stop_detached": "Coconut + stop head, stop loss kept from the LM",
           "atp_rl_no_coherence": "ATP RL, coherence weight 0",
           "atp_rl_long": "ATP RL, twice the steps", "atp_no_vae": "ATP SFT, no VAE (z = hidden state)",
           "atp_rl_low_lr": "ATP RL, lr 1e-5", "atp_rl_high_lr": "ATP RL, lr 1e-4",
@@ -44,6 +46,7 @@ RL_KNOBS = ("atp_rl_low_lr", "atp_rl_high_lr", "atp_rl_cosine", "atp_rl_group16"
 STARTS = {"coconut": "cot", "simcot": "cot", "atp": "cot", "atp_rl": "atp", "atp_rl_coherence": "atp",
           "atp_no_kl": "cot", "atp_no_stop": "cot", "atp_no_decoder": "cot", "atp_no_decoder_no_kl": "cot",
           "atp_no_decoder_no_vae": "cot", "atp_no_decoder_no_kl_no_stop": "cot", "atp_rl_no_coherence": "atp",
+          "atp_no_decoder_no_kl_stop_detached": "cot", "atp_no_decoder_no_vae_stop_detached": "cot",
           "atp_rl_long": "atp", "atp_no_vae": "cot", "atp_rl_new_style": "atp", "atp_rl_new_style_dynamic": "atp",
           **{k: "atp" for k in RL_KNOBS}}
 # Jobs trained on other data than their seed's train/val splits (paths under the seed folder's data/)
@@ -72,7 +75,8 @@ SUITES = {
     # the CPU bench also runs RL where its reward knows more than SFT did (write_new_style)
     "cpu": Suite("bench", _ALL[:-1] + (("atp_rl_coherence", "atp_rl_new_style", "atp_rl_new_style_dynamic"),),
                  ablations=("atp_no_kl", "atp_no_stop", "atp_no_decoder", "atp_no_decoder_no_kl", "atp_no_vae",
-                            "atp_no_decoder_no_vae", "atp_no_decoder_no_kl_no_stop", "atp_rl_no_coherence", "atp_rl_long", *RL_KNOBS)),
+                            "atp_no_decoder_no_vae", "atp_no_decoder_no_kl_no_stop", "atp_no_decoder_no_kl_stop_detached",
+                            "atp_no_decoder_no_vae_stop_detached", "atp_rl_no_coherence", "atp_rl_long", *RL_KNOBS)),
     # one size up for one GPU: a larger model from scratch, same data and protocol (configs/gpu/)
     "gpu": Suite("gpu", _ALL),
 }
@@ -189,12 +193,15 @@ def train_jobs(suite: Suite, tasks: list[tuple[Path, str, int]], scale: float = 
     return n_todo
 
 
-def _cached(run: Path, name: str, compute, *args):
-    """An evaluation of a finished run, kept beside it (run/name) and reused while final/ is unchanged:
-    evaluation is deterministic, so re-running a bench only evaluates the runs that changed."""
+def _cached(run: Path, name: str, compute, *args, valid=None):
+    """An evaluation of a finished run, kept beside it (run/name) and reused while final/ is unchanged and `valid`
+    accepts it (so a figure added later, or a redrawn split, is computed once): evaluation is deterministic, so
+    re-running a bench only evaluates the runs that changed."""
     path, final = run / name, run / "final" / "reasoner.json"
     if path.is_file() and final.is_file() and path.stat().st_mtime >= final.stat().st_mtime:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
+        if valid is None or valid(value):
+            return value
     value = compute(*args)
     path.write_text(json.dumps(value))
     return value
@@ -257,6 +264,26 @@ def write_new_style(out: Path, data_seed: int = 0, n_train: int = 4800, n_val: i
     write_jsonl(folder / "val.jsonl", fresh[n_train:n_train + n_val])
 
 
+def write_val_large(out: Path, data_seed: int = 0, n: int = 5000) -> Path:
+    """data/val_large.jsonl: `n` in-distribution problems drawn like val (data seed `data_seed` + 202) and kept only
+    when their text is in none of the seed folder's splits. No run selects anything on them: they measure RL's
+    gain over its SFT start with power (on 300 val problems one problem is 0.33 points). Kept when already there."""
+    from atp_latent.data.formats import load_records, write_jsonl
+    from atp_latent.data.synthetic import SPLITS, generate_benchmark
+
+    path = out / "data" / "val_large.jsonl"
+    if path.is_file() and len(path.read_text().splitlines()) == n:
+        return path
+    taken = {r.question for split in SPLITS for r in load_records(out / "data" / f"{split}.jsonl")}
+    drawn = generate_benchmark(SynthConfig(seed=data_seed + 202, n_train=10, n_val=n + n // 10 + 10, n_test=10,
+                                           n_ood=10))["val"]
+    fresh = [p for p in drawn if p.question not in taken]
+    if len(fresh) < n:
+        raise ValueError(f"only {len(fresh)} in-distribution questions are disjoint from {out / 'data'}")
+    write_jsonl(path, fresh[:n])
+    return path
+
+
 def evaluate_seed(jobs: list[str], out: Path, seed: int) -> tuple[dict, dict]:
     """evaluate_jobs for one seed folder, also written to its results.json."""
     results, latents = evaluate_jobs(jobs, out)
@@ -294,23 +321,37 @@ def run_quickstart(args) -> int:
     return 0
 
 
-def evaluate_val(jobs: list[str], out: Path, samples: int = 3, batch_size: int = 100) -> dict:
-    """Models on the val split only (never the test splits): greedy, plus the latent methods with latents sampled
-    from the VAE head (`samples` draws, mean and std). Cached beside each run."""
+def accuracy_by_steps(problems, rows: list[dict]) -> dict[str, dict]:
+    """Greedy accuracy and mean latents per number of solution steps ({"2": {"n", "accuracy", "latents"}, ...}):
+    where an ablation loses, e.g. a fixed number of latents costs only the problems that need them all."""
+    groups: dict[int, list[dict]] = {}
+    for p, r in zip(problems, rows, strict=True):
+        groups.setdefault(len(p.steps), []).append(r)
+    return {str(k): {"n": len(g), "accuracy": sum(r["correct"] for r in g) / len(g),
+                     "latents": sum(r["latents"] for r in g) / len(g)} for k, g in sorted(groups.items())}
+
+
+def evaluate_val(jobs: list[str], out: Path, samples: int = 3, batch_size: int = 100, split: str = "val") -> dict:
+    """Models on the val split only (never the test splits; `split` "val_large": write_val_large's sample): greedy,
+    with which problems each got right ("correct": a string of 0/1 in the file's order), plus the latent methods
+    with latents sampled from the VAE head (`samples` draws, mean and std). Cached beside each run."""
     from atp_latent.data.formats import load_records
     from atp_latent.evaluation.evaluate import default_max_new_tokens, evaluate, load_for_eval, mean_std
     from atp_latent.progress import quiet_library_bars
 
     quiet_library_bars()
 
-    problems = load_records(out / "data" / "val.jsonl")
+    problems = load_records(out / "data" / f"{split}.jsonl")
+
     def run_job(job):
         model, _, builder = load_for_eval(out / "runs" / job)
         max_new = default_max_new_tokens(model.spec.method)
-        summary, _ = evaluate(model, builder, problems, batch_size=batch_size, max_new_tokens=max_new,
-                              progress=False)
+        summary, per_problem = evaluate(model, builder, problems, batch_size=batch_size, max_new_tokens=max_new,
+                                        progress=False)
         row = summary.as_dict()
-        if model.spec.use_vae:
+        row["by_steps"] = accuracy_by_steps(problems, per_problem)
+        row["correct"] = "".join("1" if r["correct"] else "0" for r in per_problem)
+        if model.spec.use_vae and samples:
             accs = [evaluate(model, builder, problems, batch_size=batch_size, max_new_tokens=max_new,
                              sample_latents=True, seed=k, progress=False)[0].accuracy for k in range(samples)]
             row["sampled_accuracy"], row["sampled_accuracy_std"] = mean_std(accs)
@@ -318,8 +359,9 @@ def evaluate_val(jobs: list[str], out: Path, samples: int = 3, batch_size: int =
 
     rows: dict[str, dict] = {}
     for job in jobs:
-        rows[job] = _cached(out / "runs" / job, "val_eval.json", run_job, job)
-        print(f"  val {_label(job)}: {100 * rows[job]['accuracy']:.1f}%", flush=True)
+        rows[job] = _cached(out / "runs" / job, f"{split}_eval.json", run_job, job,
+                            valid=lambda v: "by_steps" in v and len(v.get("correct", "")) == len(problems))
+        print(f"  {split} {_label(job)}: {100 * rows[job]['accuracy']:.1f}%", flush=True)
     return rows
 
 
@@ -328,15 +370,15 @@ def evaluate_ablations(suite: Suite, out: Path, samples: int = 3, batch_size: in
     return evaluate_val(suite.jobs + list(suite.ablations), out, samples, batch_size)
 
 
-def rl_vs_start_table(val_rows: list[dict]) -> tuple[str, dict]:
+def rl_vs_start_table(val_rows: list[dict], digits: int = 1) -> tuple[str, dict]:
     """Val accuracy of each RL job against its SFT start (atp), seed by seed: the claim "RL improves on its start"
     holds when the mean gain exceeds the seed-to-seed std of the start's accuracy."""
     from atp_latent.evaluation.evaluate import mean_std
 
     start = [r["atp"]["accuracy"] for r in val_rows if "atp" in r]
     s_mean, s_std = mean_std(start)
-    lines = ["| model | val acc per seed | mean ± std | gain over ATP SFT per seed | mean gain | gain > start std? |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model | val acc per seed | mean ± std | gain over ATP SFT per seed | mean gain | gain > start std? | "
+             "problems gained / lost per seed |", "|---|---|---|---|---|---|---|"]
     summary = {"atp": {"per_seed": start, "mean": s_mean, "std": s_std}}
     for job in ("atp", "atp_rl", "atp_rl_coherence"):
         if not all(job in r and "atp" in r for r in val_rows):
@@ -347,19 +389,43 @@ def rl_vs_start_table(val_rows: list[dict]) -> tuple[str, dict]:
         g, _ = mean_std(gains)
         verdict = "-" if job == "atp" else ("yes" if g > s_std else "no")
         summary[job] = {"per_seed": accs, "mean": m, "std": sd, "gains": gains, "mean_gain": g}
-        lines.append(f"| {_label(job)} | " + ", ".join(f"{100 * a:.1f}" for a in accs) + f" | {100 * m:.1f} ± "
-                     f"{100 * sd:.1f} | " + ", ".join(f"{100 * x:+.1f}" for x in gains) + f" | {100 * g:+.1f} | "
-                     f"{verdict} |")
+        # paired, problem by problem: how many the start got wrong and this model right, and the reverse
+        flips = [(sum(a == "1" and b == "0" for a, b in zip(r[job]["correct"], r["atp"]["correct"], strict=True)),
+                  sum(a == "0" and b == "1" for a, b in zip(r[job]["correct"], r["atp"]["correct"], strict=True)))
+                 for r in val_rows] if all("correct" in r[job] and "correct" in r["atp"] for r in val_rows) else None
+        if flips is not None:
+            summary[job]["gained_lost"] = flips
+        flip_text = "-" if flips is None or job == "atp" else ", ".join(f"+{a} / -{b}" for a, b in flips)
+        f = f".{digits}f"  # points; 2 digits where one problem is worth less than 0.1
+        lines.append(f"| {_label(job)} | " + ", ".join(f"{100 * a:{f}}" for a in accs) + f" | {100 * m:{f}} ± "
+                     f"{100 * sd:{f}} | " + ", ".join(f"{100 * x:+{f}}" for x in gains) + f" | {100 * g:+{f}} | "
+                     f"{verdict} | {flip_text} |")
     return "\n".join(lines), summary
 
 
 def ablation_table(rows: dict) -> str:
-    lines = ["| model (seed 0) | val acc, greedy | val acc, sampled latents | # tokens | latents |", "|---|---|---|---|---|"]
+    lines = ["| model (seed 0) | val acc, greedy | val acc, sampled latents | # tokens | latents | val acc (latents) by "
+             "# steps |", "|---|---|---|---|---|---|"]
     for job, r in rows.items():
         sampled = (f"{100 * r['sampled_accuracy']:.1f} ± {100 * r['sampled_accuracy_std']:.1f}"
                    if "sampled_accuracy" in r else "-")
+        by = "; ".join(f"{k}: {100 * g['accuracy']:.1f} ({g['latents']:.2f})" for k, g in r.get("by_steps", {}).items())
         lines.append(f"| {_label(job)} | {100 * r['accuracy']:.1f} | {sampled} | {r['mean_tokens']:.1f} | "
-                     f"{r['mean_latents']:.1f} |")
+                     f"{r['mean_latents']:.1f} | {by or '-'} |")
+    return "\n".join(lines)
+
+
+def gain_table(rows: dict, start: str = "atp") -> str:
+    """Each model against `start` on the same problems (rows: evaluate_val's, with "correct"): accuracy, the gain,
+    and the problems it gained (start wrong, it right) and lost."""
+    base = rows[start]
+    lines = ["| model (seed 0) | acc | gain over " + _label(start) + " | problems gained / lost |", "|---|---|---|---|"]
+    for job, r in rows.items():
+        pairs = list(zip(r["correct"], base["correct"], strict=True))
+        gained, lost = sum(a > b for a, b in pairs), sum(a < b for a, b in pairs)
+        gain = "-" if job == start else f"{100 * (r['accuracy'] - base['accuracy']):+.2f}"
+        flips = "-" if job == start else f"+{gained} / -{lost}"
+        lines.append(f"| {_label(job)} | {100 * r['accuracy']:.2f} | {gain} | {flips} |")
     return "\n".join(lines)
 
 
@@ -384,11 +450,16 @@ def run_bench(args) -> int:
     if args.ablations and not suite.ablations:
         raise ValueError(f"suite {args.suite!r} has no ablations")
     t0 = time.time()
+    default_val_large = 5000 if args.suite == "cpu" else 0
+    if getattr(args, "val_large", None) is None:
+        args.val_large = default_val_large
     seed_dirs = [out / f"seed-{seed}" for seed in range(args.seeds)]
     for d in seed_dirs:
         write_data(d, args.data_seed)
         if any(j in JOB_DATA for j in suite.jobs):
             write_new_style(d, args.data_seed)
+        if args.val_large and "atp_rl" in suite.jobs:
+            write_val_large(d, args.data_seed, args.val_large)
     tasks = [(d, j, seed) for seed, d in enumerate(seed_dirs) for j in suite.jobs]
     if args.ablations:
         tasks += [(seed_dirs[0], j, 0) for j in suite.ablations]
@@ -405,11 +476,21 @@ def run_bench(args) -> int:
     val_rows = [evaluate_val([j for j in ("atp", "atp_rl", "atp_rl_coherence") if j in suite.jobs], d)
                 for d in seed_dirs]
     rl_table, rl_summary = rl_vs_start_table(val_rows)
+    large_table, large_summary = "", None
+    if args.val_large and "atp_rl" in suite.jobs:
+        print(f"evaluating the same on {args.val_large} fresh in-distribution problems (val_large)", flush=True)
+        large_rows = [evaluate_val([j for j in ("atp", "atp_rl", "atp_rl_coherence") if j in suite.jobs], d,
+                                   samples=0, split="val_large") for d in seed_dirs]
+        large_table, large_summary = rl_vs_start_table(large_rows, digits=2)
     claim_text, claim = claim_verdict(per_seed, TEST_SPLITS, rl_summary, LABELS)
-    ablations = None
+    ablations = ablations_large = None
     if args.ablations:
         print("evaluating seed 0 and the ablations on the val split", flush=True)
         ablations = evaluate_ablations(suite, seed_dirs[0])
+        rl_jobs = [j for j in suite.jobs + list(suite.ablations) if STARTS.get(j) == "atp" and j not in JOB_DATA]
+        if args.val_large and rl_jobs:
+            print("evaluating seed 0's RL runs on val_large", flush=True)
+            ablations_large = evaluate_val(["atp"] + rl_jobs, seed_dirs[0], samples=0, split="val_large")
     agg = aggregate(per_seed)
     costs = {j: [run_cost(d / "runs" / j) for d in seed_dirs] for j in suite.jobs}
     table = results_table(agg, per_seed, TEST_SPLITS, LABELS, costs)
@@ -422,11 +503,14 @@ def run_bench(args) -> int:
     command = " ".join(["atp-latent", "bench", "--suite", args.suite, "--seeds", str(args.seeds)]
                        + (["--scale", str(args.scale)] if args.scale != 1.0 else [])
                        + [f"--set {o}" for o in args.overrides]
+                       + (["--val-large", str(args.val_large)] if args.val_large != default_val_large else [])
                        + (["--ablations"] if args.ablations else []) + ["--out", str(out)])
     (out / "results.json").write_text(json.dumps({"command": command, "seeds": args.seeds, "splits": TEST_SPLITS,
                                                   "mean": agg, "per_seed": per_seed, "costs": costs,
-                                                  "rl_vs_start_val": rl_summary, "claim": claim,
-                                                  "ablations_val": ablations},
+                                                  "rl_vs_start_val": rl_summary,
+                                                  "rl_vs_start_val_large": large_summary, "claim": claim,
+                                                  "ablations_val": ablations,
+                                                  "ablations_val_large": ablations_large},
                                                  indent=2))
     minutes = (time.time() - t0) / 60
     took = f"{minutes:.0f} min on this machine"
@@ -441,6 +525,10 @@ def run_bench(args) -> int:
             f"seeds, and the seeds on which the first was ahead.\n\n{paired}\n\n"
             "RL against its SFT start on the val split (greedy; the start's seed-to-seed std is the bar):\n\n"
             f"{rl_table}\n\n"
+            + (f"The same on {args.val_large} fresh in-distribution problems (`data/val_large.jsonl` of each seed "
+               "folder: drawn like val, in none of the splits, used for no checkpoint selection), a test of the same "
+               f"gain with more power (one problem = {100 / args.val_large:.2f} points):\n\n{large_table}\n\n"
+               if large_table else "") +
             "## The claim: ATP-Latent (RL) beats SIM-CoT and Coconut at no more tokens, and RL beats its SFT start\n\n"
             f"{claim_text}\n\n"
             "Plots: `accuracy_vs_tokens.png`, `training_curves.png`, `latents_used.png`.\n")
@@ -452,7 +540,12 @@ def run_bench(args) -> int:
         print(warning, flush=True)
     if ablations:
         text += ("\n## Ablations (val split only, seed 0)\n\nSampled latents: z drawn from the VAE head's "
-                 "N(mu, sigma) instead of z = mu, 3 draws.\n\n" + ablation_table(ablations) + "\n")
+                 "N(mu, sigma) instead of z = mu, 3 draws. Last column: greedy val accuracy and mean latents per "
+                 "number of solution steps.\n\n" + ablation_table(ablations) + "\n")
+    if ablations_large:
+        text += (f"\nSeed 0's RL runs on the {args.val_large} fresh in-distribution problems (`val_large`; every "
+                 "RL run's checkpoint was picked on val, none on these), against their start:\n\n"
+                 + gain_table(ablations_large) + "\n")
     notes = out / "NOTES.md"
     if notes.is_file():  # the analysis written by people stays with the table
         text += "\n" + notes.read_text()

@@ -429,3 +429,26 @@ def test_heads_compute_the_method_architecture_by_hand():
     m = sh.mlp
     torch.testing.assert_close(sh(h), F.linear(F.gelu(F.linear(h, m[0].weight, m[0].bias)), m[2].weight, m[2].bias))
     assert sh(h).shape == (5, 2)
+
+
+@pytest.mark.parametrize("use_vae", [True, False])
+def test_detached_stop_head_trains_the_head_only(tok, use_vae):
+    """`stop_head_detached` (an ablation): the stop loss's gradient reaches the stop head exactly as before and
+    nothing upstream of z (the latent head, the LM); attached, it reaches the LM too."""
+    grads = {}
+    for detached in (False, True):
+        model = make(tok, use_vae=use_vae, use_decoder=False, stop_head_detached=detached).train()
+        batch = batch_for(tok, model)
+        torch.manual_seed(3)
+        model(batch)["stop"].backward()
+        grads[detached] = {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+                           for n, p in model.named_parameters()}
+    attached, detached = grads[False], grads[True]
+    head = [n for n in attached if n.startswith("stop_head.")]
+    upstream = [n for n in attached if not n.startswith("stop_head.")]
+    assert head and upstream
+    for n in head:  # same init, same latents: the head's own gradient is unchanged
+        assert attached[n].abs().sum() > 0
+        torch.testing.assert_close(detached[n], attached[n])
+    assert all(detached[n].abs().sum() == 0 for n in upstream)
+    assert sum(attached[n].abs().sum() for n in upstream if n.startswith("lm.")) > 0

@@ -49,15 +49,17 @@ class LatentHead(nn.Module):
 
 
 class StopHead(nn.Module):
-    """Reads a freshly produced latent z and scores (continue, stop)."""
+    """Reads a freshly produced latent z and scores (continue, stop). `detached` (an ablation, off in the method)
+    reads z.detach(): the stop loss then trains this head only and never reaches the latent head or the LM."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, detached: bool = False):
         super().__init__()
         d = hidden_size
+        self.detached = detached
         self.mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 2))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.mlp(z)
+        return self.mlp(z.detach() if self.detached else z)
 
 
 def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,

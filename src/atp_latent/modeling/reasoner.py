@@ -46,6 +46,7 @@ class ReasonerSpec:
     decoder_trainable: bool = True
     beta_kl: float = 0.001
     stop_loss_positions: str = "group_start"  # group_start (ours) | all (reference)
+    stop_head_detached: bool = False  # ablation: the stop loss trains the stop head only, not the LM through z
     decoder_weight: float = 1.0
     latent_head_residual: bool = False  # mu = h + f(h), f zero at init: start from Coconut's feedback (ours)
     init_logvar: float | None = None  # None: the reference's random init of the logvar layer
@@ -81,7 +82,7 @@ class LatentReasoner(nn.Module):
         weight = lm.get_input_embeddings().weight
         self.latent_head = LatentHead(d, spec.latent_head_residual, spec.init_logvar).to(weight.device, weight.dtype) \
             if spec.use_vae else None
-        self.stop_head = StopHead(d).to(weight.device, weight.dtype) if spec.use_stop_head else None
+        self.stop_head = StopHead(d, spec.stop_head_detached).to(weight.device, weight.dtype) if spec.use_stop_head else None
         self.decoder = None
         if spec.use_decoder and spec.decoder_mode == "separate":
             self.decoder = decoder if decoder is not None else copy.deepcopy(lm)

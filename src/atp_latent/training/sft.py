@@ -51,7 +51,8 @@ def spec_of(cfg: RunConfig) -> ReasonerSpec:
     return ReasonerSpec.for_method(
         m.name, latents_per_step=m.latents_per_step, use_vae=m.use_vae, use_stop_head=m.use_stop_head,
         use_decoder=m.use_decoder, decoder_mode=m.decoder_mode, decoder_trainable=m.decoder_trainable,
-        beta_kl=m.beta_kl, stop_loss_positions=m.stop_loss_positions, decoder_weight=m.decoder_weight,
+        beta_kl=m.beta_kl, stop_loss_positions=m.stop_loss_positions,
+        stop_head_detached=m.stop_head_detached, decoder_weight=m.decoder_weight,
         latent_head_residual=m.latent_head_residual, init_logvar=m.init_logvar,
         max_latent_stage=cfg.curriculum.max_latent_stage,
     )
