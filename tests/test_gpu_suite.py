@@ -62,8 +62,9 @@ def test_gpu_suite_runs_every_method_on_cpu_at_tiny_shapes(tmp_path):
         assert large[job]["gains"][0] == pytest.approx((gained - lost) / 40)
     # the claim, decided from the numbers above it (one seed: "every seed" is that seed)
     assert "## The claim" in text and "The claim as a whole: **" in text
-    assert set(res["claim"]) == {"simcot", "coconut", "rl_over_start", "holds"}
-    assert res["claim"]["holds"] == all(res["claim"][k]["holds"] for k in ("simcot", "coconut", "rl_over_start"))
+    parts = ("simcot", "coconut", "rl_over_start", "rl_over_start_large")  # the last: on val_large
+    assert set(res["claim"]) == {*parts, "holds"}
+    assert res["claim"]["holds"] == all(res["claim"][k]["holds"] for k in parts)
 
 
 def test_gpu_configs_are_one_size_up():

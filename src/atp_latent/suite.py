@@ -482,7 +482,8 @@ def run_bench(args) -> int:
         large_rows = [evaluate_val([j for j in ("atp", "atp_rl", "atp_rl_coherence") if j in suite.jobs], d,
                                    samples=0, split="val_large") for d in seed_dirs]
         large_table, large_summary = rl_vs_start_table(large_rows, digits=2)
-    claim_text, claim = claim_verdict(per_seed, TEST_SPLITS, rl_summary, LABELS)
+    claim_text, claim = claim_verdict(per_seed, TEST_SPLITS, rl_summary, LABELS, rl_vs_start_large=large_summary,
+                                      n_large=args.val_large)
     ablations = ablations_large = None
     if args.ablations:
         print("evaluating seed 0 and the ablations on the val split", flush=True)

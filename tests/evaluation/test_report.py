@@ -123,3 +123,10 @@ def test_claim_verdict_by_hand():
     text, facts = claim_verdict(per_seed, ["a"], {"x": {"mean_gain": 0.03}, "s": {"std": 0.01}}, {}, method="x",
                                 baselines=("y",), start="s")
     assert facts["holds"] and text.startswith("The claim as a whole: **holds**")
+    # the same gain measured again on a larger fresh sample: the claim needs it to hold there too
+    large = {"x": {"mean_gain": 0.0002}, "s": {"std": 0.0104}}
+    text, facts = claim_verdict(per_seed, ["a"], {"x": {"mean_gain": 0.03}, "s": {"std": 0.01}}, {}, method="x",
+                                baselines=("y",), start="s", rl_vs_start_large=large, n_large=5000)
+    assert facts["rl_over_start"]["holds"] and not facts["rl_over_start_large"]["holds"] and not facts["holds"]
+    assert ("beats its SFT start on 5000 fresh in-distribution problems: **does not hold** (mean gain +0.02 points "
+            "against a seed-to-seed std of the start of 1.04)") in text

@@ -112,11 +112,12 @@ def paired_table(per_seed: list[dict], pairs: list[tuple[str, str]], splits: lis
 
 def claim_verdict(per_seed: list[dict], splits: list[str], rl_vs_start: dict, labels: dict,
                   method: str = "atp_rl", baselines: tuple[str, ...] = ("simcot", "coconut"),
-                  start: str = "atp") -> tuple[str, dict]:
+                  start: str = "atp", rl_vs_start_large: dict | None = None, n_large: int = 0) -> tuple[str, dict]:
     """The paper's claim, tested on these numbers: `method` beats each baseline at no more tokens, and RL beats
     its SFT start. "Beats a baseline": ahead on the mean accuracy over `splits` on every seed (paired: same data,
     same CoT start), with no more tokens on average. "Beats its start": the mean val gain over the start is
-    larger than the start's seed-to-seed std (`rl_vs_start`: suite.rl_vs_start_table's summary). Returns
+    larger than the start's seed-to-seed std (`rl_vs_start`: suite.rl_vs_start_table's summary), and, where
+    `rl_vs_start_large` is given (the same on `n_large` fresh in-distribution problems), there too. Returns
     markdown lines and the same facts as a dict."""
     def over_splits(r, job, key):
         return sum(r[job][s][key] for s in splits) / len(splits)
@@ -137,13 +138,17 @@ def claim_verdict(per_seed: list[dict], splits: list[str], rl_vs_start: dict, la
                      f"**{verdict}** (mean accuracy over the test splits, paired per "
                      f"seed: {', '.join(f'{100 * d:+.1f}' for d in diffs)} points, mean {100 * mean:+.1f} ± "
                      f"{100 * std:.1f}; # tokens {tok_a:.1f} vs {tok_b:.1f})")
-    if method in rl_vs_start and start in rl_vs_start:
-        gain, bar = rl_vs_start[method]["mean_gain"], rl_vs_start[start]["std"]
-        holds = gain > bar
-        facts["rl_over_start"] = {"mean_gain": gain, "start_std": bar, "holds": holds}
-        verdict = "holds" if holds else "does not hold"
-        lines.append(f"- {labels.get(method, method)} beats its SFT start on val: **{verdict}** (mean gain "
-                     f"{100 * gain:+.1f} points against a seed-to-seed std of the start of {100 * bar:.1f})")
+    for key, summary, where, digits in (("rl_over_start", rl_vs_start, "val", 1),
+                                        ("rl_over_start_large", rl_vs_start_large or {},
+                                         f"{n_large} fresh in-distribution problems", 2)):
+        if method in summary and start in summary:
+            gain, bar = summary[method]["mean_gain"], summary[start]["std"]
+            holds = gain > bar
+            facts[key] = {"mean_gain": gain, "start_std": bar, "holds": holds}
+            verdict = "holds" if holds else "does not hold"
+            lines.append(f"- {labels.get(method, method)} beats its SFT start on {where}: **{verdict}** (mean gain "
+                         f"{100 * gain:+.{digits}f} points against a seed-to-seed std of the start of "
+                         f"{100 * bar:.{digits}f})")
     facts["holds"] = bool(lines) and all(f["holds"] for f in facts.values())
     head = f"The claim as a whole: **{'holds' if facts['holds'] else 'does not hold'}** here."
     return "\n".join([head, "", *lines]), facts
