@@ -370,6 +370,13 @@ def evaluate_ablations(suite: Suite, out: Path, samples: int = 3, batch_size: in
     return evaluate_val(suite.jobs + list(suite.ablations), out, samples, batch_size)
 
 
+def gained_lost(row: dict, start: dict) -> tuple[int, int]:
+    """Paired, problem by problem (evaluate_val rows with "correct"): how many `start` got wrong and `row` right,
+    and the reverse."""
+    pairs = list(zip(row["correct"], start["correct"], strict=True))
+    return sum(a > b for a, b in pairs), sum(a < b for a, b in pairs)
+
+
 def rl_vs_start_table(val_rows: list[dict], digits: int = 1) -> tuple[str, dict]:
     """Val accuracy of each RL job against its SFT start (atp), seed by seed: the claim "RL improves on its start"
     holds when the mean gain exceeds the seed-to-seed std of the start's accuracy."""
@@ -389,10 +396,8 @@ def rl_vs_start_table(val_rows: list[dict], digits: int = 1) -> tuple[str, dict]
         g, _ = mean_std(gains)
         verdict = "-" if job == "atp" else ("yes" if g > s_std else "no")
         summary[job] = {"per_seed": accs, "mean": m, "std": sd, "gains": gains, "mean_gain": g}
-        # paired, problem by problem: how many the start got wrong and this model right, and the reverse
-        flips = [(sum(a == "1" and b == "0" for a, b in zip(r[job]["correct"], r["atp"]["correct"], strict=True)),
-                  sum(a == "0" and b == "1" for a, b in zip(r[job]["correct"], r["atp"]["correct"], strict=True)))
-                 for r in val_rows] if all("correct" in r[job] and "correct" in r["atp"] for r in val_rows) else None
+        flips = [gained_lost(r[job], r["atp"]) for r in val_rows] \
+            if all("correct" in r[job] and "correct" in r["atp"] for r in val_rows) else None
         if flips is not None:
             summary[job]["gained_lost"] = flips
         flip_text = "-" if flips is None or job == "atp" else ", ".join(f"+{a} / -{b}" for a, b in flips)
@@ -421,8 +426,7 @@ def gain_table(rows: dict, start: str = "atp") -> str:
     base = rows[start]
     lines = ["| model (seed 0) | acc | gain over " + _label(start) + " | problems gained / lost |", "|---|---|---|---|"]
     for job, r in rows.items():
-        pairs = list(zip(r["correct"], base["correct"], strict=True))
-        gained, lost = sum(a > b for a, b in pairs), sum(a < b for a, b in pairs)
+        gained, lost = gained_lost(r, base)
         gain = "-" if job == start else f"{100 * (r['accuracy'] - base['accuracy']):+.2f}"
         flips = "-" if job == start else f"+{gained} / -{lost}"
         lines.append(f"| {_label(job)} | {100 * r['accuracy']:.2f} | {gain} | {flips} |")
@@ -473,14 +477,13 @@ def run_bench(args) -> int:
         for j in suite.jobs:
             latents[j] += lat[j]
     print("evaluating the RL runs and their SFT start on the val split", flush=True)
-    val_rows = [evaluate_val([j for j in ("atp", "atp_rl", "atp_rl_coherence") if j in suite.jobs], d)
-                for d in seed_dirs]
+    start_and_rl = [j for j in ("atp", "atp_rl", "atp_rl_coherence") if j in suite.jobs]
+    val_rows = [evaluate_val(start_and_rl, d) for d in seed_dirs]
     rl_table, rl_summary = rl_vs_start_table(val_rows)
     large_table, large_summary = "", None
     if args.val_large and "atp_rl" in suite.jobs:
         print(f"evaluating the same on {args.val_large} fresh in-distribution problems (val_large)", flush=True)
-        large_rows = [evaluate_val([j for j in ("atp", "atp_rl", "atp_rl_coherence") if j in suite.jobs], d,
-                                   samples=0, split="val_large") for d in seed_dirs]
+        large_rows = [evaluate_val(start_and_rl, d, samples=0, split="val_large") for d in seed_dirs]
         large_table, large_summary = rl_vs_start_table(large_rows, digits=2)
     claim_text, claim = claim_verdict(per_seed, TEST_SPLITS, rl_summary, LABELS, rl_vs_start_large=large_summary,
                                       n_large=args.val_large)
