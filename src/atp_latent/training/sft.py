@@ -6,6 +6,8 @@ stage's sequences, step the optimizer, log, checkpoint; validate at each epoch e
 
 from __future__ import annotations
 
+import atexit
+import functools
 import math
 import random
 import time
@@ -123,11 +125,25 @@ def prepare_run(cfg: RunConfig, resume: bool, find_unused_parameters: bool):
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
         log_with=tracker_log_with(cfg.train.report_to, run_path),  # started by open_run_dir
     )
+    if accelerator.num_processes > 1:
+        destroy_process_group_at_exit()
     set_seed(cfg.train.seed)
     train_set = load_data(cfg.data.train)[: cfg.data.max_train]
     val_set = load_data(cfg.data.val, split="validation")[: cfg.data.max_val] if cfg.data.val else []
     ckpt = resume_point(run_path, cfg) if resume else None
     return accelerator, train_set, val_set, run_path, ckpt
+
+
+@functools.cache
+def destroy_process_group_at_exit() -> None:
+    """Destroy the process group when the interpreter exits (registered once per process): left alive, gloo's
+    worker threads can abort the exit ("terminate called without an active exception", SIGABRT), which turns a
+    finished multi-process run into a failed one. At exit, not after a run, so one process may run several."""
+    def destroy():
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    atexit.register(destroy)
 
 
 def open_run_dir(run_path: Path, cfg: RunConfig, resume: bool, ckpt: Path | None,
