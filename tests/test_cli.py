@@ -193,6 +193,39 @@ def test_eval_sampled_latents_reports_mean_and_std_over_seeds(checkpoint):
     assert got["accuracy_std"] == pytest.approx(abs(runs[0][0].accuracy - runs[1][0].accuracy) / 2 ** 0.5)
 
 
+def test_eval_rollout_policy_reports_pass_at_k(checkpoint, capsys):
+    """--rollout --seeds 2: each sample is evaluate() with RL's rollout policy (sampled latents, sampled stop,
+    answer temperature); pass@1 is the mean accuracy and pass@2 the share of problems either sample got right."""
+    from atp_latent.data.formats import load_records
+    from atp_latent.data.sequences import builder_for
+    from atp_latent.evaluation.evaluate import evaluate
+
+    out = checkpoint / "res_r.json"
+    data = checkpoint / "data" / "test_long.jsonl"
+    assert main(["eval", "--checkpoint", str(checkpoint / "run"), "--data", str(data), "--out", str(out),
+                 "--rollout", "--temperature", "0.7", "--seeds", "2", "--max-new-tokens", "3", "--predictions"]) == 0
+    res = json.loads(out.read_text())
+    got = res["results"]["test_long"]
+    assert res["rollout"] and res["temperature"] == 0.7
+    model, tok = LatentReasoner.from_pretrained(checkpoint / "run" / "final")
+    problems = load_records(data)
+    runs = [evaluate(model, builder_for(tok, model.spec), problems, max_new_tokens=3, sample_latents=True,
+                     stop_mode="sample", temperature=0.7, seed=s, progress=False)[1] for s in (0, 1)]
+    last = [json.loads(line) for line in out.with_suffix(".predictions.jsonl").read_text().splitlines()]
+    assert [r["output"] for r in last] == [r["output"] for r in runs[1]]
+    either = sum(a["correct"] or b["correct"] for a, b in zip(*runs)) / len(problems)
+    assert got["pass_at_k"]["1"] == pytest.approx(got["accuracy"])
+    assert got["accuracy"] == pytest.approx(sum(r["correct"] for rows in runs for r in rows) / (2 * len(problems)))
+    assert got["pass_at_k"]["2"] == pytest.approx(either)
+    assert "pass@2" in capsys.readouterr().out
+
+
+def test_eval_temperature_needs_rollout(checkpoint, capsys):
+    data = checkpoint / "data" / "test_long.jsonl"
+    assert main(["eval", "--checkpoint", str(checkpoint / "run"), "--data", str(data), "--temperature", "1"]) == 2
+    assert "--temperature needs --rollout" in capsys.readouterr().err
+
+
 def test_eval_missing_benchmark_name_is_clear(checkpoint, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(checkpoint / "run"), "--data", "gsm8k", "--data-dir", str(tmp_path)]) == 1
     assert "gsm8k_test.jsonl" in capsys.readouterr().err

@@ -295,3 +295,109 @@ def test_gain_table_by_hand():
     assert lines[2] == "| ATP-Latent (SFT) | 50.00 | - | - |"
     assert lines[3] == "| ATP RL, warmup + cosine lr | 75.00 | +25.00 | +2 / -1 |"
     assert lines[4] == "| ATP RL, KL to start 0.1 | 50.00 | +0.00 | +0 / -0 |"
+
+
+def test_rollout_summary_by_hand():
+    # 3 rollouts of 4 problems: right 3, 0, 1 and 2 times
+    right = [[1, 0, 1, 1], [1, 0, 0, 1], [1, 0, 0, 0]]
+    samples = [[{"correct": bool(c)} for c in row] for row in right]
+    got = suite_mod.rollout_summary(samples)
+    assert got["n"] == 3
+    assert got["accuracy"] == pytest.approx(6 / 12)
+    assert got["signal"] == pytest.approx(2 / 4)  # problems 2 and 3: neither all right nor all wrong
+    assert got["pass_at_k"]["3"] == pytest.approx(3 / 4)
+    # pass@2 per problem: 1, 0, 1 - C(2,2)/C(3,2) = 2/3, 1 - C(1,2)/C(3,2) = 1
+    assert got["pass_at_k"]["2"] == pytest.approx((1 + 0 + 2 / 3 + 1) / 4)
+
+
+def test_rollout_table_by_hand():
+    def row(acc, ro_acc, passn, signal):
+        return {"accuracy": acc, "rollout": {"n": 8, "accuracy": ro_acc, "pass_at_k": {"8": passn}, "signal": signal}}
+
+    rows = [{"atp": row(0.98, 0.96, 0.99, 0.10), "atp_rl": {"accuracy": 0.97}},
+            {"atp": row(0.96, 0.94, 0.99, 0.14), "atp_rl": {"accuracy": 0.96}}]
+    lines = suite_mod.rollout_table(rows).splitlines()
+    assert lines[0].startswith("| model | greedy | rollouts: accuracy (pass@1) | pass@8 | groups of 8 with a signal")
+    assert len(lines) == 3  # atp_rl has no rollouts: no row
+    # means 97, 95, 99, 12; sample std of two values a, b is |a - b| / sqrt(2)
+    assert lines[2] == "| ATP-Latent (SFT) | 97.00 ± 1.41 | 95.00 ± 1.41 | 99.00 ± 0.00 | 12.00 ± 2.83 |"
+    assert suite_mod.rollout_table([{"atp": {"accuracy": 0.9}}]) == ""
+
+
+def test_evaluate_val_samples_rl_rollouts_and_caches_them(tmp_path, monkeypatch):
+    """evaluate_val(rollouts=n): n evaluations with RL's rollout policy (sampled latents, sampled stop, answer
+    temperature 1.0), seeds 0..n-1, summarised per problem; cached, and recomputed only when n changes."""
+    import types
+
+    from atp_latent.data.formats import write_jsonl
+    from atp_latent.evaluation import evaluate as eval_mod
+
+    problems = [Problem(question=f"q{i}", answer=str(i), steps=["1+1=2"] * (2 + i % 2), id=str(i)) for i in range(6)]
+    write_jsonl(tmp_path / "data" / "val_large.jsonl", problems)
+    (tmp_path / "runs" / "atp" / "final").mkdir(parents=True)
+    (tmp_path / "runs" / "atp" / "final" / "reasoner.json").write_text("{}")
+    calls = []
+
+    def fake_evaluate(model, builder, probs, *, sample_latents=False, stop_mode="greedy", temperature=0.0, seed=0,
+                      **kw):
+        calls.append((sample_latents, stop_mode, temperature, seed))
+        rollout = sample_latents and stop_mode == "sample"
+        assert not rollout or temperature == 1.0
+        right = [(i + seed) % 3 != 0 if rollout else True for i in range(len(probs))]
+        rows = [{"correct": ok, "latents": 2, "answer_tokens": 3, "pred": "1"} for ok in right]
+        return eval_mod.summarize(rows), rows
+
+    monkeypatch.setattr(eval_mod, "evaluate", fake_evaluate)
+    monkeypatch.setattr(eval_mod, "load_for_eval",
+                        lambda run: (types.SimpleNamespace(spec=types.SimpleNamespace(use_vae=True, method="atp")),
+                                     None, None))
+    got = suite_mod.evaluate_val(["atp"], tmp_path, samples=0, split="val_large", rollouts=2)["atp"]
+    assert calls == [(False, "greedy", 0.0, 0), (True, "sample", 1.0, 0), (True, "sample", 1.0, 1)]
+    assert got["accuracy"] == 1.0 and got["correct"] == "111111"
+    # seed 0 right on problems 1, 2, 4, 5; seed 1 on 0, 1, 3, 4: counts 1, 2, 1, 1, 2, 1
+    assert got["rollout"] == {"n": 2, "accuracy": pytest.approx(8 / 12), "pass_at_k": {"1": pytest.approx(8 / 12),
+                              "2": pytest.approx(1.0)}, "signal": pytest.approx(4 / 6)}
+    calls.clear()
+    assert suite_mod.evaluate_val(["atp"], tmp_path, samples=0, split="val_large")["atp"] == got  # cached
+    assert suite_mod.evaluate_val(["atp"], tmp_path, samples=0, split="val_large", rollouts=2)["atp"] == got
+    assert calls == []
+    suite_mod.evaluate_val(["atp"], tmp_path, samples=0, split="val_large", rollouts=3)
+    assert [c[3] for c in calls] == [0, 0, 1, 2]
+
+
+def test_fresh_questions_are_in_distribution_and_unseen(tmp_path):
+    """write_fresh: n val-like questions, none in any split nor in val_large, the same file from the same data
+    seed; atp_rl_fresh trains on them and is selected on the seed's own val split."""
+    from atp_latent.data.formats import load_records
+    from atp_latent.data.synthetic import SPLITS, SynthConfig, write_benchmark
+
+    started = {}
+
+    def popen(args, **kw):
+        started.update(dict(a.split("=", 1) for a in args if a.startswith("data.")))
+
+    out = tmp_path / "seed-0"
+    write_benchmark(out / "data", SynthConfig(seed=5, n_train=200, n_val=20, n_test=20, n_ood=20))
+    large = {r.question for r in load_records(suite_mod.write_val_large(out, data_seed=5, n=60))}
+    fresh = load_records(suite_mod.write_fresh(out, data_seed=5, n=80))
+    questions = {r.question for r in fresh}
+    taken = {r.question for s in SPLITS for r in load_records(out / "data" / f"{s}.jsonl")}
+    assert len(fresh) == 80 == len(questions) and not questions & (taken | large)
+    assert all(2 <= len(r.steps) <= 3 and r.answer for r in fresh)
+    again = tmp_path / "again"
+    write_benchmark(again / "data", SynthConfig(seed=5, n_train=200, n_val=20, n_test=20, n_ood=20))
+    suite_mod.write_val_large(again, data_seed=5, n=60)
+    assert suite_mod.write_fresh(again, data_seed=5, n=80).read_bytes() == \
+        (out / "data" / "fresh" / "train.jsonl").read_bytes()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(suite_mod.subprocess, "Popen", popen)
+    try:
+        suite_mod._start_job(SUITES["cpu"], "atp_rl_fresh", out, 0, 1.0, [])
+    finally:
+        mp.undo()
+    assert started == {"data.train": str(out / "data" / "fresh" / "train.jsonl"),
+                       "data.val": str(out / "data" / "val.jsonl")}
+    assert "atp_rl_fresh" in SUITES["cpu"].ablations and STARTS["atp_rl_fresh"] == "atp"
+    # the same recipe as atp_rl: only the questions differ
+    base, fresh_cfg = (load_config(str(config_path(SUITES["cpu"], j))) for j in ("atp_rl", "atp_rl_fresh"))
+    assert (vars(base.rl), vars(base.method), base.train) == (vars(fresh_cfg.rl), vars(fresh_cfg.method), fresh_cfg.train)

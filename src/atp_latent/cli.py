@@ -92,10 +92,15 @@ def cmd_eval(args) -> int:
         load_for_eval,
         markdown_table,
         mean_std,
+        pass_at_ks,
         summarize,
     )
     from atp_latent.training.runs import checkpoint_weights, run_dir_of, run_method
 
+    if args.temperature is not None and (not args.rollout or args.temperature < 0):
+        print("atp-latent eval: --temperature needs --rollout and a value >= 0 (greedy evaluation decodes at "
+              f"temperature 0), got {args.temperature}", file=sys.stderr)
+        return 2
     if args.num_processes and args.num_processes > 1:
         return _launch(args)
     from accelerate import PartialState
@@ -113,33 +118,44 @@ def cmd_eval(args) -> int:
     method = model.spec.method
     run_label = run_method(run) or method
     max_new = args.max_new_tokens or default_max_new_tokens(model.spec.method)
-    seeds = args.seeds if args.latent_sample else 1
+    sampled = args.latent_sample or args.rollout
+    seeds = args.seeds if sampled else 1
+    # --rollout samples all three parts as RL's rollouts do (z ~ N(mu, sigma^2), the stop head, answer tokens).
+    policy = dict(sample_latents=True, stop_mode="sample",
+                  temperature=args.temperature if args.temperature is not None else 1.0) if args.rollout \
+        else dict(sample_latents=args.latent_sample)
     results, rows_out = {}, {}
     for name, all_problems in datasets:
         problems = all_problems[: args.limit]
         shard = problems[state.process_index:: state.num_processes]
-        runs = []
+        runs, per_sample = [], []
         for seed in range(seeds):
             _, rows = evaluate(model, builder, shard, batch_size=args.batch_size, max_new_tokens=max_new,
-                               sample_latents=args.latent_sample, seed=seed, device=device, desc=name,
-                               progress=state.is_main_process)
+                               seed=seed, device=device, desc=name, progress=state.is_main_process, **policy)
             if state.num_processes > 1:
                 rows = gather_object(rows)
             runs.append(summarize(rows).as_dict())
+            per_sample.append(rows)
             rows_out[name] = rows
         res = {k: mean_std([r[k] for r in runs])[0] for k in runs[0]}
         res["accuracy_std"] = mean_std([r["accuracy"] for r in runs])[1]
         res["seeds"] = seeds
+        if seeds > 1:  # the seeds are n samples of each problem: pass@k says how much sampling could find
+            res["pass_at_k"] = pass_at_ks(per_sample)
         results[name] = res
     table = markdown_table({run.name: results}, [n for n, _ in datasets], methods={run.name: run_label})
     if not state.is_main_process:
         return 0
     print(table)
+    for name, res in results.items():
+        if "pass_at_k" in res:
+            print(f"{name}: " + ", ".join(f"pass@{k} {100 * v:.2f}" for k, v in res["pass_at_k"].items()))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"run": run.name, "run_method": run_label, "checkpoint": str(weights),
-                                   "method": method, "results": results, "latent_sample": args.latent_sample},
+                                   "method": method, "results": results, "latent_sample": args.latent_sample,
+                                   "rollout": args.rollout, "temperature": policy.get("temperature", 0.0)},
                                   indent=2))
         out.with_suffix(".md").write_text(table + "\n")
         if args.predictions:
@@ -222,7 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--max-new-tokens", type=int, default=None)
     ev.add_argument("--latent-sample", action="store_true", help="sample latents instead of using mu")
-    ev.add_argument("--seeds", type=int, default=1, help="with --latent-sample: report mean +- std over seeds")
+    ev.add_argument("--rollout", action="store_true",
+                    help="sample as RL's rollouts do: latents, the stop head and answer tokens (see --temperature)")
+    ev.add_argument("--temperature", type=float, default=None, help="with --rollout: answer-token temperature (1.0)")
+    ev.add_argument("--seeds", type=int, default=1,
+                    help="with --latent-sample or --rollout: N samples per problem; reports mean +- std and pass@k")
     ev.add_argument("--limit", type=int, default=None, help="first N problems of each file")
     ev.add_argument("--predictions", action="store_true", help="also write per-problem predictions")
     ev.add_argument("--device", default=None)
@@ -255,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--val-large", type=int, default=None, metavar="N",
                     help="also compare RL with its SFT start on N fresh in-distribution problems (0: off; default "
                          "5000 for the cpu suite, 0 for the gpu suite, whose 9 minutes it would stretch)")
+    bn.add_argument("--rollouts", type=int, default=None, metavar="N",
+                    help="with --val-large: also sample N answers per problem from RL's rollout policy for the RL runs "
+                         "and their start (accuracy, pass@N, groups with a signal; default 8, RL's group size; 0: off)")
     bn.add_argument("--ablations", action="store_true",
                     help="also train seed 0's ablations (no KL, no stop head, no decoder, no VAE, coherence weight 0, "
                          "longer RL, lower RL lr) and report them on the val split")

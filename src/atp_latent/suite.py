@@ -37,6 +37,7 @@ LABELS = {"nocot": "No-CoT", "cot": "CoT-SFT", "coconut": "Coconut", "simcot": "
           "atp_rl_kl": "ATP RL, KL to start 0.1", "atp_rl_logratio_mean": "ATP RL, per-dim latent log-ratio",
           "atp_rl_cosine": "ATP RL, warmup + cosine lr", "atp_rl_group16": "ATP RL, 16 rollouts per question",
           "atp_rl_latent_temp": "ATP RL, latent exploration x3", "atp_rl_heads_only": "ATP RL, heads only",
+          "atp_rl_fresh": "ATP RL on fresh in-distribution questions",
           "atp_rl_new_style": "ATP-Latent (RL on new-style questions)",
           "atp_rl_new_style_dynamic": "ATP-Latent (RL on new-style questions, dynamic sampling)"}
 RL_KNOBS = ("atp_rl_low_lr", "atp_rl_high_lr", "atp_rl_cosine", "atp_rl_group16", "atp_rl_dynamic",
@@ -48,9 +49,11 @@ STARTS = {"coconut": "cot", "simcot": "cot", "atp": "cot", "atp_rl": "atp", "atp
           "atp_no_decoder_no_vae": "cot", "atp_no_decoder_no_kl_no_stop": "cot", "atp_rl_no_coherence": "atp",
           "atp_no_decoder_no_kl_stop_detached": "cot", "atp_no_decoder_no_vae_stop_detached": "cot",
           "atp_rl_long": "atp", "atp_no_vae": "cot", "atp_rl_new_style": "atp", "atp_rl_new_style_dynamic": "atp",
-          **{k: "atp" for k in RL_KNOBS}}
+          "atp_rl_fresh": "atp", **{k: "atp" for k in RL_KNOBS}}
 # Jobs trained on other data than their seed's train/val splits (paths under the seed folder's data/)
-JOB_DATA = {j: ("new_style/train.jsonl", "new_style/val.jsonl") for j in ("atp_rl_new_style", "atp_rl_new_style_dynamic")}
+NEW_STYLE_JOBS = ("atp_rl_new_style", "atp_rl_new_style_dynamic")
+JOB_DATA = {**{j: ("new_style/train.jsonl", "new_style/val.jsonl") for j in NEW_STYLE_JOBS},
+            "atp_rl_fresh": ("fresh/train.jsonl", "val.jsonl")}
 
 
 # The bench's paired comparisons (first minus second, seed by seed)
@@ -76,7 +79,7 @@ SUITES = {
     "cpu": Suite("bench", _ALL[:-1] + (("atp_rl_coherence", "atp_rl_new_style", "atp_rl_new_style_dynamic"),),
                  ablations=("atp_no_kl", "atp_no_stop", "atp_no_decoder", "atp_no_decoder_no_kl", "atp_no_vae",
                             "atp_no_decoder_no_vae", "atp_no_decoder_no_kl_no_stop", "atp_no_decoder_no_kl_stop_detached",
-                            "atp_no_decoder_no_vae_stop_detached", "atp_rl_no_coherence", "atp_rl_long", *RL_KNOBS)),
+                            "atp_no_decoder_no_vae_stop_detached", "atp_rl_no_coherence", "atp_rl_long", *RL_KNOBS, "atp_rl_fresh")),
     # one size up for one GPU: a larger model from scratch, same data and protocol (configs/gpu/)
     "gpu": Suite("gpu", _ALL),
 }
@@ -264,23 +267,46 @@ def write_new_style(out: Path, data_seed: int = 0, n_train: int = 4800, n_val: i
     write_jsonl(folder / "val.jsonl", fresh[n_train:n_train + n_val])
 
 
+def _draw_in_distribution(out: Path, seed: int, n: int, avoid: tuple[str, ...] = ()) -> list:
+    """`n` in-distribution problems drawn like val with data seed `seed`, kept only when their text is in none of the
+    seed folder's splits nor in the files `avoid` (paths under its data/)."""
+    from atp_latent.data.formats import load_records
+    from atp_latent.data.synthetic import SPLITS, generate_benchmark
+
+    data = out / "data"
+    files = [data / f"{split}.jsonl" for split in SPLITS] + [data / a for a in avoid if (data / a).is_file()]
+    taken = {r.question for f in files for r in load_records(f)}
+    drawn = generate_benchmark(SynthConfig(seed=seed, n_train=10, n_val=n + n // 10 + 10, n_test=10,
+                                           n_ood=10))["val"]
+    fresh = [p for p in drawn if p.question not in taken]
+    if len(fresh) < n:
+        raise ValueError(f"only {len(fresh)} in-distribution questions are disjoint from {data}")
+    return fresh[:n]
+
+
 def write_val_large(out: Path, data_seed: int = 0, n: int = 5000) -> Path:
     """data/val_large.jsonl: `n` in-distribution problems drawn like val (data seed `data_seed` + 202) and kept only
     when their text is in none of the seed folder's splits. No run selects anything on them: they measure RL's
     gain over its SFT start with power (on 300 val problems one problem is 0.33 points). Kept when already there."""
-    from atp_latent.data.formats import load_records, write_jsonl
-    from atp_latent.data.synthetic import SPLITS, generate_benchmark
+    from atp_latent.data.formats import write_jsonl
 
     path = out / "data" / "val_large.jsonl"
     if path.is_file() and len(path.read_text().splitlines()) == n:
         return path
-    taken = {r.question for split in SPLITS for r in load_records(out / "data" / f"{split}.jsonl")}
-    drawn = generate_benchmark(SynthConfig(seed=data_seed + 202, n_train=10, n_val=n + n // 10 + 10, n_test=10,
-                                           n_ood=10))["val"]
-    fresh = [p for p in drawn if p.question not in taken]
-    if len(fresh) < n:
-        raise ValueError(f"only {len(fresh)} in-distribution questions are disjoint from {out / 'data'}")
-    write_jsonl(path, fresh[:n])
+    write_jsonl(path, _draw_in_distribution(out, data_seed + 202, n))
+    return path
+
+
+def write_fresh(out: Path, data_seed: int = 0, n: int = 4800) -> Path:
+    """data/fresh/train.jsonl: `n` in-distribution questions no SFT run saw (data seed `data_seed` + 303; disjoint
+    from every split and from val_large). SFT learns its own training questions to ~99%, so RL on them has little
+    to learn from; `atp_rl_fresh` runs the same recipe on these instead (docs/benchmark.md). Kept when there."""
+    from atp_latent.data.formats import write_jsonl
+
+    path = out / "data" / "fresh" / "train.jsonl"
+    if path.is_file() and len(path.read_text().splitlines()) == n:
+        return path
+    write_jsonl(path, _draw_in_distribution(out, data_seed + 303, n, avoid=("val_large.jsonl",)))
     return path
 
 
@@ -331,10 +357,13 @@ def accuracy_by_steps(problems, rows: list[dict]) -> dict[str, dict]:
                      "latents": sum(r["latents"] for r in g) / len(g)} for k, g in sorted(groups.items())}
 
 
-def evaluate_val(jobs: list[str], out: Path, samples: int = 3, batch_size: int = 100, split: str = "val") -> dict:
+def evaluate_val(jobs: list[str], out: Path, samples: int = 3, batch_size: int = 100, split: str = "val",
+                 rollouts: int = 0) -> dict:
     """Models on the val split only (never the test splits; `split` "val_large": write_val_large's sample): greedy,
     with which problems each got right ("correct": a string of 0/1 in the file's order), plus the latent methods
-    with latents sampled from the VAE head (`samples` draws, mean and std). Cached beside each run."""
+    with latents sampled from the VAE head (`samples` draws, mean and std) and, with `rollouts` n, n samples of each
+    problem from RL's rollout policy (rollout_summary). Cached beside each run."""
+    from atp_latent.config import RLConfig
     from atp_latent.data.formats import load_records
     from atp_latent.evaluation.evaluate import default_max_new_tokens, evaluate, load_for_eval, mean_std
     from atp_latent.progress import quiet_library_bars
@@ -355,14 +384,57 @@ def evaluate_val(jobs: list[str], out: Path, samples: int = 3, batch_size: int =
             accs = [evaluate(model, builder, problems, batch_size=batch_size, max_new_tokens=max_new,
                              sample_latents=True, seed=k, progress=False)[0].accuracy for k in range(samples)]
             row["sampled_accuracy"], row["sampled_accuracy_std"] = mean_std(accs)
+        if model.spec.use_vae and rollouts:
+            row["rollout"] = rollout_summary([
+                evaluate(model, builder, problems, batch_size=batch_size, max_new_tokens=max_new, sample_latents=True,
+                         stop_mode="sample", temperature=RLConfig().temperature, seed=k, progress=False)[1]
+                for k in range(rollouts)])
         return row
+
+    def valid(v):
+        return "by_steps" in v and len(v.get("correct", "")) == len(problems) \
+            and (not rollouts or v.get("rollout", {}).get("n") == rollouts)
 
     rows: dict[str, dict] = {}
     for job in jobs:
-        rows[job] = _cached(out / "runs" / job, f"{split}_eval.json", run_job, job,
-                            valid=lambda v: "by_steps" in v and len(v.get("correct", "")) == len(problems))
+        rows[job] = _cached(out / "runs" / job, f"{split}_eval.json", run_job, job, valid=valid)
         print(f"  {split} {_label(job)}: {100 * rows[job]['accuracy']:.1f}%", flush=True)
     return rows
+
+
+def rollout_summary(samples: list[list[dict]]) -> dict:
+    """n samples of each problem from RL's rollout policy (samples[k][i]: sample k of problem i): their accuracy
+    (pass@1), pass@k, and the share of problems whose n answers are not all right or all wrong, i.e. the share of
+    GRPO groups of n rollouts with which the accuracy reward would carry a signal."""
+    from atp_latent.evaluation.evaluate import pass_at_ks
+
+    n = len(samples)
+    right = [sum(rows[i]["correct"] for rows in samples) for i in range(len(samples[0]))]
+    return {"n": n, "accuracy": sum(right) / (n * len(right)), "pass_at_k": pass_at_ks(samples),
+            "signal": sum(0 < c < n for c in right) / len(right)}
+
+
+def rollout_table(rows_per_seed: list[dict]) -> str:
+    """Greedy accuracy beside RL's own sampling policy (evaluate_val rows with "rollout"), mean ± std over seeds."""
+    from atp_latent.evaluation.evaluate import mean_std
+
+    jobs = [j for j in rows_per_seed[0] if all("rollout" in r.get(j, {}) for r in rows_per_seed)]
+    if not jobs:
+        return ""
+    n = rows_per_seed[0][jobs[0]]["rollout"]["n"]
+    lines = [f"| model | greedy | rollouts: accuracy (pass@1) | pass@{n} | groups of {n} with a signal |",
+             "|---|---|---|---|---|"]
+
+    def cell(xs):
+        m, sd = mean_std(xs)
+        return f"{100 * m:.2f} ± {100 * sd:.2f}"
+
+    for j in jobs:
+        ro = [r[j]["rollout"] for r in rows_per_seed]
+        lines.append(f"| {_label(j)} | {cell([r[j]['accuracy'] for r in rows_per_seed])} | "
+                     f"{cell([x['accuracy'] for x in ro])} | {cell([x['pass_at_k'][str(n)] for x in ro])} | "
+                     f"{cell([x['signal'] for x in ro])} |")
+    return "\n".join(lines)
 
 
 def evaluate_ablations(suite: Suite, out: Path, samples: int = 3, batch_size: int = 100) -> dict:
@@ -457,13 +529,17 @@ def run_bench(args) -> int:
     default_val_large = 5000 if args.suite == "cpu" else 0
     if getattr(args, "val_large", None) is None:
         args.val_large = default_val_large
+    if getattr(args, "rollouts", None) is None:
+        args.rollouts = 8 if args.val_large else 0
     seed_dirs = [out / f"seed-{seed}" for seed in range(args.seeds)]
     for d in seed_dirs:
         write_data(d, args.data_seed)
-        if any(j in JOB_DATA for j in suite.jobs):
+        if any(j in NEW_STYLE_JOBS for j in suite.jobs):
             write_new_style(d, args.data_seed)
         if args.val_large and "atp_rl" in suite.jobs:
             write_val_large(d, args.data_seed, args.val_large)
+    if args.ablations and "atp_rl_fresh" in suite.ablations:
+        write_fresh(seed_dirs[0], args.data_seed)  # after val_large, which it avoids
     tasks = [(d, j, seed) for seed, d in enumerate(seed_dirs) for j in suite.jobs]
     if args.ablations:
         tasks += [(seed_dirs[0], j, 0) for j in suite.ablations]
@@ -480,18 +556,22 @@ def run_bench(args) -> int:
     start_and_rl = [j for j in ("atp", "atp_rl", "atp_rl_coherence") if j in suite.jobs]
     val_rows = [evaluate_val(start_and_rl, d) for d in seed_dirs]
     rl_table, rl_summary = rl_vs_start_table(val_rows)
-    large_table, large_summary = "", None
+    large_table, large_summary, rollouts_text, rollouts_summary = "", None, "", None
     if args.val_large and "atp_rl" in suite.jobs:
         print(f"evaluating the same on {args.val_large} fresh in-distribution problems (val_large)", flush=True)
-        large_rows = [evaluate_val(start_and_rl, d, samples=0, split="val_large") for d in seed_dirs]
+        large_rows = [evaluate_val(start_and_rl, d, samples=0, split="val_large", rollouts=args.rollouts)
+                      for d in seed_dirs]
         large_table, large_summary = rl_vs_start_table(large_rows, digits=2)
+        rollouts_text = rollout_table(large_rows) if args.rollouts else ""
+        rollouts_summary = {j: [r[j]["rollout"] for r in large_rows] for j in start_and_rl
+                            if all("rollout" in r.get(j, {}) for r in large_rows)} or None
     claim_text, claim = claim_verdict(per_seed, TEST_SPLITS, rl_summary, LABELS, rl_vs_start_large=large_summary,
                                       n_large=args.val_large)
     ablations = ablations_large = None
     if args.ablations:
         print("evaluating seed 0 and the ablations on the val split", flush=True)
         ablations = evaluate_ablations(suite, seed_dirs[0])
-        rl_jobs = [j for j in suite.jobs + list(suite.ablations) if STARTS.get(j) == "atp" and j not in JOB_DATA]
+        rl_jobs = [j for j in suite.jobs + list(suite.ablations) if STARTS.get(j) == "atp" and j not in NEW_STYLE_JOBS]
         if args.val_large and rl_jobs:
             print("evaluating seed 0's RL runs on val_large", flush=True)
             ablations_large = evaluate_val(["atp"] + rl_jobs, seed_dirs[0], samples=0, split="val_large")
@@ -508,11 +588,13 @@ def run_bench(args) -> int:
                        + (["--scale", str(args.scale)] if args.scale != 1.0 else [])
                        + [f"--set {o}" for o in args.overrides]
                        + (["--val-large", str(args.val_large)] if args.val_large != default_val_large else [])
+                       + (["--rollouts", str(args.rollouts)] if args.rollouts != (8 if args.val_large else 0) else [])
                        + (["--ablations"] if args.ablations else []) + ["--out", str(out)])
     (out / "results.json").write_text(json.dumps({"command": command, "seeds": args.seeds, "splits": TEST_SPLITS,
                                                   "mean": agg, "per_seed": per_seed, "costs": costs,
                                                   "rl_vs_start_val": rl_summary,
                                                   "rl_vs_start_val_large": large_summary, "claim": claim,
+                                                  "rollouts_val_large": rollouts_summary,
                                                   "ablations_val": ablations,
                                                   "ablations_val_large": ablations_large},
                                                  indent=2))
@@ -532,7 +614,12 @@ def run_bench(args) -> int:
             + (f"The same on {args.val_large} fresh in-distribution problems (`data/val_large.jsonl` of each seed "
                "folder: drawn like val, in none of the splits, used for no checkpoint selection), a test of the same "
                f"gain with more power (one problem = {100 / args.val_large:.2f} points):\n\n{large_table}\n\n"
-               if large_table else "") +
+               if large_table else "")
+            + (f"RL's own sampling policy on the same problems: {args.rollouts} rollouts of each (sampled latents, "
+               "sampled stop head, answer temperature 1.0, as in RL's groups), their accuracy, pass@k (at least one "
+               f"of {args.rollouts} right), and the share of problems whose {args.rollouts} answers are neither all "
+               "right nor all wrong (a GRPO group with a signal); mean ± std over seeds:\n\n"
+               f"{rollouts_text}\n\n" if rollouts_text else "") +
             "## The claim: ATP-Latent (RL) beats SIM-CoT and Coconut at no more tokens, and RL beats its SFT start\n\n"
             f"{claim_text}\n\n"
             "Plots: `accuracy_vs_tokens.png`, `training_curves.png`, `latents_used.png`.\n")

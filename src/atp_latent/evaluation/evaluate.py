@@ -37,12 +37,17 @@ def evaluate(
     batch_size: int = 64,
     max_new_tokens: int = 16,
     sample_latents: bool = False,
+    stop_mode: str = "greedy",
+    temperature: float = 0.0,
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
     desc: str = "eval",
 ) -> tuple[EvalSummary, list[dict]]:
-    """Greedy answers for `problems`; returns the summary and one row per problem (in input order)."""
+    """Answers for `problems`; returns the summary and one row per problem (in input order).
+
+    Greedy by default (z = mu, the stop head's argmax, argmax tokens). `sample_latents`, `stop_mode="sample"` and
+    `temperature` > 0 sample each part instead; all three together are RL's rollout policy (METHOD.md §8)."""
     reasoner.eval()
     tok = builder.tok
     prompts = [builder.eval_prompt(p.question) for p in problems]
@@ -58,7 +63,8 @@ def evaluate(
         n_slots = torch.tensor([prompts[i][1] for i in idx])
         state, out = reasoner.answer(
             ids.to(device), mask.to(device), n_slots.to(device), builder.end_id, tok.eos_token_id,
-            tok.pad_token_id, max_new_tokens, sample_latents=sample_latents, generator=gen,
+            tok.pad_token_id, max_new_tokens, sample_latents=sample_latents, stop_mode=stop_mode,
+            temperature=temperature, generator=gen,
         )
         n_active = state.n_active.tolist() if state.active.numel() else [0] * len(idx)
         for j, i in enumerate(idx):
@@ -88,6 +94,28 @@ def summarize(rows: list[dict]) -> EvalSummary:
         mean_answer_tokens=sum(r["answer_tokens"] for r in rows) / n,
         format_rate=sum(bool(r["pred"]) for r in rows) / n,
     )
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of the chance that at least one of k samples is right, from c right out of n >= k
+    samples of one problem: 1 - C(n-c, k) / C(n, k) (Chen et al., 2021), as a product to stay exact for large n."""
+    if not 0 < k <= n or not 0 <= c <= n:
+        raise ValueError(f"pass@k needs 0 < k <= n and 0 <= c <= n, got n={n} c={c} k={k}")
+    if n - c < k:
+        return 1.0
+    miss = 1.0
+    for i in range(n - c + 1, n + 1):  # C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i)
+        miss *= 1.0 - k / i
+    return 1.0 - miss
+
+
+def pass_at_ks(per_sample_rows: list[list[dict]]) -> dict[str, float]:
+    """pass@k for k = 1, 2, 4, ... and n, averaged over problems, from n evaluations of the same problems
+    (per_sample_rows[s][i] is sample s of problem i)."""
+    n = len(per_sample_rows)
+    counts = [sum(rows[i]["correct"] for rows in per_sample_rows) for i in range(len(per_sample_rows[0]))]
+    ks = sorted({2 ** j for j in range(n.bit_length()) if 2 ** j <= n} | {n})
+    return {str(k): sum(pass_at_k(n, c, k) for c in counts) / max(len(counts), 1) for k in ks}
 
 
 def default_max_new_tokens(method: str) -> int:
