@@ -87,6 +87,7 @@ def test_every_bench_config_loads():
         changed[job] = {f for f in vars(base) if getattr(base, f) != getattr(knob, f)}
     assert changed == {"atp_rl_low_lr": {"lr"}, "atp_rl_high_lr": {"lr"}, "atp_rl_cosine": {"lr_schedule", "warmup_steps"},
                        "atp_rl_group16": {"group_size", "minibatch_size"}, "atp_rl_dynamic": {"dynamic_sampling"},
+                       "atp_rl_dynamic8": {"dynamic_sampling", "oversample"},
                        "atp_rl_token_norm": {"loss_norm"}, "atp_rl_kl": {"kl_coef"},
                        "atp_rl_logratio_mean": {"latent_logratio"}, "atp_rl_latent_temp": {"latent_temperature"},
                        "atp_rl_heads_only": {"train_lm"}}
