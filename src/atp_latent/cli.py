@@ -93,6 +93,8 @@ def cmd_eval(args) -> int:
         markdown_table,
         mean_std,
         pass_at_ks,
+        right_counts,
+        rollout_policy,
         summarize,
     )
     from atp_latent.training.runs import checkpoint_weights, run_dir_of, run_method
@@ -121,9 +123,7 @@ def cmd_eval(args) -> int:
     sampled = args.latent_sample or args.rollout
     seeds = args.seeds if sampled else 1
     # --rollout samples all three parts as RL's rollouts do (z ~ N(mu, sigma^2), the stop head, answer tokens).
-    policy = dict(sample_latents=True, stop_mode="sample",
-                  temperature=args.temperature if args.temperature is not None else 1.0) if args.rollout \
-        else dict(sample_latents=args.latent_sample)
+    policy = rollout_policy(args.temperature) if args.rollout else dict(sample_latents=args.latent_sample)
     results, rows_out = {}, {}
     for name, all_problems in datasets:
         problems = all_problems[: args.limit]
@@ -141,7 +141,7 @@ def cmd_eval(args) -> int:
         res["accuracy_std"] = mean_std([r["accuracy"] for r in runs])[1]
         res["seeds"] = seeds
         if seeds > 1:  # the seeds are n samples of each problem: pass@k says how much sampling could find
-            res["pass_at_k"] = pass_at_ks(per_sample)
+            res["pass_at_k"] = pass_at_ks(right_counts(per_sample), seeds)
         results[name] = res
     table = markdown_table({run.name: results}, [n for n, _ in datasets], methods={run.name: run_label})
     if not state.is_main_process:

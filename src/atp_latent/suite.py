@@ -33,15 +33,16 @@ LABELS = {"nocot": "No-CoT", "cot": "CoT-SFT", "coconut": "Coconut", "simcot": "
           "atp_rl_no_coherence": "ATP RL, coherence weight 0",
           "atp_rl_long": "ATP RL, twice the steps", "atp_no_vae": "ATP SFT, no VAE (z = hidden state)",
           "atp_rl_low_lr": "ATP RL, lr 1e-5", "atp_rl_high_lr": "ATP RL, lr 1e-4",
-          "atp_rl_dynamic": "ATP RL, dynamic sampling", "atp_rl_dynamic8": "ATP RL, dynamic sampling, 8x questions", "atp_rl_token_norm": "ATP RL, token-level loss norm",
+          "atp_rl_dynamic": "ATP RL, dynamic sampling", "atp_rl_dynamic8": "ATP RL, dynamic sampling, 8x questions",
+          "atp_rl_token_norm": "ATP RL, token-level loss norm",
           "atp_rl_kl": "ATP RL, KL to start 0.1", "atp_rl_logratio_mean": "ATP RL, per-dim latent log-ratio",
           "atp_rl_cosine": "ATP RL, warmup + cosine lr", "atp_rl_group16": "ATP RL, 16 rollouts per question",
           "atp_rl_latent_temp": "ATP RL, latent exploration x3", "atp_rl_heads_only": "ATP RL, heads only",
           "atp_rl_fresh": "ATP RL on fresh in-distribution questions",
           "atp_rl_new_style": "ATP-Latent (RL on new-style questions)",
           "atp_rl_new_style_dynamic": "ATP-Latent (RL on new-style questions, dynamic sampling)"}
-RL_KNOBS = ("atp_rl_low_lr", "atp_rl_high_lr", "atp_rl_cosine", "atp_rl_group16", "atp_rl_dynamic", "atp_rl_dynamic8",
-            "atp_rl_token_norm", "atp_rl_kl", "atp_rl_logratio_mean", "atp_rl_latent_temp",
+RL_KNOBS = ("atp_rl_low_lr", "atp_rl_high_lr", "atp_rl_cosine", "atp_rl_group16", "atp_rl_dynamic",
+            "atp_rl_dynamic8", "atp_rl_token_norm", "atp_rl_kl", "atp_rl_logratio_mean", "atp_rl_latent_temp",
             "atp_rl_heads_only")
 # Where each job starts from (its best validation checkpoint).
 STARTS = {"coconut": "cot", "simcot": "cot", "atp": "cot", "atp_rl": "atp", "atp_rl_coherence": "atp",
@@ -79,7 +80,8 @@ SUITES = {
     "cpu": Suite("bench", _ALL[:-1] + (("atp_rl_coherence", "atp_rl_new_style", "atp_rl_new_style_dynamic"),),
                  ablations=("atp_no_kl", "atp_no_stop", "atp_no_decoder", "atp_no_decoder_no_kl", "atp_no_vae",
                             "atp_no_decoder_no_vae", "atp_no_decoder_no_kl_no_stop", "atp_no_decoder_no_kl_stop_detached",
-                            "atp_no_decoder_no_vae_stop_detached", "atp_rl_no_coherence", "atp_rl_long", *RL_KNOBS, "atp_rl_fresh")),
+                            "atp_no_decoder_no_vae_stop_detached", "atp_rl_no_coherence", "atp_rl_long", *RL_KNOBS,
+                            "atp_rl_fresh")),
     # one size up for one GPU: a larger model from scratch, same data and protocol (configs/gpu/)
     "gpu": Suite("gpu", _ALL),
 }
@@ -299,8 +301,9 @@ def write_val_large(out: Path, data_seed: int = 0, n: int = 5000) -> Path:
 
 def write_fresh(out: Path, data_seed: int = 0, n: int = 4800) -> Path:
     """data/fresh/train.jsonl: `n` in-distribution questions no SFT run saw (data seed `data_seed` + 303; disjoint
-    from every split and from val_large). SFT learns its own training questions to ~99%, so RL on them has little
-    to learn from; `atp_rl_fresh` runs the same recipe on these instead (docs/benchmark.md). Kept when there."""
+    from every split and from val_large). `atp_rl_fresh` runs atp_rl's recipe on these instead of the SFT questions,
+    to tell whether RL learns nothing only because SFT was trained on its questions (docs/benchmark.md). Kept when
+    there."""
     from atp_latent.data.formats import write_jsonl
 
     path = out / "data" / "fresh" / "train.jsonl"
@@ -363,9 +366,14 @@ def evaluate_val(jobs: list[str], out: Path, samples: int = 3, batch_size: int =
     with which problems each got right ("correct": a string of 0/1 in the file's order), plus the latent methods
     with latents sampled from the VAE head (`samples` draws, mean and std) and, with `rollouts` n, n samples of each
     problem from RL's rollout policy (rollout_summary). Cached beside each run."""
-    from atp_latent.config import RLConfig
     from atp_latent.data.formats import load_records
-    from atp_latent.evaluation.evaluate import default_max_new_tokens, evaluate, load_for_eval, mean_std
+    from atp_latent.evaluation.evaluate import (
+        default_max_new_tokens,
+        evaluate,
+        load_for_eval,
+        mean_std,
+        rollout_policy,
+    )
     from atp_latent.progress import quiet_library_bars
 
     quiet_library_bars()
@@ -386,8 +394,8 @@ def evaluate_val(jobs: list[str], out: Path, samples: int = 3, batch_size: int =
             row["sampled_accuracy"], row["sampled_accuracy_std"] = mean_std(accs)
         if model.spec.use_vae and rollouts:
             row["rollout"] = rollout_summary([
-                evaluate(model, builder, problems, batch_size=batch_size, max_new_tokens=max_new, sample_latents=True,
-                         stop_mode="sample", temperature=RLConfig().temperature, seed=k, progress=False)[1]
+                evaluate(model, builder, problems, batch_size=batch_size, max_new_tokens=max_new, seed=k,
+                         progress=False, **rollout_policy())[1]
                 for k in range(rollouts)])
         return row
 
@@ -406,11 +414,10 @@ def rollout_summary(samples: list[list[dict]]) -> dict:
     """n samples of each problem from RL's rollout policy (samples[k][i]: sample k of problem i): their accuracy
     (pass@1), pass@k, and the share of problems whose n answers are not all right or all wrong, i.e. the share of
     GRPO groups of n rollouts with which the accuracy reward would carry a signal."""
-    from atp_latent.evaluation.evaluate import pass_at_ks
+    from atp_latent.evaluation.evaluate import pass_at_ks, right_counts
 
-    n = len(samples)
-    right = [sum(rows[i]["correct"] for rows in samples) for i in range(len(samples[0]))]
-    return {"n": n, "accuracy": sum(right) / (n * len(right)), "pass_at_k": pass_at_ks(samples),
+    n, right = len(samples), right_counts(samples)
+    return {"n": n, "accuracy": sum(right) / (n * len(right)), "pass_at_k": pass_at_ks(right, n),
             "signal": sum(0 < c < n for c in right) / len(right)}
 
 
@@ -529,8 +536,9 @@ def run_bench(args) -> int:
     default_val_large = 5000 if args.suite == "cpu" else 0
     if getattr(args, "val_large", None) is None:
         args.val_large = default_val_large
+    default_rollouts = 8 if args.val_large else 0  # RL's group size
     if getattr(args, "rollouts", None) is None:
-        args.rollouts = 8 if args.val_large else 0
+        args.rollouts = default_rollouts
     seed_dirs = [out / f"seed-{seed}" for seed in range(args.seeds)]
     for d in seed_dirs:
         write_data(d, args.data_seed)
@@ -571,7 +579,8 @@ def run_bench(args) -> int:
     if args.ablations:
         print("evaluating seed 0 and the ablations on the val split", flush=True)
         ablations = evaluate_ablations(suite, seed_dirs[0])
-        rl_jobs = [j for j in suite.jobs + list(suite.ablations) if STARTS.get(j) == "atp" and j not in NEW_STYLE_JOBS]
+        rl_jobs = [j for j in suite.jobs + list(suite.ablations)
+                   if STARTS.get(j) == "atp" and j not in NEW_STYLE_JOBS]
         if args.val_large and rl_jobs:
             print("evaluating seed 0's RL runs on val_large", flush=True)
             ablations_large = evaluate_val(["atp"] + rl_jobs, seed_dirs[0], samples=0, split="val_large")
@@ -588,7 +597,7 @@ def run_bench(args) -> int:
                        + (["--scale", str(args.scale)] if args.scale != 1.0 else [])
                        + [f"--set {o}" for o in args.overrides]
                        + (["--val-large", str(args.val_large)] if args.val_large != default_val_large else [])
-                       + (["--rollouts", str(args.rollouts)] if args.rollouts != (8 if args.val_large else 0) else [])
+                       + (["--rollouts", str(args.rollouts)] if args.rollouts != default_rollouts else [])
                        + (["--ablations"] if args.ablations else []) + ["--out", str(out)])
     (out / "results.json").write_text(json.dumps({"command": command, "seeds": args.seeds, "splits": TEST_SPLITS,
                                                   "mean": agg, "per_seed": per_seed, "costs": costs,

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from atp_latent.evaluation.evaluate import pass_at_k, pass_at_ks
+from atp_latent.evaluation.evaluate import pass_at_k, pass_at_ks, right_counts
 
 
 def test_pass_at_k_by_hand():
@@ -35,9 +35,10 @@ def test_pass_at_ks_over_problems():
     samples = [[{"correct": True}, {"correct": True}],
                [{"correct": False}, {"correct": True}],
                [{"correct": False}, {"correct": True}]]
-    got = pass_at_ks(samples)
+    assert right_counts(samples) == [1, 3]
+    got = pass_at_ks(right_counts(samples), 3)
     assert list(got) == ["1", "2", "3"]
     assert got["1"] == pytest.approx((1 / 3 + 1) / 2)
     assert got["2"] == pytest.approx(((1 - 1 / 3) + 1) / 2)  # 1 - C(2,2)/C(3,2)
     assert got["3"] == pytest.approx(1.0)
-    assert list(pass_at_ks(samples * 2)) == ["1", "2", "4", "6"]
+    assert list(pass_at_ks(right_counts(samples * 2), 6)) == ["1", "2", "4", "6"]

@@ -109,13 +109,25 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - miss
 
 
-def pass_at_ks(per_sample_rows: list[list[dict]]) -> dict[str, float]:
-    """pass@k for k = 1, 2, 4, ... and n, averaged over problems, from n evaluations of the same problems
-    (per_sample_rows[s][i] is sample s of problem i)."""
-    n = len(per_sample_rows)
-    counts = [sum(rows[i]["correct"] for rows in per_sample_rows) for i in range(len(per_sample_rows[0]))]
+def right_counts(per_sample_rows: list[list[dict]]) -> list[int]:
+    """How many of n evaluations of the same problems got each one right (per_sample_rows[s][i]: sample s of
+    problem i)."""
+    return [sum(rows[i]["correct"] for rows in per_sample_rows) for i in range(len(per_sample_rows[0]))]
+
+
+def pass_at_ks(counts: list[int], n: int) -> dict[str, float]:
+    """pass@k for k = 1, 2, 4, ... and n, averaged over problems, from each problem's right answers out of n."""
     ks = sorted({2 ** j for j in range(n.bit_length()) if 2 ** j <= n} | {n})
     return {str(k): sum(pass_at_k(n, c, k) for c in counts) / max(len(counts), 1) for k in ks}
+
+
+def rollout_policy(temperature: float | None = None) -> dict:
+    """evaluate()'s arguments that sample as RL's rollouts do: z ~ N(mu, sigma^2), the stop head sampled, answer
+    tokens at `temperature` (default: RL's)."""
+    from atp_latent.config import RLConfig
+
+    return dict(sample_latents=True, stop_mode="sample",
+                temperature=RLConfig().temperature if temperature is None else temperature)
 
 
 def default_max_new_tokens(method: str) -> int:
