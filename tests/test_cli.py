@@ -299,3 +299,21 @@ def test_eval_sharded_over_two_processes_matches_one(checkpoint):
     assert len({r["output"] for r in one.values()}) > 3
     res = {n: json.loads(outs[n].read_text())["results"]["test_long"] for n in (1, 2)}
     assert res[1] == res[2]
+
+
+def test_eval_rollout_sharded_over_two_processes(checkpoint):
+    """--rollout --seeds 2 under two processes: each sample's rows are gathered from both shards before pass@k, so
+    every problem counts once per sample (pass@1 is the mean accuracy, pass@2 the share right at least once)."""
+    data = checkpoint / "data" / "test_long.jsonl"
+    out = checkpoint / "shard_rollout.json"
+    proc = subprocess.run([sys.executable, "-m", "atp_latent.cli", "eval", "--checkpoint", str(checkpoint / "run"),
+                           "--data", str(data), "--max-new-tokens", "3", "--rollout", "--seeds", "2", "--predictions",
+                           "--out", str(out), "--num-processes", "2", "--port", "29587"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(out.read_text())["results"]["test_long"]
+    last = _predictions(out)  # the last sample's rows, gathered from both shards
+    assert got["n"] == 6 and len(last) == 6
+    assert got["pass_at_k"]["1"] == pytest.approx(got["accuracy"])
+    assert got["pass_at_k"]["1"] <= got["pass_at_k"]["2"] <= 1.0
+    assert got["pass_at_k"]["2"] >= sum(r["correct"] for r in last.values()) / 6
