@@ -211,8 +211,10 @@ def test_eval_rollout_policy_reports_pass_at_k(checkpoint, capsys):
     problems = load_records(data)
     runs = [evaluate(model, builder_for(tok, model.spec), problems, max_new_tokens=3, sample_latents=True,
                      stop_mode="sample", temperature=0.7, seed=s, progress=False)[1] for s in (0, 1)]
-    last = [json.loads(line) for line in out.with_suffix(".predictions.jsonl").read_text().splitlines()]
-    assert [r["output"] for r in last] == [r["output"] for r in runs[1]]
+    written = [json.loads(line) for line in out.with_suffix(".predictions.jsonl").read_text().splitlines()]
+    for s in (0, 1):  # every sample's rows, in order
+        assert [r["output"] for r in written if r["sample"] == s] == [r["output"] for r in runs[s]]
+    assert len(written) == 2 * len(problems)
     either = sum(a["correct"] or b["correct"] for a, b in zip(*runs)) / len(problems)
     assert got["pass_at_k"]["1"] == pytest.approx(got["accuracy"])
     assert got["accuracy"] == pytest.approx(sum(r["correct"] for rows in runs for r in rows) / (2 * len(problems)))
@@ -220,10 +222,38 @@ def test_eval_rollout_policy_reports_pass_at_k(checkpoint, capsys):
     assert "pass@2" in capsys.readouterr().out
 
 
+def test_eval_rollout_latent_temperature(checkpoint):
+    """--latent-temperature K samples z ~ N(mu, (K sigma)^2): the CLI's samples are evaluate()'s with K, K changes
+    them, and K = 0 gives mu's latents (with the stop head and answer tokens greedy: the greedy evaluation)."""
+    from atp_latent.data.formats import load_records
+    from atp_latent.data.sequences import builder_for
+    from atp_latent.evaluation.evaluate import evaluate
+
+    out = checkpoint / "res_k.json"
+    data = checkpoint / "data" / "test_long.jsonl"
+    assert main(["eval", "--checkpoint", str(checkpoint / "run"), "--data", str(data), "--out", str(out),
+                 "--rollout", "--latent-temperature", "3", "--seeds", "1", "--max-new-tokens", "3",
+                 "--predictions"]) == 0
+    assert json.loads(out.read_text())["latent_temperature"] == 3.0
+    model, tok = LatentReasoner.from_pretrained(checkpoint / "run" / "final")
+    builder, problems = builder_for(tok, model.spec), load_records(data)
+
+    def outputs(**kw):
+        return [r["output"] for r in evaluate(model, builder, problems, max_new_tokens=3, progress=False, **kw)[1]]
+
+    written = [json.loads(line)["output"] for line in out.with_suffix(".predictions.jsonl").read_text().splitlines()]
+    hot = outputs(sample_latents=True, stop_mode="sample", temperature=1.0, latent_temperature=3.0)
+    assert written == hot
+    assert hot != outputs(sample_latents=True, stop_mode="sample", temperature=1.0, latent_temperature=1.0)
+    assert outputs(sample_latents=True, latent_temperature=0.0) == outputs()
+
+
 def test_eval_temperature_needs_rollout(checkpoint, capsys):
     data = checkpoint / "data" / "test_long.jsonl"
     assert main(["eval", "--checkpoint", str(checkpoint / "run"), "--data", str(data), "--temperature", "1"]) == 2
     assert "--temperature needs --rollout" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(checkpoint / "run"), "--data", str(data), "--latent-temperature", "2"]) == 2
+    assert "--latent-temperature needs --rollout" in capsys.readouterr().err
 
 
 def test_eval_missing_benchmark_name_is_clear(checkpoint, tmp_path, capsys):

@@ -103,6 +103,10 @@ def cmd_eval(args) -> int:
         print("atp-latent eval: --temperature needs --rollout and a value >= 0 (greedy evaluation decodes at "
               f"temperature 0), got {args.temperature}", file=sys.stderr)
         return 2
+    if args.latent_temperature is not None and (not args.rollout or args.latent_temperature < 0):
+        print("atp-latent eval: --latent-temperature needs --rollout and a value >= 0, got "
+              f"{args.latent_temperature}", file=sys.stderr)
+        return 2
     if args.num_processes and args.num_processes > 1:
         return _launch(args)
     from accelerate import PartialState
@@ -122,8 +126,9 @@ def cmd_eval(args) -> int:
     max_new = args.max_new_tokens or default_max_new_tokens(model.spec.method)
     sampled = args.latent_sample or args.rollout
     seeds = args.seeds if sampled else 1
-    # --rollout samples all three parts as RL's rollouts do (z ~ N(mu, sigma^2), the stop head, answer tokens).
-    policy = rollout_policy(args.temperature) if args.rollout else dict(sample_latents=args.latent_sample)
+    # --rollout samples all three parts as RL's rollouts do (z ~ N(mu, (k sigma)^2), the stop head, answer tokens).
+    policy = (rollout_policy(args.temperature, args.latent_temperature) if args.rollout
+              else dict(sample_latents=args.latent_sample))
     results, rows_out = {}, {}
     for name, all_problems in datasets:
         problems = all_problems[: args.limit]
@@ -136,7 +141,7 @@ def cmd_eval(args) -> int:
                 rows = gather_object(rows)
             runs.append(summarize(rows).as_dict())
             per_sample.append(rows)
-            rows_out[name] = rows
+        rows_out[name] = per_sample
         res = {k: mean_std([r[k] for r in runs])[0] for k in runs[0]}
         res["accuracy_std"] = mean_std([r["accuracy"] for r in runs])[1]
         res["seeds"] = seeds
@@ -155,14 +160,16 @@ def cmd_eval(args) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"run": run.name, "run_method": run_label, "checkpoint": str(weights),
                                    "method": method, "results": results, "latent_sample": args.latent_sample,
-                                   "rollout": args.rollout, "temperature": policy.get("temperature", 0.0)},
+                                   "rollout": args.rollout, "temperature": policy.get("temperature", 0.0),
+                                   "latent_temperature": policy.get("latent_temperature", 1.0)},
                                   indent=2))
         out.with_suffix(".md").write_text(table + "\n")
         if args.predictions:
             with open(out.with_suffix(".predictions.jsonl"), "w") as f:
-                for name, rows in rows_out.items():
-                    for r in rows:
-                        f.write(json.dumps({"data": name, **r}) + "\n")
+                for name, per_sample in rows_out.items():  # every sample's rows, sample by sample
+                    for s, rows in enumerate(per_sample):
+                        for r in rows:
+                            f.write(json.dumps({"data": name, "sample": s, **r}) + "\n")
         print(f"wrote {out}")
     return 0
 
@@ -241,10 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--rollout", action="store_true",
                     help="sample as RL's rollouts do: latents, the stop head and answer tokens (see --temperature)")
     ev.add_argument("--temperature", type=float, default=None, help="with --rollout: answer-token temperature (1.0)")
+    ev.add_argument("--latent-temperature", type=float, default=None, metavar="K",
+                    help="with --rollout: sample z ~ N(mu, (K sigma)^2), as rl.latent_temperature does (1.0)")
     ev.add_argument("--seeds", type=int, default=1,
                     help="with --latent-sample or --rollout: N samples per problem; reports mean +- std and pass@k")
     ev.add_argument("--limit", type=int, default=None, help="first N problems of each file")
-    ev.add_argument("--predictions", action="store_true", help="also write per-problem predictions")
+    ev.add_argument("--predictions", action="store_true",
+                    help="also write per-problem predictions (with --seeds N: every sample's, field `sample`)")
     ev.add_argument("--device", default=None)
     ev.add_argument("--num-processes", type=int, default=None, help="shard the problems over N processes")
     ev.add_argument("--port", type=int, default=29534, help="rendezvous port for --num-processes")

@@ -39,6 +39,7 @@ def evaluate(
     sample_latents: bool = False,
     stop_mode: str = "greedy",
     temperature: float = 0.0,
+    latent_temperature: float = 1.0,
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
@@ -47,7 +48,8 @@ def evaluate(
     """Answers for `problems`; returns the summary and one row per problem (in input order).
 
     Greedy by default (z = mu, the stop head's argmax, argmax tokens). `sample_latents`, `stop_mode="sample"` and
-    `temperature` > 0 sample each part instead; all three together are RL's rollout policy (METHOD.md §8)."""
+    `temperature` > 0 sample each part instead; all three together are RL's rollout policy (METHOD.md §8), whose
+    latents come from N(mu, (k sigma)^2) with k = `latent_temperature` (RL's `rl.latent_temperature`)."""
     reasoner.eval()
     tok = builder.tok
     prompts = [builder.eval_prompt(p.question) for p in problems]
@@ -64,7 +66,7 @@ def evaluate(
         state, out = reasoner.answer(
             ids.to(device), mask.to(device), n_slots.to(device), builder.end_id, tok.eos_token_id,
             tok.pad_token_id, max_new_tokens, sample_latents=sample_latents, stop_mode=stop_mode,
-            temperature=temperature, generator=gen,
+            temperature=temperature, generator=gen, latent_temperature=latent_temperature,
         )
         n_active = state.n_active.tolist() if state.active.numel() else [0] * len(idx)
         for j, i in enumerate(idx):
@@ -121,13 +123,15 @@ def pass_at_ks(counts: list[int], n: int) -> dict[str, float]:
     return {str(k): sum(pass_at_k(n, c, k) for c in counts) / max(len(counts), 1) for k in ks}
 
 
-def rollout_policy(temperature: float | None = None) -> dict:
-    """evaluate()'s arguments that sample as RL's rollouts do: z ~ N(mu, sigma^2), the stop head sampled, answer
-    tokens at `temperature` (default: RL's)."""
+def rollout_policy(temperature: float | None = None, latent_temperature: float | None = None) -> dict:
+    """evaluate()'s arguments that sample as RL's rollouts do: z ~ N(mu, (k sigma)^2), the stop head sampled, answer
+    tokens at `temperature` (defaults: RL's, k = 1)."""
     from atp_latent.config import RLConfig
 
+    rl = RLConfig()
     return dict(sample_latents=True, stop_mode="sample",
-                temperature=RLConfig().temperature if temperature is None else temperature)
+                temperature=rl.temperature if temperature is None else temperature,
+                latent_temperature=rl.latent_temperature if latent_temperature is None else latent_temperature)
 
 
 def default_max_new_tokens(method: str) -> int:
