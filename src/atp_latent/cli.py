@@ -114,6 +114,10 @@ def cmd_eval(args) -> int:
 
     # Under `accelerate launch` every process evaluates its shard; rows are gathered on all processes.
     state = PartialState(cpu=not torch_cuda())
+    if state.num_processes > 1:  # else gloo's threads can abort the finished process at exit (SIGABRT)
+        from atp_latent.training.sft import destroy_process_group_at_exit
+
+        destroy_process_group_at_exit()
     device = _device(args.device) if state.num_processes == 1 else state.device
     weights = checkpoint_weights(args.checkpoint)
     datasets = [load_named(d, args.data_dir) for d in args.data]

@@ -91,7 +91,7 @@ def test_rl_sigkill_then_resume_matches_uninterrupted(toy, rl_sets, tmp_path):
     from atp_latent.training.rl import train_rl
 
     over = {"rl.questions_per_step": 4, "rl.group_size": 4, "rl.minibatch_size": 4, "rl.steps": 6,
-            "rl.checkpoint_every": 2, "rl.max_new_tokens": 4, "rl.lr": 2e-3, "data.val": "null",
+            "rl.checkpoint_every": 2, "rl.max_new_tokens": 8, "rl.lr": 5e-4, "data.val": "null",
             "train.keep_last": 2, "output_dir": tmp_path}
     killed = [s for s in rl_sets(toy, "killed", **over)]
     proc_cmd = _train_cmd("killed", tmp_path, killed)
