@@ -153,28 +153,29 @@ def cmd_eval(args) -> int:
             res["pass_at_k"] = pass_at_ks(right_counts(per_sample), seeds)
         results[name] = res
     table = markdown_table({run.name: results}, [n for n, _ in datasets], methods={run.name: run_label})
-    if not state.is_main_process:
-        return 0
-    print(table)
-    for name, res in results.items():
-        if "pass_at_k" in res:
-            print(f"{name}: " + ", ".join(f"pass@{k} {100 * v:.2f}" for k, v in res["pass_at_k"].items()))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"run": run.name, "run_method": run_label, "checkpoint": str(weights),
-                                   "method": method, "results": results, "latent_sample": args.latent_sample,
-                                   "rollout": args.rollout, "temperature": policy.get("temperature", 0.0),
-                                   "latent_temperature": policy.get("latent_temperature", 1.0)},
-                                  indent=2))
-        out.with_suffix(".md").write_text(table + "\n")
-        if args.predictions:
-            with open(out.with_suffix(".predictions.jsonl"), "w") as f:
-                for name, per_sample in rows_out.items():  # every sample's rows, sample by sample
-                    for s, rows in enumerate(per_sample):
-                        for r in rows:
-                            f.write(json.dumps({"data": name, "sample": s, **r}) + "\n")
-        print(f"wrote {out}")
+    if state.is_main_process:
+        print(table)
+        for name, res in results.items():
+            if "pass_at_k" in res:
+                print(f"{name}: " + ", ".join(f"pass@{k} {100 * v:.2f}" for k, v in res["pass_at_k"].items()))
+        if args.out:
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"run": run.name, "run_method": run_label, "checkpoint": str(weights),
+                                       "method": method, "results": results, "latent_sample": args.latent_sample,
+                                       "rollout": args.rollout, "temperature": policy.get("temperature", 0.0),
+                                       "latent_temperature": policy.get("latent_temperature", 1.0)},
+                                      indent=2))
+            out.with_suffix(".md").write_text(table + "\n")
+            if args.predictions:
+                with open(out.with_suffix(".predictions.jsonl"), "w") as f:
+                    for name, per_sample in rows_out.items():  # every sample's rows, sample by sample
+                        for s, rows in enumerate(per_sample):
+                            for r in rows:
+                                f.write(json.dumps({"data": name, "sample": s, **r}) + "\n")
+            print(f"wrote {out}")
+    # Every process leaves together: one that exits while another still holds the gloo group can abort.
+    state.wait_for_everyone()
     return 0
 
 
