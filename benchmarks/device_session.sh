@@ -6,17 +6,26 @@
 #   bash benchmarks/device_session.sh suite   # benchmarks/gpu_bench.sh: bench --suite gpu -> $OUT/RESULTS.md, ...
 #
 # Extra arguments go to gpu_smoke.sh / gpu_bench.sh (the tests run both on CPU: `smoke --cpu`, `suite --set ...`).
-# If the smoke call leaves less device time than the suite needs (about 9 minutes, plus 1 while the machine is
-# warm), shorten every job, safety stops included: `suite --scale F` with F = (minutes left - 2) / 9. A suite cut
+# If the smoke call leaves less device time than the suite needs (about 7.5 minutes, plus 1 while the machine is
+# warm), shorten every job, safety stops included: `suite --scale F` with F = (minutes left - 3) / 6 (evaluation,
+# about 1.5 minutes, does not shrink). A warm machine keeps /tmp: a second suite call resumes the first one's runs
+# (and refuses changed settings), so give a retry its own folder: GPU_BENCH_OUT=/tmp/gpu-suite-2. A suite cut
 # off by the lease leaves no RESULTS.md; a scaled one does, and its command line in RESULTS.md names the scale.
 # The device image has no .venv and no network but holds torch, transformers, accelerate, safetensors, tokenizers,
-# tensorboard, matplotlib, pyyaml and tqdm, so the package runs from src/ with the image's python3. The files that
+# tensorboard, matplotlib, pyyaml and tqdm, so the package runs from src/ with the image's python3; omegaconf it lacks:
+# run `bash benchmarks/device_deps.sh` here first and pass carry=["build/device_deps"] to each device call. The files that
 # come back (at most 8, 2 folders down) are the summaries, not the run directories: copy them into results/gpu/
 # and commit them, naming the card (gpu.csv).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?OUT must name the folder whose files come back (the device tool sets it)}"
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHON="${PYTHON:-python3}"
+# build/device_deps: what benchmarks/device_deps.sh copied here for the image (omegaconf), carried by the device call.
+export PYTHONPATH="$PWD/src:$PWD/build/device_deps${PYTHONPATH:+:$PYTHONPATH}" PYTHON="${PYTHON:-python3}"
+if ! "$PYTHON" -c 'import omegaconf' 2> /dev/null; then
+  echo "error: omegaconf is not importable here: run 'bash benchmarks/device_deps.sh' on the dev machine and pass" \
+    "carry=[\"build/device_deps\"] to the device call" >&2
+  exit 2
+fi
 if command -v nvidia-smi > /dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv"
 fi

@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--slots", type=int, default=2, help="jobs trained at once (one CPU thread each)")
     bn.add_argument("--val-large", type=int, default=None, metavar="N",
                     help="also compare RL with its SFT start on N fresh in-distribution problems (0: off; default "
-                         "5000 for the cpu suite, 0 for the gpu suite, whose 9 minutes it would stretch)")
+                         "5000 for the cpu suite, 0 for the gpu suite, whose 7.5 minutes it would stretch)")
     bn.add_argument("--rollouts", type=int, default=None, metavar="N",
                     help="with --val-large: also sample N answers per problem from RL's rollout policy for the RL runs "
                          "and their start (accuracy, pass@N, groups with a signal; default 8, RL's group size; 0: off)")

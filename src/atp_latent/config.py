@@ -105,6 +105,11 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    # false: PyTorch's cuDNN attention kernel is switched off (SDPA falls back to flash / memory-efficient). Its
+    # backward returns NaN gradients with an explicit attn_mask on H100/H200 when the key length is 64 mod 128
+    # (pytorch#196678, torch 2.11+); our left-padded prefixes always pass a mask, and a bf16 CoT-SFT run on an H200
+    # went non-finite at step 182 and 152 (results/gpu/2026-11-28-h200/). No effect on CPU or in fp32.
+    cudnn_attention: bool = False
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0: at each epoch end only)
     # false: no resumable step checkpoints (optimizer state: 16 bytes per trainable parameter, ~20 GB at 1B with
     # a separate decoder); best/ and epoch-N/ then hold weights only; final/ is always written

@@ -158,6 +158,41 @@ def test_non_finite_loss_stops_with_step_and_term(data, tmp_path, monkeypatch):
     assert not (tmp_path / "nan" / "final").exists()
 
 
+def test_non_finite_gradient_stops_before_the_weights_are_written(data, tmp_path, monkeypatch):
+    """A finite loss whose backward is not finite (what cuDNN's attention backward gave on an H200, pytorch#196678)
+    stops the run at that step naming the first parameter hit, instead of clipping NaN into the weights. The
+    cuDNN attention kernel itself is off by default (train.cudnn_attention) and on when asked for."""
+    from atp_latent.modeling.reasoner import LatentReasoner as LR
+    from atp_latent.training.sft import prepare_run
+
+    real_forward = LR.forward
+    calls = {"n": 0}
+
+    def forward(self, batch):
+        out = real_forward(self, batch)
+        calls["n"] += 1
+        if calls["n"] == 3:  # + sqrt(0 * w): adds 0, and its gradient is inf * 0 = NaN in every entry of w
+            w = self.lm.get_input_embeddings().weight
+            out["loss"] = out["loss"] + torch.sqrt((w * 0.0).sum())
+        return out
+
+    monkeypatch.setattr(LR, "forward", forward)
+    cfg = config(data, tmp_path, name="nangrad", **{"train.checkpoint_every": 1, "train.epochs": 1})
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient at step 2 \(loss [0-9.]+; first in "
+                                                 r"lm\.model\.embed_tokens\.weight\)"):
+        train(cfg)
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
+    last = sorted((tmp_path / "nangrad" / "checkpoints").glob("step-*"))[-1]
+    assert last.name == "step-00000002"
+    model, _ = LatentReasoner.from_pretrained(last / "model")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    try:
+        prepare_run(config(data, tmp_path, name="cudnn", **{"train.cudnn_attention": "true"}), False, False)
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)  # torch's default, for the tests that follow
+
+
 # ----- paper-scale defects (regressions) -----
 
 def test_reset_each_epoch_keeps_one_optimizer_state(data, tmp_path, monkeypatch):

@@ -38,7 +38,15 @@ from atp_latent.training.runs import (
     checkpoint_weights,
     save_training_checkpoint,
 )
-from atp_latent.training.sft import DTYPES, finish_run, open_run_dir, prepare_run, validate, warmup_then_decay
+from atp_latent.training.sft import (
+    DTYPES,
+    finish_run,
+    first_nonfinite_grad,
+    open_run_dir,
+    prepare_run,
+    validate,
+    warmup_then_decay,
+)
 
 
 def reward_weights(cfg: RunConfig) -> RewardWeights:
@@ -250,6 +258,9 @@ def grpo_update(model, optimizer, accelerator: Accelerator, traj: Trajectories, 
         optimizer.zero_grad()
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), r.max_grad_norm if r.max_grad_norm > 0 else 1e12)
+        if not torch.isfinite(grad_norm):  # stepping would write NaN into the weights
+            raise FloatingPointError(f"non-finite RL gradient (loss {loss.item():.4g}; first in "
+                                     f"{first_nonfinite_grad(model)})")
         optimizer.step()
         for name, v in {"loss": loss, "latent_loss": lat_loss, "stop_loss": stop_loss, "answer_loss": ans_loss,
                         "grad_norm": grad_norm}.items():

@@ -102,6 +102,14 @@ def bucket_by_length(order: list[int], problems: list[Problem], chunk: int) -> l
     return [i for k in range(0, len(order), chunk) for i in sorted(order[k: k + chunk], key=size)]
 
 
+def first_nonfinite_grad(model: torch.nn.Module) -> str:
+    """The name of the first parameter, in the model's order, whose gradient holds a NaN or an inf."""
+    for name, p in model.named_parameters():
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return name
+    return "no parameter (the norm itself overflowed)"
+
+
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -112,6 +120,7 @@ def prepare_run(cfg: RunConfig, resume: bool, find_unused_parameters: bool):
     can get wrong is checked here, before anything is written (no partial run directory)."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    torch.backends.cuda.enable_cudnn_sdp(cfg.train.cudnn_attention)  # see TrainConfig.cudnn_attention
     hf_logging.disable_progress_bar()
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision") != cfg.train.mixed_precision \
@@ -258,8 +267,11 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
                     bad = [k for k in ("ce", "kl", "decoder", "stop") if not torch.isfinite(out[k])]
                     raise FloatingPointError(f"non-finite loss at step {progress['step']} (term: {', '.join(bad) or 'loss'})")
                 accelerator.backward(out["loss"])
-                if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                if accelerator.sync_gradients:  # max_grad_norm 0: no clipping (inf), the norm is still checked
+                    norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm or float("inf"))
+                    if not torch.isfinite(norm):  # stepping would write NaN into the weights: stop, naming where
+                        raise FloatingPointError(f"non-finite gradient at step {progress['step']} (loss "
+                                                 f"{out['loss'].item():.4g}; first in {first_nonfinite_grad(model)})")
                 for g in optimizer.param_groups:
                     g["lr"] = learning_rate(cfg, progress["step"], total_steps)
                 optimizer.step()
