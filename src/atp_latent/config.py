@@ -164,6 +164,10 @@ class RLConfig:
     coherence_mode: Literal["strict", "reference"] = "strict"
     coherence_max_tokens: int = 16
     val_every: int = 10  # RL steps between validations (best checkpoint kept by val accuracy)
+    # A validated policy replaces best/ when its val accuracy is the highest so far and, against the start policy,
+    # a one-sided sign test over the val problems the two answer differently gives p <= best_max_p. 1.0: any
+    # higher accuracy (the reference keeps the best val checkpoint); 0.05: RL must beat its start beyond val noise.
+    best_max_p: float = 1.0
     checkpoint_every: int = 10
     # --- knobs for GRPO on sparse rewards (all off by default: the paper's recipe) ---
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decay to 10% of lr over rl.steps
@@ -187,6 +191,8 @@ class RLConfig:
             raise ValueError("questions_per_step and minibatch_size must be >= 1")
         if not 0 < self.clip < 1:
             raise ValueError(f"clip must be in (0, 1), got {self.clip}")
+        if not 0 < self.best_max_p <= 1:
+            raise ValueError(f"best_max_p must be in (0, 1], got {self.best_max_p}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.latent_temperature <= 0:

@@ -449,3 +449,45 @@ def test_rl_start_is_the_first_best_candidate(toy, rl_sets):
     best, _ = LatentReasoner.from_pretrained(checkpoint_weights(run / "best"))
     same = all(torch.equal(a, b) for a, b in zip(start.lm.parameters(), best.lm.parameters()))
     assert same == (best_step == 0), (vals, same)
+
+
+def test_sign_test_p_by_hand():
+    from atp_latent.training.rl import sign_test_p
+
+    assert sign_test_p(6, 3) == (84 + 36 + 9 + 1) / 512  # P(X >= 6), X ~ Binomial(9, 1/2)
+    assert sign_test_p(5, 0) == 1 / 32
+    assert sign_test_p(0, 4) == 1.0 and sign_test_p(0, 0) == 1.0
+    assert sign_test_p(2, 1) == 4 / 8
+
+
+@pytest.mark.parametrize("max_p, script, best_step", [
+    # val accuracy out of 10 per validation (steps 0-3), as problems gained / lost against the start (5 of 10 right)
+    (1.0, [(0, 0), (1, 0), (1, 1), (2, 1)], 1),  # the reference's rule: the first highest accuracy, however slim
+    (0.05, [(0, 0), (1, 0), (1, 1), (2, 1)], 0),  # +1 (p 0.5) and +2/-1 (p 0.5) are val noise: best/ = the start
+    (0.05, [(0, 0), (1, 0), (5, 0), (4, 0)], 2),  # +5/-0 (p 1/32) beats the start beyond noise
+])
+def test_rl_best_checkpoint_needs_a_sign_test_against_the_start(toy, rl_sets, monkeypatch, max_p, script, best_step):
+    """rl.best_max_p: a validated policy replaces best/ only when its val accuracy is the highest so far and it
+    beats the start problem by problem (one-sided sign test p <= best_max_p); the p values are logged."""
+    from types import SimpleNamespace
+
+    from atp_latent.training.rl import sign_test_p
+
+    start = [True] * 5 + [False] * 5
+    calls = iter(script)
+
+    def scripted_validate(model, builder, val_set, cfg, device, with_correct=False):
+        gained, lost = next(calls)
+        correct = start[:5 - lost] + [False] * lost + [True] * gained + [False] * (5 - gained)
+        return SimpleNamespace(accuracy=sum(correct) / 10, mean_tokens=3.0), correct
+
+    monkeypatch.setattr(rl, "validate", scripted_validate)
+    over = {"rl.questions_per_step": 2, "rl.group_size": 2, "rl.minibatch_size": 4, "rl.steps": 3,
+            "rl.val_every": 1, "rl.best_max_p": max_p}
+    run = rl.train_rl(load_config(None, rl_sets(toy, f"rl_best_p{max_p}_{best_step}", **over)))
+    logged = [r for r in _metrics(run) if "eval/val_accuracy" in r]
+    assert [r["eval/val_accuracy"] for r in logged] == [(5 + g - lo) / 10 for g, lo in script]
+    assert [r["eval/val_sign_p_vs_start"] for r in logged[1:]] == [sign_test_p(g, lo) for g, lo in script[1:]]
+    assert [(r["eval/val_gained_vs_start"], r["eval/val_lost_vs_start"]) for r in logged[1:]] == script[1:]
+    state = torch.load(run / "best" / "trainer_state.pt", weights_only=False)
+    assert state["progress"]["step"] == best_step

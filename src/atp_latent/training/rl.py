@@ -9,6 +9,7 @@ answer). The step decoder is frozen; the base model and both heads train. No KL 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
 import warnings
@@ -136,6 +137,13 @@ class Trajectories:
                                                                 self.rollout_logps.items()},
                             self.rewards[rows], {k: v[rows] for k, v in self.terms.items()}, self.latents_used[rows],
                             self.sigma)
+
+
+def sign_test_p(gained: int, lost: int) -> float:
+    """One-sided sign test: the chance of at least `gained` wins in `gained + lost` fair coin flips (the problems
+    two policies answer differently), i.e. how often a policy no better than its start would look this good."""
+    n = gained + lost
+    return sum(math.comb(n, k) for k in range(gained, n + 1)) / 2 ** n
 
 
 def keep_signal_groups(traj: Trajectories, group_size: int, n_keep: int) -> tuple[Trajectories, float]:
@@ -365,7 +373,7 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
     if val_set and progress["step"] == 0 and is_main:
         # The start policy is the first candidate for best/: RL keeps a checkpoint only when it beats its start
         # on val, and the val curve starts where SFT left off.
-        summary = validate(raw, builder, val_set, cfg, device)
+        summary, progress["start_correct"] = validate(raw, builder, val_set, cfg, device, with_correct=True)
         run.log({"eval/val_accuracy": summary.accuracy, "eval/val_tokens": summary.mean_tokens}, 0)
         progress["best_val"] = summary.accuracy
         _save(run.path / "best", raw, tok, optimizer if cfg.train.save_checkpoints else None, progress, rngs)
@@ -413,11 +421,17 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
                             lat=f"{lat.mean():.1f}")
             last = progress["step"] == total
             if val_set and (progress["step"] % cfg.rl.val_every == 0 or last):
-                summary = validate(raw, builder, val_set, cfg, device)
-                run.log({"eval/val_accuracy": summary.accuracy, "eval/val_tokens": summary.mean_tokens},
-                        progress["step"])
+                summary, correct = validate(raw, builder, val_set, cfg, device, with_correct=True)
+                # against the start, problem by problem (a run resumed from before this was recorded: no test)
+                start = progress.get("start_correct") or correct
+                gained = sum(c and not s for c, s in zip(correct, start))
+                lost = sum(s and not c for c, s in zip(correct, start))
+                p = sign_test_p(gained, lost) if "start_correct" in progress else 0.0
+                run.log({"eval/val_accuracy": summary.accuracy, "eval/val_tokens": summary.mean_tokens,
+                         "eval/val_gained_vs_start": gained, "eval/val_lost_vs_start": lost,
+                         "eval/val_sign_p_vs_start": p}, progress["step"])
                 # Best checkpoint by validation accuracy, never test (METHOD.md §7).
-                if summary.accuracy > progress["best_val"]:
+                if summary.accuracy > progress["best_val"] and p <= cfg.rl.best_max_p:
                     progress["best_val"] = summary.accuracy
                     _save(run.path / "best", raw, tok, optimizer if cfg.train.save_checkpoints else None,
                           progress, rngs)

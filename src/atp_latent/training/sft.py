@@ -337,9 +337,11 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     return run_path
 
 
-def validate(model: LatentReasoner, builder: SequenceBuilder, val_set: list[Problem], cfg: RunConfig, device):
-    """Greedy evaluation on the validation split (leaves the model in eval mode); returns the EvalSummary."""
+def validate(model: LatentReasoner, builder: SequenceBuilder, val_set: list[Problem], cfg: RunConfig, device,
+             with_correct: bool = False):
+    """Greedy evaluation on the validation split (leaves the model in eval mode); returns the EvalSummary, and with
+    `with_correct` also whether each problem was answered right (in val_set's order)."""
     max_new = cfg.eval.cot_max_new_tokens if cfg.method.name == "cot" else cfg.eval.max_new_tokens
-    summary, _ = evaluate(model, builder, val_set, batch_size=cfg.eval.batch_size, max_new_tokens=max_new,
-                          device=device, progress=False)
-    return summary
+    summary, rows = evaluate(model, builder, val_set, batch_size=cfg.eval.batch_size, max_new_tokens=max_new,
+                             device=device, progress=False)
+    return (summary, [bool(r["correct"]) for r in rows]) if with_correct else summary
