@@ -12,7 +12,8 @@ Checks, one line each (`CHECK <name> PASS|FAIL key=value ...`); the exit code is
   paper_model      SFT's final/ holds the LM it loaded: 16 layers, d = 2048, 128256 rows (the latent tokens are
                    already in the tokenizer, so nothing is resized), saved in fp32 (the master weights).
   paper_config     the run's resolved config keeps the paper's knobs (fp32 master weights, bf16 autocast,
-                   reset_each_epoch, separate trainable decoder, c = 2); prints the batch (32 at full shape).
+                   reset_each_epoch, separate trainable decoder, c = 2) and cuDNN attention off (deviations row
+                   13); prints the batch (32 at full shape).
   sft_run          3 short ATP SFT epochs (`sft.train`) finish, write final/, train latent slots, replicas in sync.
                    Every epoch runs at the final stage (curriculum.stage_offset = max_latent_stage + 1: 20 latent
                    slots, the heaviest shape) on the same records, so the epochs have the same shapes.
@@ -199,9 +200,12 @@ def check_paper_config(report: Report, sft: Path) -> None:
     got = {"dtype": c["model"]["dtype"], "mixed_precision": c["train"]["mixed_precision"],
            "reset_each_epoch": c["optim"]["reset_each_epoch"], "decoder": c["method"]["decoder_mode"],
            "decoder_trainable": c["method"]["decoder_trainable"],
-           "batch": c["optim"]["batch_size"], "c": c["method"]["latents_per_step"]}
+           "batch": c["optim"]["batch_size"], "c": c["method"]["latents_per_step"],
+           # cuDNN attention off (train.cudnn_attention; its bf16 backward gave NaN on an H200, pytorch#196678),
+           # in the run's config and in this process after SFT ran
+           "cudnn_attention": c["train"]["cudnn_attention"], "cudnn_sdp": torch.backends.cuda.cudnn_sdp_enabled()}
     want = {"dtype": "float32", "mixed_precision": "bf16", "reset_each_epoch": True, "decoder": "separate",
-            "decoder_trainable": True, "c": 2}
+            "decoder_trainable": True, "c": 2, "cudnn_attention": False, "cudnn_sdp": False}
     report.check("paper_config", all(got[k] == v for k, v in want.items()), **got)
 
 
