@@ -476,7 +476,7 @@ def test_rl_best_checkpoint_needs_a_sign_test_against_the_start(toy, rl_sets, mo
     start = [True] * 5 + [False] * 5
     calls = iter(script)
 
-    def scripted_validate(model, builder, val_set, cfg, device, with_correct=False):
+    def scripted_validate(model, builder, val_set, cfg, device):
         gained, lost = next(calls)
         correct = start[:5 - lost] + [False] * lost + [True] * gained + [False] * (5 - gained)
         return SimpleNamespace(accuracy=sum(correct) / 10, mean_tokens=3.0), correct

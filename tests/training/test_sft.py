@@ -321,7 +321,7 @@ def test_best_checkpoint_and_learning_rate_by_hand(data, tmp_path, monkeypatch):
             lrs.append(self.param_groups[0]["lr"])
             return super().step(*args, **kwargs)
 
-    monkeypatch.setattr(sft, "validate", lambda *a, **k: SimpleNamespace(accuracy=next(accs)))
+    monkeypatch.setattr(sft, "validate", lambda *a, **k: (SimpleNamespace(accuracy=next(accs)), []))
     monkeypatch.setattr(sft, "make_optimizer", lambda model, cfg: RecordingAdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay))
     run = train(config(data, tmp_path, name="best", **{"data.max_train": 16, "optim.batch_size": 8,

@@ -146,6 +146,13 @@ def sign_test_p(gained: int, lost: int) -> float:
     return sum(math.comb(n, k) for k in range(gained, n + 1)) / 2 ** n
 
 
+def compare_to_start(start: list[bool], correct: list[bool]) -> tuple[int, int, float]:
+    """Problems a policy answers right that its start got wrong (gained), the reverse (lost), and sign_test_p."""
+    gained = sum(c and not s for s, c in zip(start, correct))
+    lost = sum(s and not c for s, c in zip(start, correct))
+    return gained, lost, sign_test_p(gained, lost)
+
+
 def keep_signal_groups(traj: Trajectories, group_size: int, n_keep: int) -> tuple[Trajectories, float]:
     """Dynamic sampling: keep n_keep groups, those whose rewards differ first (in rollout order), then equal ones
     to fill up; returns the kept trajectories and the share of kept groups that carry a signal."""
@@ -373,7 +380,7 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
     if val_set and progress["step"] == 0 and is_main:
         # The start policy is the first candidate for best/: RL keeps a checkpoint only when it beats its start
         # on val, and the val curve starts where SFT left off.
-        summary, progress["start_correct"] = validate(raw, builder, val_set, cfg, device, with_correct=True)
+        summary, progress["start_correct"] = validate(raw, builder, val_set, cfg, device)
         run.log({"eval/val_accuracy": summary.accuracy, "eval/val_tokens": summary.mean_tokens}, 0)
         progress["best_val"] = summary.accuracy
         _save(run.path / "best", raw, tok, optimizer if cfg.train.save_checkpoints else None, progress, rngs)
@@ -421,12 +428,9 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
                             lat=f"{lat.mean():.1f}")
             last = progress["step"] == total
             if val_set and (progress["step"] % cfg.rl.val_every == 0 or last):
-                summary, correct = validate(raw, builder, val_set, cfg, device, with_correct=True)
-                # against the start, problem by problem (a run resumed from before this was recorded: no test)
-                start = progress.get("start_correct") or correct
-                gained = sum(c and not s for c, s in zip(correct, start))
-                lost = sum(s and not c for c, s in zip(correct, start))
-                p = sign_test_p(gained, lost) if "start_correct" in progress else 0.0
+                summary, correct = validate(raw, builder, val_set, cfg, device)
+                start = progress.get("start_correct")  # None: resumed from a checkpoint that predates it
+                gained, lost, p = compare_to_start(start, correct) if start else (0, 0, 0.0)
                 run.log({"eval/val_accuracy": summary.accuracy, "eval/val_tokens": summary.mean_tokens,
                          "eval/val_gained_vs_start": gained, "eval/val_lost_vs_start": lost,
                          "eval/val_sign_p_vs_start": p}, progress["step"])

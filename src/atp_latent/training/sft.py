@@ -315,7 +315,7 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
             progress["epoch"], progress["batch"] = epoch + 1, 0
         if is_main:
             if val_set and cfg.train.eval_every_epoch and (epoch_done or out_of_time):
-                acc = validate(accelerator.unwrap_model(model), builder, val_set, cfg, device).accuracy
+                acc = validate(accelerator.unwrap_model(model), builder, val_set, cfg, device)[0].accuracy
                 run.log({"eval/val_accuracy": acc, "train/stage": stage}, progress["step"])
                 # The best checkpoint is chosen on the validation split, never on test (METHOD.md §7).
                 if acc > progress["best_val"]:
@@ -337,11 +337,10 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     return run_path
 
 
-def validate(model: LatentReasoner, builder: SequenceBuilder, val_set: list[Problem], cfg: RunConfig, device,
-             with_correct: bool = False):
-    """Greedy evaluation on the validation split (leaves the model in eval mode); returns the EvalSummary, and with
-    `with_correct` also whether each problem was answered right (in val_set's order)."""
+def validate(model: LatentReasoner, builder: SequenceBuilder, val_set: list[Problem], cfg: RunConfig, device):
+    """Greedy evaluation on the validation split (leaves the model in eval mode); returns the EvalSummary and
+    whether each problem was answered right (in val_set's order)."""
     max_new = cfg.eval.cot_max_new_tokens if cfg.method.name == "cot" else cfg.eval.max_new_tokens
     summary, rows = evaluate(model, builder, val_set, batch_size=cfg.eval.batch_size, max_new_tokens=max_new,
                              device=device, progress=False)
-    return (summary, [bool(r["correct"]) for r in rows]) if with_correct else summary
+    return summary, [bool(r["correct"]) for r in rows]
