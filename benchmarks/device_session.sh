@@ -11,10 +11,12 @@
 # about 1.5 minutes, does not shrink). A warm machine keeps /tmp: a second suite call resumes the first one's runs
 # (and refuses changed settings), so give a retry its own folder: GPU_BENCH_OUT=/tmp/gpu-suite-2. A suite cut
 # off by the lease leaves no RESULTS.md; a scaled one does, and its command line in RESULTS.md names the scale.
+# Give the suite the device call's timeout_s as DEADLINE_S=<seconds> (env) and it stops itself 30 s before it, so that
+# a suite the call would cut off still brings back runs.tar.gz: every run's config, metrics and cached evaluations.
 # The device image has no .venv and no network but holds torch, transformers, accelerate, safetensors, tokenizers,
 # tensorboard, matplotlib, pyyaml and tqdm, so the package runs from src/ with the image's python3; omegaconf it lacks:
 # run `bash benchmarks/device_deps.sh` here first and pass carry=["build/device_deps"] to each device call. The files that
-# come back (at most 8, 2 folders down) are the summaries, not the run directories: copy them into results/gpu/
+# come back (at most 8, 2 folders down) are the summaries and runs.tar.gz, not the run directories: copy them into results/gpu/
 # and commit them, naming the card (gpu.csv).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,11 +39,28 @@ case "${1:-}" in
     status=$? ;;
   suite)
     work="${GPU_BENCH_OUT:-/tmp/gpu-suite}"
-    GPU_BENCH_OUT="$work" bash benchmarks/gpu_bench.sh "${@:2}" 2>&1 | tee "$OUT/bench.log"
+    limit=()
+    if [ -n "${DEADLINE_S:-}" ]; then
+      # The suite stops itself 30 s before the device call's own limit (timeout_s), so that what it trained and
+      # evaluated so far is packed below and comes back: a call killed by the tool runs nothing after the kill.
+      if [ "$DEADLINE_S" -le 40 ] 2> /dev/null || ! [ "$DEADLINE_S" -eq "$DEADLINE_S" ] 2> /dev/null; then
+        echo "error: DEADLINE_S must be a number of seconds above 40 (the device call's timeout_s), got '$DEADLINE_S'" >&2
+        exit 2
+      fi
+      limit=(timeout --kill-after=10 "$((DEADLINE_S - 30))")
+    fi
+    GPU_BENCH_OUT="$work" ${limit[@]+"${limit[@]}"} bash benchmarks/gpu_bench.sh "${@:2}" 2>&1 | tee "$OUT/bench.log"
     status=$?
+    [ "$status" -eq 124 ] && echo "the suite was stopped at DEADLINE_S - 30 s; runs.tar.gz holds what it finished" \
+      | tee -a "$OUT/bench.log"
     for f in RESULTS.md results.json accuracy_vs_tokens.png training_curves.png latents_used.png; do
       [ -f "$work/$f" ] && cp "$work/$f" "$OUT/"
-    done ;;
+    done
+    # Every run's small files (config, environment, metrics, cached test/val evaluations) and training logs, in one
+    # file: the curves and per-split figures of a suite that did not get as far as RESULTS.md.
+    (cd "$work" 2> /dev/null && find . -maxdepth 4 -type f \( -path './seed-*/logs/*.log' -o -path './seed-*/runs/*/*' \
+      \( -name config.yaml -o -name environment.json -o -name metrics.jsonl -o -name '*_eval.json' \) \) -print0 \
+      | tar -czf "$OUT/runs.tar.gz" --null -T -) ;;
   *)
     echo "usage: $0 smoke|suite [arguments for gpu_smoke.sh | gpu_bench.sh]" >&2
     exit 2 ;;

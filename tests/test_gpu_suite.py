@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,15 @@ def test_gpu_suite_runs_every_method_on_cpu_at_tiny_shapes(tmp_path):
     proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert sorted(p.name for p in back.iterdir()) == sorted(
-        ["RESULTS.md", "results.json", "accuracy_vs_tokens.png", "training_curves.png", "latents_used.png", "bench.log"]
-        + (["gpu.csv"] if shutil.which("nvidia-smi") else []))
+        ["RESULTS.md", "results.json", "accuracy_vs_tokens.png", "training_curves.png", "latents_used.png", "bench.log",
+         "runs.tar.gz"] + (["gpu.csv"] if shutil.which("nvidia-smi") else []))
+    assert len(list(back.iterdir())) <= 8  # what the device tool brings back
+    with tarfile.open(back / "runs.tar.gz") as tar:  # every run's small files, for a suite cut off before RESULTS.md
+        packed = set(tar.getnames())
+    for job in SUITES["gpu"].jobs:
+        assert {f"./seed-0/runs/{job}/{f}" for f in ("config.yaml", "metrics.jsonl", "test_eval.json")} <= packed
+        assert f"./seed-0/logs/{job}.log" in packed
+    assert not any("/best/" in n or "/checkpoints/" in n or n.endswith(".safetensors") for n in packed)
     assert (back / "RESULTS.md").read_text() == (out / "RESULTS.md").read_text()
     assert "GPU suite wall time:" in (back / "bench.log").read_text()
     res = json.loads((out / "results.json").read_text())
@@ -65,6 +73,29 @@ def test_gpu_suite_runs_every_method_on_cpu_at_tiny_shapes(tmp_path):
     parts = ("simcot", "coconut", "rl_over_start", "rl_over_start_large")  # the last: on val_large
     assert set(res["claim"]) == {*parts, "holds"}
     assert res["claim"]["holds"] == all(res["claim"][k]["holds"] for k in parts)
+
+
+def test_gpu_suite_stops_itself_before_the_device_deadline_and_packs_its_runs(tmp_path):
+    """DEADLINE_S (the device call's timeout_s): the suite stops 30 s before it, exits 124, and what it trained so
+    far comes back in runs.tar.gz (a call the device tool kills runs nothing after the kill)."""
+    out = tmp_path / "gpu"
+    write_benchmark(out / "seed-0" / "data", SynthConfig(seed=0, n_train=64, n_val=8, n_test=8, n_ood=8))
+    back = tmp_path / "back"
+    back.mkdir()
+    args = ["bash", "benchmarks/device_session.sh", "suite"]
+    for s in TINY:
+        args += ["--set", s]
+    env = {**os.environ, "OUT": str(back), "GPU_BENCH_OUT": str(out), "PYTHON": sys.executable}
+    bad = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env | {"DEADLINE_S": "9 min"})
+    assert bad.returncode == 2 and "DEADLINE_S must be a number of seconds" in bad.stderr
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env | {"DEADLINE_S": "45"},
+                          timeout=120)
+    assert proc.returncode == 124, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "the suite was stopped at DEADLINE_S - 30 s" in (back / "bench.log").read_text()
+    assert not (back / "RESULTS.md").exists()
+    with tarfile.open(back / "runs.tar.gz") as tar:
+        packed = set(tar.getnames())
+    assert {"./seed-0/logs/cot.log", "./seed-0/runs/cot/config.yaml"} <= packed
 
 
 def test_gpu_configs_are_one_size_up():

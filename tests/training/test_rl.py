@@ -24,7 +24,7 @@ from atp_latent.modeling.tokenizer import END_LATENT, build_word_tokenizer
 from atp_latent.training import rl
 from atp_latent.training.rewards import coherence_reward
 from atp_latent.training.rl import _select, clipped_surrogate, decode_plans, grpo_update, rollout
-from atp_latent.training.runs import checkpoint_weights
+from atp_latent.training.runs import checkpoint_dir_for, checkpoint_weights
 
 PROBLEMS = [
     Problem(question="Ann has 3 cats and gets 4 more. How many cats?", steps=["3+4=7"], answer="7"),
@@ -491,3 +491,44 @@ def test_rl_best_checkpoint_needs_a_sign_test_against_the_start(toy, rl_sets, mo
     assert [(r["eval/val_gained_vs_start"], r["eval/val_lost_vs_start"]) for r in logged[1:]] == script[1:]
     state = torch.load(run / "best" / "trainer_state.pt", weights_only=False)
     assert state["progress"]["step"] == best_step
+
+
+def test_rl_resume_keeps_the_start_for_the_sign_test(toy, rl_sets, monkeypatch):
+    """The start policy's per-problem val answers travel in the checkpoint: a run killed after step 2 and resumed
+    still tests later policies against its start (without them it would log p 0 and take any val gain as best/)."""
+    from types import SimpleNamespace
+
+    from atp_latent.training.rl import sign_test_p
+
+    start = [True] * 5 + [False] * 5
+    # (gained, lost) against the start per validation, steps 0-4; the first run dies at its step-3 validation
+    script = [(0, 0), (0, 0), (0, 0), (1, 0), (0, 0)]
+    calls = {"n": 0, "die_at": 3}
+
+    def scripted_validate(model, builder, val_set, cfg, device):
+        if calls["n"] == calls["die_at"]:
+            calls["die_at"] = None
+            raise KeyboardInterrupt("killed after the step-2 checkpoint")
+        gained, lost = script[calls["n"]]
+        calls["n"] += 1
+        correct = start[:5 - lost] + [False] * lost + [True] * gained + [False] * (5 - gained)
+        return SimpleNamespace(accuracy=sum(correct) / 10, mean_tokens=3.0), correct
+
+    monkeypatch.setattr(rl, "validate", scripted_validate)
+    over = {"rl.questions_per_step": 2, "rl.group_size": 2, "rl.minibatch_size": 4, "rl.steps": 4,
+            "rl.val_every": 1, "rl.checkpoint_every": 1, "rl.best_max_p": 0.05}
+    cfg = load_config(None, rl_sets(toy, "rl_best_resume", **over))
+    with pytest.raises(KeyboardInterrupt):
+        rl.train_rl(cfg)
+    ckpt = checkpoint_dir_for(toy / "rl_best_resume", 2)
+    killed_at = torch.load(ckpt / "trainer_state.pt", weights_only=False)["progress"]
+    assert killed_at["step"] == 2 and killed_at["start_correct"] == start
+    run = rl.train_rl(cfg, resume=True)
+    logged = {r["step"]: r for r in _metrics(run) if "eval/val_accuracy" in r}
+    assert sorted(logged) == [0, 1, 2, 3, 4]
+    # step 3: one problem gained, none lost, p 0.5 > 0.05: the start stays best/ though val rose to 0.6
+    assert logged[3]["eval/val_accuracy"] == 0.6
+    assert (logged[3]["eval/val_gained_vs_start"], logged[3]["eval/val_lost_vs_start"]) == (1, 0)
+    assert logged[3]["eval/val_sign_p_vs_start"] == sign_test_p(1, 0) == 0.5
+    state = torch.load(run / "best" / "trainer_state.pt", weights_only=False)
+    assert state["progress"]["step"] == 0

@@ -344,3 +344,31 @@ def test_learning_rate_follows_steps_not_the_clock():
     assert learning_rate(cfg, 0, 100) == pytest.approx(0.01)
     assert learning_rate(cfg, 50, 100) == pytest.approx(0.01 * (0.1 + 0.9 * 0.5))  # cos(pi/2) = 0
     assert learning_rate(cfg, 100, 100) == pytest.approx(0.001)
+
+
+def test_length_buckets_sort_each_chunk_and_keep_every_problem():
+    """data.length_buckets: each chunk of (batch size x buckets) problems of the shuffled order is sorted by length
+    (question + steps, in characters), so a batch pads little; every problem stays, once."""
+    from atp_latent.data.records import Problem
+    from atp_latent.training.sft import bucket_by_length
+
+    sizes = [7, 3, 9, 1, 5, 8, 2, 6]  # question length + step lengths, by problem index
+    problems = [Problem(question="q" * (n - 1), steps=["s"], answer="1") for n in sizes]
+    order = [4, 0, 7, 2, 6, 1, 5, 3]  # a shuffled order: sizes 5 7 6 9 | 2 3 8 1
+    assert bucket_by_length(order, problems, 4) == [4, 7, 0, 2, 3, 6, 1, 5]  # 5 6 7 9 | 1 2 3 8
+    assert bucket_by_length(order, problems, 3) == [4, 7, 0, 6, 1, 2, 3, 5]  # 5 6 7 | 2 3 9 | 1 8
+    assert bucket_by_length(order, problems, 8) == sorted(order, key=lambda i: sizes[i])
+
+
+@pytest.mark.parametrize("buckets", [1, 3])
+def test_sft_epoch_buckets_by_length_only_when_asked(data, tmp_path, monkeypatch, buckets):
+    """The SFT loop sorts chunks of batch size x length_buckets problems (1: off), and still trains on every batch."""
+    from atp_latent.training import sft
+
+    calls = []
+    real = sft.bucket_by_length
+    monkeypatch.setattr(sft, "bucket_by_length", lambda order, problems, chunk: calls.append(chunk) or
+                        real(order, problems, chunk))
+    run = train(config(data, tmp_path, **{"train.epochs": 1, "data.length_buckets": buckets, "name": "b"}))
+    assert calls == ([] if buckets == 1 else [16 * buckets])
+    assert len(losses(run)) == 96 // 16
