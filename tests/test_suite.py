@@ -91,7 +91,10 @@ def test_every_bench_config_loads():
                        "atp_rl_token_norm": {"loss_norm"}, "atp_rl_kl": {"kl_coef"},
                        "atp_rl_logratio_mean": {"latent_logratio"}, "atp_rl_latent_temp": {"latent_temperature"},
                        "atp_rl_heads_only": {"train_lm"}, "atp_rl_answer_temp05": {"temperature"},
-                       "atp_rl_dynamic8_temp05": {"dynamic_sampling", "oversample", "temperature"}}
+                       "atp_rl_dynamic8_temp05": {"dynamic_sampling", "oversample", "temperature"},
+                       "atp_rl_latent_mean": {"latent_policy"},
+                       "atp_rl_dynamic8_temp05_latent_mean": {"dynamic_sampling", "oversample", "temperature",
+                                                              "latent_policy"}}
 
 
 def test_two_seeds_interleave_and_respect_starts(fake_jobs, tmp_path):

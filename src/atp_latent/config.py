@@ -182,6 +182,10 @@ class RLConfig:
     # sum: the latent log-prob sums the Gaussian log-density over all d dimensions (paper), so its ratio scales
     # with the hidden size; mean: per-dimension mean (docs/deviations.md)
     latent_logratio: Literal["sum", "mean"] = "sum"
+    # gaussian: rollouts sample z ~ N(mu, sigma^2) and the latent stream scores its density (paper); mean: z = mu,
+    # the latents are no action of the policy (its actions: stop decisions and answer tokens), and the update has no
+    # Gaussian term, whose gradient is noise where the sampled latents do not change outcomes (docs/deviations.md)
+    latent_policy: Literal["gaussian", "mean"] = "gaussian"
     train_lm: bool = True  # false: RL updates only the latent and stop heads, the language model stays the start's
 
     def __post_init__(self):

@@ -36,6 +36,8 @@ LABELS = {"nocot": "No-CoT", "cot": "CoT-SFT", "coconut": "Coconut", "simcot": "
           "atp_rl_dynamic": "ATP RL, dynamic sampling", "atp_rl_dynamic8": "ATP RL, dynamic sampling, 8x questions",
           "atp_rl_answer_temp05": "ATP RL, answer temperature 0.5",
           "atp_rl_dynamic8_temp05": "ATP RL, dynamic sampling, 8x questions, answer temperature 0.5",
+          "atp_rl_latent_mean": "ATP RL, latents at their mean (no Gaussian term)",
+          "atp_rl_dynamic8_temp05_latent_mean": "ATP RL, dynamic sampling, 8x questions, answer T 0.5, latents at mean",
           "atp_rl_token_norm": "ATP RL, token-level loss norm",
           "atp_rl_kl": "ATP RL, KL to start 0.1", "atp_rl_logratio_mean": "ATP RL, per-dim latent log-ratio",
           "atp_rl_cosine": "ATP RL, warmup + cosine lr", "atp_rl_group16": "ATP RL, 16 rollouts per question",
@@ -45,7 +47,8 @@ LABELS = {"nocot": "No-CoT", "cot": "CoT-SFT", "coconut": "Coconut", "simcot": "
           "atp_rl_new_style_dynamic": "ATP-Latent (RL on new-style questions, dynamic sampling)"}
 RL_KNOBS = ("atp_rl_low_lr", "atp_rl_high_lr", "atp_rl_cosine", "atp_rl_group16", "atp_rl_dynamic",
             "atp_rl_dynamic8", "atp_rl_token_norm", "atp_rl_kl", "atp_rl_logratio_mean", "atp_rl_latent_temp",
-            "atp_rl_heads_only", "atp_rl_answer_temp05", "atp_rl_dynamic8_temp05")
+            "atp_rl_heads_only", "atp_rl_answer_temp05", "atp_rl_dynamic8_temp05", "atp_rl_latent_mean",
+            "atp_rl_dynamic8_temp05_latent_mean")
 # Where each job starts from (its best validation checkpoint).
 STARTS = {"coconut": "cot", "simcot": "cot", "atp": "cot", "atp_rl": "atp", "atp_rl_coherence": "atp",
           "atp_no_kl": "cot", "atp_no_stop": "cot", "atp_no_decoder": "cot", "atp_no_decoder_no_kl": "cot",

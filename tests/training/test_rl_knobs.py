@@ -1,5 +1,5 @@
 """The GRPO knobs for sparse rewards (rl.lr_schedule, warmup_steps, dynamic_sampling, loss_norm, kl_coef,
-latent_logratio), each against a hand computation, and one short run with all of them on."""
+latent_logratio, latent_policy), each against a hand computation, and one short run with all of them on."""
 
 import json
 import math
@@ -141,6 +141,41 @@ def test_latent_temperature_widens_the_sampled_and_scored_gaussian(start):
     with pytest.raises(ValueError, match="latent_temperature"):
         load_config(None, ["rl.latent_temperature=0"])
 
+
+def test_latent_policy_mean_rolls_out_mu_and_scores_no_gaussian_term(start):
+    """rl.latent_policy=mean: the rollout's latents are mu itself (the same draws give the greedy latents), the
+    latent stream holds only the stop head's "continue" log-probs, and no gradient reaches the latent head (its
+    latents are inputs, not actions), while the language model still learns from the answer and stop streams."""
+    from atp_latent.data.sequences import builder_for
+    from atp_latent.training.rl import rollout
+
+    model, tok = LatentReasoner.from_pretrained(start / "start")
+    model.eval()
+    builder = builder_for(tok, model.spec)
+    cfg = load_config(None, ["rl.group_size=3", "rl.max_new_tokens=3", "rl.latent_policy=mean"])
+    traj = rollout(model, builder, PROBLEMS, cfg, torch.Generator().manual_seed(0), "cpu")
+    b = traj.batch
+    state = model.fill(b["prefix_ids"], b["prefix_mask"], b["n_slots"], stop_mode="forced",
+                       forced_active=b["rl_active"], forced_z=b["rl_z"])
+    act = b["rl_active"]
+    assert act.any() and b["rl_latent_scale"].item() == 0.0
+    torch.testing.assert_close(b["rl_z"][act], state.mu[act].detach(), atol=1e-5, rtol=1e-5)  # z = mu exactly
+    assert torch.equal(traj.rollout_logps["latent_gaussian"], torch.zeros_like(act, dtype=torch.float))
+    scored = model.score(b)
+    cont = b["rl_consulted"] & ~b["rl_stopped"]
+    stop_cont = torch.where(cont, torch.log_softmax(state.stop_logits.float(), -1)[..., 0], torch.zeros(cont.shape))
+    torch.testing.assert_close(scored["latent"], (stop_cont * act).detach(), atol=1e-5, rtol=1e-5)
+    model.zero_grad()
+    (scored["latent"].sum() + scored["stop"].sum() + scored["answer"].sum()).backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.latent_head.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in model.lm.parameters())
+    # the paper's policy on the same draws: sampled latents, a Gaussian term, a gradient into the latent head
+    paper = rollout(model, builder, PROBLEMS, load_config(None, ["rl.group_size=3", "rl.max_new_tokens=3"]),
+                    torch.Generator().manual_seed(0), "cpu")
+    assert "rl_latent_scale" not in paper.batch and not torch.equal(paper.batch["rl_z"], b["rl_z"])
+    model.zero_grad()
+    model.score(paper.batch)["latent"].sum().backward()
+    assert any(p.grad is not None and p.grad.any() for p in model.latent_head.parameters())
 
 def test_train_lm_false_moves_only_the_heads(start):
     """rl.train_lm=false: after RL steps at a large learning rate every LM weight equals the start's, the latent

@@ -191,7 +191,8 @@ class LatentReasoner(nn.Module):
           latent [N, L]: Gaussian log-density of z_t (+ log p(continue) where the stop head let it continue)
           stop   [N]:    log p(stop) at the slot where the stop head fired (0 where it never fired)
           answer [N, T]: token log-probs at the sampling temperature `batch["rl_temperature"]` (default 1).
-        `batch["rl_latent_scale"]` (optional) scales the Gaussian term (1/d: the per-dimension mean).
+        `batch["rl_latent_scale"]` (optional) scales the Gaussian term (1/d: the per-dimension mean; 0: latents at
+        their mean are no action, rl.latent_policy=mean).
         `batch["rl_latent_temperature"]` (optional, k): z is scored under N(mu, (k sigma)^2), the density it came from.
         It is reached through `forward`, so a DDP-wrapped model scores (and synchronises gradients) alike."""
         state = self.fill(batch["prefix_ids"], batch["prefix_mask"], batch["n_slots"], stop_mode="forced",
@@ -202,7 +203,7 @@ class LatentReasoner(nn.Module):
         if self.latent_head is not None and L:
             k = float(batch["rl_latent_temperature"]) if "rl_latent_temperature" in batch else 1.0
             latent = gaussian_log_density(batch["rl_z"], state.mu, state.logvar, k)
-            if "rl_latent_scale" in batch:  # rl.latent_logratio=mean: per-dimension mean instead of the sum
+            if "rl_latent_scale" in batch:  # rl.latent_logratio=mean: per-dimension mean; latent_policy=mean: 0
                 latent = latent * batch["rl_latent_scale"].float()
         if self.stop_head is not None and L:
             lp = torch.log_softmax(state.stop_logits.float(), -1)

@@ -175,7 +175,7 @@ def rollout(model: LatentReasoner, builder: SequenceBuilder, problems: list[Prob
     n_slots = torch.tensor([s for _, s in prompts])
     ids, mask, n_slots = ids.to(device), mask.to(device), n_slots.to(device)
     state, gen = model.answer(ids, mask, n_slots, builder.end_id, tok.eos_token_id, tok.pad_token_id,
-                              r.max_new_tokens, sample_latents=True, stop_mode="sample",
+                              r.max_new_tokens, sample_latents=r.latent_policy == "gaussian", stop_mode="sample",
                               temperature=r.temperature, generator=generator, latent_temperature=r.latent_temperature)
     # Rewards from the decoded answers and (for coherence) the decoded latent groups.
     texts = [tok.decode(gen.tokens[i, : int(gen.lengths[i])].tolist()) for i in range(len(golds))]
@@ -199,10 +199,12 @@ def rollout(model: LatentReasoner, builder: SequenceBuilder, problems: list[Prob
         batch["rl_latent_temperature"] = torch.tensor(float(r.latent_temperature))
     if r.latent_logratio == "mean" and state.z.shape[1]:
         batch["rl_latent_scale"] = torch.tensor(1.0 / state.z.shape[-1])
+    if r.latent_policy == "mean":  # z = mu is no action: the latent stream keeps only the stop head's "continue"
+        batch["rl_latent_scale"] = torch.tensor(0.0)
     sigma = float(torch.exp(0.5 * state.logvar)[state.active].mean()) if state.logvar is not None and \
         state.active.any() else 0.0
     latent_lp = gaussian_log_density(state.z, state.mu, state.logvar, r.latent_temperature) * state.active \
-        if state.mu is not None else torch.zeros(state.active.shape, device=device)
+        if state.mu is not None and r.latent_policy == "gaussian" else torch.zeros(state.active.shape, device=device)
     return Trajectories(batch, {"answer": gen.logprobs, "latent_gaussian": latent_lp}, rewards, {"acc": acc, "fmt": fmt, "coh": coh},
                         state.active.sum(-1).cpu(), sigma)
 
