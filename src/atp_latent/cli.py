@@ -254,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sample as RL's rollouts do: latents, the stop head and answer tokens (see --temperature)")
     ev.add_argument("--temperature", type=float, default=None, help="with --rollout: answer-token temperature (1.0)")
     ev.add_argument("--latent-temperature", type=float, default=None, metavar="K",
-                    help="with --rollout: sample z ~ N(mu, (K sigma)^2), as rl.latent_temperature does (1.0)")
+                    help="with --rollout: sample z ~ N(mu, (K sigma)^2), as rl.latent_temperature does (1.0); "
+                         "0: z = mu, as rl.latent_policy=mean rolls out")
     ev.add_argument("--seeds", type=int, default=1,
                     help="with --latent-sample or --rollout: N samples per problem; reports mean +- std and pass@k")
     ev.add_argument("--limit", type=int, default=None, help="first N problems of each file")
