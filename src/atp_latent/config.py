@@ -203,6 +203,9 @@ class RLConfig:
             raise ValueError(f"latent_temperature must be > 0, got {self.latent_temperature}")
         if self.oversample < 1 or self.kl_coef < 0 or self.warmup_steps < 0:
             raise ValueError("oversample must be >= 1, kl_coef and warmup_steps >= 0")
+        if self.latent_policy == "mean" and (self.latent_temperature != 1.0 or self.latent_logratio != "sum"):
+            raise ValueError("latent_policy=mean rolls out z = mu and scores no latent density: latent_temperature "
+                             "and latent_logratio apply to latent_policy=gaussian only")
 
 
 @dataclass

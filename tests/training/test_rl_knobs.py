@@ -176,6 +176,9 @@ def test_latent_policy_mean_rolls_out_mu_and_scores_no_gaussian_term(start):
     model.zero_grad()
     model.score(paper.batch)["latent"].sum().backward()
     assert any(p.grad is not None and p.grad.any() for p in model.latent_head.parameters())
+    for knob in ("rl.latent_temperature=3", "rl.latent_logratio=mean"):  # knobs of the Gaussian term it has not
+        with pytest.raises(ValueError, match="latent_policy=gaussian only"):
+            load_config(None, ["rl.latent_policy=mean", knob])
 
 def test_train_lm_false_moves_only_the_heads(start):
     """rl.train_lm=false: after RL steps at a large learning rate every LM weight equals the start's, the latent
