@@ -457,8 +457,10 @@ def evaluate_ablations(suite: Suite, out: Path, samples: int = 3, batch_size: in
 def gained_lost(row: dict, start: dict) -> tuple[int, int]:
     """Paired, problem by problem (evaluate_val rows with "correct"): how many `start` got wrong and `row` right,
     and the reverse."""
-    pairs = list(zip(row["correct"], start["correct"], strict=True))
-    return sum(a > b for a, b in pairs), sum(a < b for a, b in pairs)
+    from atp_latent.training.rl import compare_to_start
+
+    gained, lost, _ = compare_to_start([c == "1" for c in start["correct"]], [c == "1" for c in row["correct"]])
+    return gained, lost
 
 
 def rl_vs_start_table(val_rows: list[dict], digits: int = 1) -> tuple[str, dict]:

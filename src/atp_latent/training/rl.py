@@ -148,8 +148,9 @@ def sign_test_p(gained: int, lost: int) -> float:
 
 def compare_to_start(start: list[bool], correct: list[bool]) -> tuple[int, int, float]:
     """Problems a policy answers right that its start got wrong (gained), the reverse (lost), and sign_test_p."""
-    gained = sum(c and not s for s, c in zip(start, correct))
-    lost = sum(s and not c for s, c in zip(start, correct))
+    pairs = list(zip(start, correct, strict=True))
+    gained = sum(c and not s for s, c in pairs)
+    lost = sum(s and not c for s, c in pairs)
     return gained, lost, sign_test_p(gained, lost)
 
 
@@ -197,10 +198,10 @@ def rollout(model: LatentReasoner, builder: SequenceBuilder, problems: list[Prob
     }
     if r.latent_temperature != 1.0:
         batch["rl_latent_temperature"] = torch.tensor(float(r.latent_temperature))
-    if r.latent_logratio == "mean" and state.z.shape[1]:
-        batch["rl_latent_scale"] = torch.tensor(1.0 / state.z.shape[-1])
     if r.latent_policy == "mean":  # z = mu is no action: the latent stream keeps only the stop head's "continue"
         batch["rl_latent_scale"] = torch.tensor(0.0)
+    elif r.latent_logratio == "mean" and state.z.shape[1]:
+        batch["rl_latent_scale"] = torch.tensor(1.0 / state.z.shape[-1])
     sigma = float(torch.exp(0.5 * state.logvar)[state.active].mean()) if state.logvar is not None and \
         state.active.any() else 0.0
     latent_lp = gaussian_log_density(state.z, state.mu, state.logvar, r.latent_temperature) * state.active \
