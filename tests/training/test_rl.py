@@ -255,21 +255,24 @@ def _metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("variant", ["all", "heads_only"])
+@pytest.mark.parametrize("variant", ["all", "heads_only", "latent_mean"])
 def test_two_process_rl_equals_one_process(toy, rl_sets, monkeypatch, variant):
     """2 processes x 2 questions equal 1 process x 4 questions: each process takes its own consecutive questions,
     the all-reduced gradient is the 1-process one (same grad norm each step) and the final weights agree. Rollouts
     are drawn per question (tests/training/fixed_rollouts.py), so both runs see the same trajectories. The
-    heads_only variant (rl.train_lm=false, rl.latent_temperature=2) leaves every LM weight at the start's."""
+    heads_only variant (rl.train_lm=false, rl.latent_temperature=2) leaves every LM weight at the start's; the
+    latent_mean variant (rl.latent_policy=mean) carries its scale of 0 through the DDP-wrapped scoring."""
     from atp_latent.training.rl import train_rl
 
     mod, script = _fixed_rollouts()
     common = {"rl.group_size": 4, "rl.steps": 2, "rl.lr": 2e-3, "rl.max_new_tokens": 4}
     if variant == "heads_only":
         common |= {"rl.train_lm": "false", "rl.latent_temperature": 2.0}
+    if variant == "latent_mean":
+        common |= {"rl.latent_policy": "mean"}
     args = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-            str(29561 + (variant == "heads_only")), str(script),
+            str(29561 + ["all", "heads_only", "latent_mean"].index(variant)), str(script),
             *rl_sets(toy, f"rl2p_{variant}", **common, **{"rl.questions_per_step": 2, "rl.minibatch_size": 8})]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     monkeypatch.setattr(rl, "rollout", mod.per_question_rollout)  # the 1-process run meanwhile, in this process
@@ -298,6 +301,10 @@ def test_two_process_rl_equals_one_process(toy, rl_sets, monkeypatch, variant):
             moved, diff = (x - x0).abs().mean(), (x - y).abs()
             if name.startswith("decoder.") or (variant == "heads_only" and name.startswith("lm.")):  # frozen
                 assert torch.equal(x, x0) and torch.equal(y, x0), name
+                continue
+            if variant == "latent_mean" and name.startswith("latent_head."):  # no gradient: weight decay alone
+                torch.testing.assert_close(x, y, rtol=0, atol=1e-7)
+                torch.testing.assert_close(x, x0 * (1 - 2e-3 * 0.01) ** 2, rtol=1e-6, atol=1e-7)
                 continue
             assert moved > 0, name  # RL changed every trained tensor
             assert diff.mean() < 1e-3 * moved + 1e-9 and (diff > 1e-5).float().mean() < 1e-3, (name, diff.max(), moved)
@@ -351,12 +358,13 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
-@pytest.mark.parametrize("latent_temperature", [1.0, 3.0])
-def test_bf16_first_ratio_is_exactly_one(setup, fresh_accelerate_state, latent_temperature):
+@pytest.mark.parametrize("latent_temperature, latent_policy", [(1.0, "gaussian"), (3.0, "gaussian"), (1.0, "mean")])
+def test_bf16_first_ratio_is_exactly_one(setup, fresh_accelerate_state, latent_temperature, latent_policy):
     """Under mixed_precision bf16, old and new log-probs come from the same autocast module call: ratio 1 (with a
-    widened latent exploration too)."""
+    widened latent exploration, and with the latents at their mean, too)."""
     model, tok, builder, cfg = setup
-    cfg = dataclasses.replace(cfg, rl=dataclasses.replace(cfg.rl, latent_temperature=latent_temperature))
+    cfg = dataclasses.replace(cfg, rl=dataclasses.replace(cfg.rl, latent_temperature=latent_temperature,
+                                                          latent_policy=latent_policy))
     model = LatentReasoner(copy.deepcopy(model.lm), model.spec, decoder=model.decoder)
     acc = Accelerator(cpu=True, mixed_precision="bf16")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
