@@ -185,8 +185,20 @@ def test_rl_vs_start_by_hand():
     assert summary["atp_rl"]["gains"] == pytest.approx([0.10, 0.03, 0.07])
     assert summary["atp_rl"]["mean_gain"] == pytest.approx(0.2 / 3)
     lines = table.splitlines()
-    assert lines[3] == "| ATP-Latent (RL) | 50.0, 47.0, 49.0 | 48.7 ± 1.5 | +10.0, +3.0, +7.0 | +6.7 | yes | - |"
-    assert lines[4].endswith("| -2.0, +1.0, +1.0 | +0.0 | no | - |")
+    # the paired bar: RL's gains have a sample std of sqrt((3.33^2 + 3.67^2 + 0.33^2) / 2) = 3.5 points, below their
+    # mean; the coherence gains' std is sqrt((4 + 1 + 1) / 2) = 1.7 points, above their mean of 0
+    assert summary["atp_rl"]["gain_std"] == pytest.approx(0.035119, abs=1e-6)
+    assert lines[3] == ("| ATP-Latent (RL) | 50.0, 47.0, 49.0 | 48.7 ± 1.5 | +10.0, +3.0, +7.0 | +6.7 ± 3.5 | yes | yes "
+                        "| - |")
+    assert lines[4].endswith("| -2.0, +1.0, +1.0 | +0.0 ± 1.7 | no | no | - |")
+    # a start std the gain does not pass, with gains that agree: the two bars part
+    rows = [{"atp": {"accuracy": a}, "atp_rl": {"accuracy": a + d}} for a, d in ((0.60, 0.02), (0.70, 0.03),
+                                                                                  (0.65, 0.01))]
+    table, _ = suite_mod.rl_vs_start_table(rows)
+    assert table.splitlines()[3].endswith("| +2.0, +3.0, +1.0 | +2.0 ± 1.0 | no | yes | - |")
+    # one seed: no std of the gains, no paired verdict
+    table, _ = suite_mod.rl_vs_start_table(rows[:1])
+    assert table.splitlines()[3].endswith("| +2.0 | +2.0 ± 0.0 | yes | - | - |")
 
 
 def test_rl_vs_start_counts_flipped_problems():
@@ -197,7 +209,7 @@ def test_rl_vs_start_counts_flipped_problems():
     # seed 0: gained problems 2 and 3, lost problem 1; seed 1: identical. Mean gain 12.5 points against the start's
     # std of 0.25 / sqrt(2) = 17.7 points: not above it
     assert summary["atp_rl"]["gained_lost"] == [(2, 1), (0, 0)]
-    assert table.splitlines()[3].endswith("| +25.0, +0.0 | +12.5 | no | +2 / -1, +0 / -0 |")
+    assert table.splitlines()[3].endswith("| +25.0, +0.0 | +12.5 ± 17.7 | no | no | +2 / -1, +0 / -0 |")
 
 
 def test_scale_stretches_steps_not_minutes_only(tmp_path):

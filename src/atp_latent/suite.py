@@ -465,13 +465,14 @@ def gained_lost(row: dict, start: dict) -> tuple[int, int]:
 
 def rl_vs_start_table(val_rows: list[dict], digits: int = 1) -> tuple[str, dict]:
     """Val accuracy of each RL job against its SFT start (atp), seed by seed: the claim "RL improves on its start"
-    holds when the mean gain exceeds the seed-to-seed std of the start's accuracy."""
+    holds when the mean gain exceeds the seed-to-seed std of the start's accuracy. A second column applies the bar
+    of a paired test, the std of the gains themselves (each seed's RL run against its own start; "-" with one seed)."""
     from atp_latent.evaluation.evaluate import mean_std
 
     start = [r["atp"]["accuracy"] for r in val_rows if "atp" in r]
     s_mean, s_std = mean_std(start)
-    lines = ["| model | val acc per seed | mean ± std | gain over ATP SFT per seed | mean gain | gain > start std? | "
-             "problems gained / lost per seed |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | val acc per seed | mean ± std | gain over ATP SFT per seed | mean gain ± std | gain > start std? | "
+             "gain > its std (paired)? | problems gained / lost per seed |", "|---|---|---|---|---|---|---|---|"]
     summary = {"atp": {"per_seed": start, "mean": s_mean, "std": s_std}}
     for job in ("atp", "atp_rl", "atp_rl_coherence"):
         if not all(job in r and "atp" in r for r in val_rows):
@@ -479,9 +480,10 @@ def rl_vs_start_table(val_rows: list[dict], digits: int = 1) -> tuple[str, dict]
         accs = [r[job]["accuracy"] for r in val_rows]
         gains = [a - b for a, b in zip(accs, start)]
         m, sd = mean_std(accs)
-        g, _ = mean_std(gains)
+        g, g_sd = mean_std(gains)
         verdict = "-" if job == "atp" else ("yes" if g > s_std else "no")
-        summary[job] = {"per_seed": accs, "mean": m, "std": sd, "gains": gains, "mean_gain": g}
+        paired = "-" if job == "atp" or len(gains) < 2 else ("yes" if g > g_sd else "no")
+        summary[job] = {"per_seed": accs, "mean": m, "std": sd, "gains": gains, "mean_gain": g, "gain_std": g_sd}
         flips = [gained_lost(r[job], r["atp"]) for r in val_rows] \
             if all("correct" in r[job] and "correct" in r["atp"] for r in val_rows) else None
         if flips is not None:
@@ -489,8 +491,8 @@ def rl_vs_start_table(val_rows: list[dict], digits: int = 1) -> tuple[str, dict]
         flip_text = "-" if flips is None or job == "atp" else ", ".join(f"+{a} / -{b}" for a, b in flips)
         f = f".{digits}f"  # points; 2 digits where one problem is worth less than 0.1
         lines.append(f"| {_label(job)} | " + ", ".join(f"{100 * a:{f}}" for a in accs) + f" | {100 * m:{f}} ± "
-                     f"{100 * sd:{f}} | " + ", ".join(f"{100 * x:+{f}}" for x in gains) + f" | {100 * g:+{f}} | "
-                     f"{verdict} | {flip_text} |")
+                     f"{100 * sd:{f}} | " + ", ".join(f"{100 * x:+{f}}" for x in gains) + f" | {100 * g:+{f}} ± "
+                     f"{100 * g_sd:{f}} | {verdict} | {paired} | {flip_text} |")
     return "\n".join(lines), summary
 
 
