@@ -180,6 +180,7 @@ def test_latent_policy_mean_rolls_out_mu_and_scores_no_gaussian_term(start):
         with pytest.raises(ValueError, match="latent_policy=gaussian only"):
             load_config(None, ["rl.latent_policy=mean", knob])
 
+
 def test_train_lm_false_moves_only_the_heads(start):
     """rl.train_lm=false: after RL steps at a large learning rate every LM weight equals the start's, the latent
     head's do not."""
