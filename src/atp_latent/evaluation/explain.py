@@ -33,9 +33,10 @@ def explain(model: LatentReasoner, builder: SequenceBuilder, questions: list[str
         for (i, g), row in zip(groups, decoded.tolist()):
             cut = row.index(tok.eos_token_id) if tok.eos_token_id in row else len(row)
             texts[(i, g)] = tok.decode(row[:cut], skip_special_tokens=False)
-    # mean std over each group's c latents and d dimensions [B, L // c]
-    sigma = torch.exp(0.5 * state.logvar.float()).mean(-1).view(len(questions), -1, c).mean(-1) \
-        if state.logvar is not None and L else None
+    # mean std over each group's c latents and d dimensions [B, L // c]; slots past the last whole group are
+    # dropped: where every row stops, the engine appends that group's (inactive) start slot, so L = g*c + 1
+    sigma = torch.exp(0.5 * state.logvar[:, : L // c * c].float()).mean(-1).view(len(questions), L // c, c) \
+        .mean(-1) if state.logvar is not None else None
     out = []
     for i, q in enumerate(questions):
         shown = [g for g in range(L // c) if state.active[i, g * c]]
