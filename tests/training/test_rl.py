@@ -255,13 +255,17 @@ def _metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("variant", ["all", "heads_only", "latent_mean"])
+VARIANTS = ["all", "heads_only", "latent_mean", "token_norm"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_two_process_rl_equals_one_process(toy, rl_sets, monkeypatch, variant):
     """2 processes x 2 questions equal 1 process x 4 questions: each process takes its own consecutive questions,
     the all-reduced gradient is the 1-process one (same grad norm each step) and the final weights agree. Rollouts
     are drawn per question (tests/training/fixed_rollouts.py), so both runs see the same trajectories. The
     heads_only variant (rl.train_lm=false, rl.latent_temperature=2) leaves every LM weight at the start's; the
-    latent_mean variant (rl.latent_policy=mean) carries its scale of 0 through the DDP-wrapped scoring."""
+    latent_mean variant (rl.latent_policy=mean) carries its scale of 0 through the DDP-wrapped scoring; the
+    token_norm variant (rl.loss_norm=token) divides by the global minibatch's positions, not each process's."""
     from atp_latent.training.rl import train_rl
 
     mod, script = _fixed_rollouts()
@@ -270,9 +274,11 @@ def test_two_process_rl_equals_one_process(toy, rl_sets, monkeypatch, variant):
         common |= {"rl.train_lm": "false", "rl.latent_temperature": 2.0}
     if variant == "latent_mean":
         common |= {"rl.latent_policy": "mean"}
+    if variant == "token_norm":
+        common |= {"rl.loss_norm": "token"}
     args = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-            str(29561 + ["all", "heads_only", "latent_mean"].index(variant)), str(script),
+            str(29561 + VARIANTS.index(variant)), str(script),
             *rl_sets(toy, f"rl2p_{variant}", **common, **{"rl.questions_per_step": 2, "rl.minibatch_size": 8})]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     monkeypatch.setattr(rl, "rollout", mod.per_question_rollout)  # the 1-process run meanwhile, in this process

@@ -107,9 +107,11 @@ def test_latent_logratio_mean_scores_the_per_dimension_mean(start):
     torch.testing.assert_close(scored["latent"][act], expect[act], atol=1e-5, rtol=1e-5)
 
 
-def test_latent_temperature_widens_the_sampled_and_scored_gaussian(start):
+@pytest.mark.parametrize("k", [3.0, 0.5])
+def test_latent_temperature_widens_the_sampled_and_scored_gaussian(start, k):
     """rl.latent_temperature=k: with the same random draws the latents lie k times as far from mu, and both the
-    rollout's log-prob and the re-scored one are the density of N(mu, (k sigma)^2), not N(mu, sigma^2)."""
+    rollout's log-prob and the re-scored one are the density of N(mu, (k sigma)^2), not N(mu, sigma^2); below 1
+    (narrower exploration) as above."""
     from atp_latent.data.sequences import builder_for
     from atp_latent.training.rl import rollout
 
@@ -118,20 +120,20 @@ def test_latent_temperature_widens_the_sampled_and_scored_gaussian(start):
     builder = builder_for(tok, model.spec)
     base = ["rl.group_size=2", "rl.max_new_tokens=3"]
     t1 = rollout(model, builder, PROBLEMS, load_config(None, base), torch.Generator().manual_seed(0), "cpu")
-    t3 = rollout(model, builder, PROBLEMS, load_config(None, [*base, "rl.latent_temperature=3"]),
+    t3 = rollout(model, builder, PROBLEMS, load_config(None, [*base, f"rl.latent_temperature={k}"]),
                  torch.Generator().manual_seed(0), "cpu")
     b1, b3 = t1.batch, t3.batch
-    assert "rl_latent_temperature" not in b1 and b3["rl_latent_temperature"].item() == 3.0
+    assert "rl_latent_temperature" not in b1 and b3["rl_latent_temperature"].item() == k
     with torch.no_grad():
         state = model.fill(b3["prefix_ids"], b3["prefix_mask"], b3["n_slots"], stop_mode="forced",
                            forced_active=b3["rl_active"], forced_z=b3["rl_z"])
         scored = model.score(b3)
     # the first slot sees the same prefix in both rollouts, so its draw is the same eps, scaled by 3
-    torch.testing.assert_close(b3["rl_z"][:, 0] - state.mu[:, 0], 3 * (b1["rl_z"][:, 0] - state.mu[:, 0]),
+    torch.testing.assert_close(b3["rl_z"][:, 0] - state.mu[:, 0], k * (b1["rl_z"][:, 0] - state.mu[:, 0]),
                                atol=1e-5, rtol=1e-4)
     sigma = torch.exp(0.5 * state.logvar.float())
-    eps = (b3["rl_z"].float() - state.mu.float()) / (3 * sigma)
-    by_hand = (-torch.log(3 * sigma) - 0.5 * eps ** 2 - 0.5 * math.log(2 * math.pi)).sum(-1)
+    eps = (b3["rl_z"].float() - state.mu.float()) / (k * sigma)
+    by_hand = (-torch.log(k * sigma) - 0.5 * eps ** 2 - 0.5 * math.log(2 * math.pi)).sum(-1)
     act = b3["rl_active"]
     assert act.any()
     torch.testing.assert_close(t3.rollout_logps["latent_gaussian"][act], by_hand[act], atol=1e-3, rtol=1e-5)

@@ -3,7 +3,8 @@
 Per RL step: B questions x G rollouts (sampled latents, sampled stops, sampled answer tokens), rewards
 (accuracy, format, coherence of the decoded steps), group-normalised advantages, then one pass over the
 shuffled buffer in minibatches with the clipped surrogate on three log-prob streams (latents, stop,
-answer). The step decoder is frozen; the base model and both heads train. No KL penalty, no reference.
+answer). The step decoder is frozen; the base model and both heads train. As in the paper, no KL penalty by
+default (rl.kl_coef > 0 adds one to the frozen start policy, scored under the same autocast as the policy).
 """
 
 from __future__ import annotations
@@ -81,19 +82,21 @@ def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return adv.flatten().to(torch.float32)
 
 
-def masked_mean(per: torch.Tensor, mask: torch.Tensor, norm: str = "sequence") -> torch.Tensor:
+def masked_mean(per: torch.Tensor, mask: torch.Tensor, norm: str = "sequence",
+                tokens: torch.Tensor | None = None) -> torch.Tensor:
     """sequence: masked mean per row, then mean over rows (rows without positions count 0); token: one mean over
-    every masked position of the batch. A 1-D input has one position per row."""
+    every masked position of the batch, dividing by `tokens` when given (the positions per process of the global
+    minibatch, see `token_denominators`). A 1-D input has one position per row."""
     maskf = mask.float()
     if norm == "token":
-        return (per * maskf).sum() / maskf.sum().clamp(min=1)
+        return (per * maskf).sum() / (tokens if tokens is not None else maskf.sum()).clamp(min=1)
     dims = tuple(range(1, per.dim()))
     seq = (per * maskf).sum(dims) / maskf.sum(dims).clamp(min=1) if dims else per * maskf
     return seq.mean()
 
 
-def clipped_surrogate(logp, old, adv, mask, clip: float, clamp: float, norm: str = "sequence"
-                      ) -> tuple[torch.Tensor, dict]:
+def clipped_surrogate(logp, old, adv, mask, clip: float, clamp: float, norm: str = "sequence",
+                      tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """-min(ratio*A, clip(ratio)*A), averaged by `masked_mean` (per sequence then batch, or per token).
 
     Stats are sums over the masked positions, so they pool across minibatches: `clipped` counts the positions
@@ -109,13 +112,32 @@ def clipped_surrogate(logp, old, adv, mask, clip: float, clamp: float, norm: str
         removed = ((a > 0) & (ratio > 1 + clip)) | ((a < 0) & (ratio < 1 - clip)) | (diff.abs() > clamp)
         stats = {"clipped": (removed.float() * maskf).sum(), "kl": (((ratio - 1) - log_ratio) * maskf).sum(),
                  "n": maskf.sum()}
-    return masked_mean(per, mask, norm), stats
+    return masked_mean(per, mask, norm, tokens), stats
 
 
-def kl_to_reference(logp: torch.Tensor, ref: torch.Tensor, mask, norm: str = "sequence") -> torch.Tensor:
+def kl_to_reference(logp: torch.Tensor, ref: torch.Tensor, mask, norm: str = "sequence",
+                    tokens: torch.Tensor | None = None) -> torch.Tensor:
     """k3 estimate of KL(policy || reference) at the sampled positions: exp(ref - logp) - (ref - logp) - 1 >= 0."""
     d = (ref - logp).clamp(-20, 20)
-    return masked_mean(torch.exp(d) - d - 1, mask, norm)
+    return masked_mean(torch.exp(d) - d - 1, mask, norm, tokens)
+
+
+def token_denominators(accelerator: Accelerator, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """rl.loss_norm=token over several processes: each stream's positions in the global minibatch, divided by the
+    number of processes. DDP averages the processes' gradients, so dividing each local sum by this gives the
+    gradient of one mean over every position of every process, as one process with the whole minibatch would."""
+    counts = torch.stack([m.float().sum() for m in masks.values()])
+    if accelerator.num_processes > 1:
+        counts = accelerator.reduce(counts, "sum") / accelerator.num_processes
+    return dict(zip(masks, counts))
+
+
+def stream_masks(mb: dict[str, torch.Tensor], latent_policy: str) -> dict[str, torch.Tensor]:
+    """The positions of each log-prob stream that hold an action. With the latents at their mean (no Gaussian
+    term), the latent stream's actions are the stop head's "continue" decisions, one per group start; counting the
+    c - 1 other latents of a group would divide that gradient by about c."""
+    latent = mb["rl_active"] & mb["rl_consulted"] if latent_policy == "mean" else mb["rl_active"]
+    return {"latent": latent, "stop": mb["rl_stopped"].any(-1), "answer": mb["rl_token_mask"]}
 
 
 @dataclass
@@ -248,8 +270,9 @@ def grpo_update(model, optimizer, accelerator: Accelerator, traj: Trajectories, 
     chunks = [perm[i: i + r.minibatch_size] for i in range(0, n, r.minibatch_size)]
     with torch.no_grad():
         olds = [{k: v.detach() for k, v in model(_select(traj.batch, idx)).items()} for idx in chunks]
-        refs = [ref_model(_select(traj.batch, idx)) for idx in chunks] if ref_model is not None and r.kl_coef else \
-            [None] * len(chunks)
+        with accelerator.autocast():  # the policy is scored under autocast (accelerate's wrapper): so is the start
+            refs = [ref_model(_select(traj.batch, idx)) for idx in chunks] if ref_model is not None and r.kl_coef \
+                else [None] * len(chunks)
     stats: dict[str, list[float]] = {}
     pooled: dict[str, torch.Tensor] = {}
     for k, (idx, old, ref) in enumerate(zip(chunks, olds, refs)):
@@ -258,16 +281,17 @@ def grpo_update(model, optimizer, accelerator: Accelerator, traj: Trajectories, 
         if k == 0:  # before any update the policy is unchanged: every ratio must be exactly 1
             stats["first_ratio_dev"] = [max(float((new[s].detach() - old[s]).abs().max()) for s in new)]
         a = adv[idx]
-        masks = {"latent": mb["rl_active"], "stop": mb["rl_stopped"].any(-1), "answer": mb["rl_token_mask"]}
+        masks = stream_masks(mb, r.latent_policy)
+        tokens = token_denominators(accelerator, masks) if r.loss_norm == "token" else dict.fromkeys(masks)
         lat_loss, s_lat = clipped_surrogate(new["latent"], old["latent"], a, masks["latent"], r.clip,
-                                            r.logratio_clamp, r.loss_norm)
+                                            r.logratio_clamp, r.loss_norm, tokens["latent"])
         stop_loss, _ = clipped_surrogate(new["stop"], old["stop"], a, masks["stop"], r.clip, r.logratio_clamp,
-                                         r.loss_norm)
+                                         r.loss_norm, tokens["stop"])
         ans_loss, s_ans = clipped_surrogate(new["answer"], old["answer"], a, masks["answer"], r.clip,
-                                            r.logratio_clamp, r.loss_norm)
+                                            r.logratio_clamp, r.loss_norm, tokens["answer"])
         loss = lat_loss + stop_loss + ans_loss
         if ref is not None:
-            kl = sum(kl_to_reference(new[s], ref[s], masks[s], r.loss_norm) for s in masks)
+            kl = sum(kl_to_reference(new[s], ref[s], masks[s], r.loss_norm, tokens[s]) for s in masks)
             loss = loss + r.kl_coef * kl
             stats.setdefault("kl_to_start", []).append(float(kl.detach()))
         if not torch.isfinite(loss):
@@ -314,6 +338,25 @@ def freeze_for_rl(model: LatentReasoner, cfg: RunConfig) -> None:
         model.decoder.requires_grad_(False)
     if not cfg.rl.train_lm:
         model.lm.requires_grad_(False)
+
+
+def questions_per_process(cfg: RunConfig) -> int:
+    """Questions one process rolls out per RL step: B, or B x oversample under dynamic sampling (of which B groups
+    are kept)."""
+    return cfg.rl.questions_per_step * (cfg.rl.oversample if cfg.rl.dynamic_sampling else 1)
+
+
+def rl_total_steps(cfg: RunConfig, n_train: int, world: int) -> int:
+    """rl.steps, or one epoch: every training question rolled out once over all processes."""
+    return cfg.rl.steps or max(1, n_train // (questions_per_process(cfg) * world))
+
+
+def rollout_questions(order: list[int], cursor: int, rank: int, n_q: int) -> list[int]:
+    """The training indices process `rank` rolls out at the step whose shared cursor is `cursor`: the rank-th
+    slice of n_q consecutive questions in the shared order (wrapping around), so the processes of one step roll
+    out disjoint questions and one step of W processes covers what one process would over W x n_q."""
+    start = cursor + rank * n_q
+    return [order[(start + i) % len(order)] for i in range(n_q)]
 
 
 def rl_learning_rate(cfg: RunConfig, step: int, total: int) -> float:
@@ -371,7 +414,7 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
     device = accelerator.device
 
     B, world, rank = cfg.rl.questions_per_step, accelerator.num_processes, accelerator.process_index
-    total = cfg.rl.steps or max(1, len(train_set) // (B * world))
+    total = rl_total_steps(cfg, len(train_set), world)
     order = list(range(len(train_set)))
     random.Random(cfg.train.seed).shuffle(order)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + rank + progress["step"])
@@ -391,13 +434,14 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
     t0 = time.time() - progress["elapsed"]  # wall time counts across resumes (the safety stop too)
     while progress["step"] < total:
         # Each process rolls out its own questions: consecutive slices of one shared order.
-        n_q = B * (cfg.rl.oversample if cfg.rl.dynamic_sampling else 1)
-        start = (progress["cursor"] + rank * n_q) % len(order)
-        problems = [train_set[order[(start + i) % len(order)]] for i in range(n_q)]
+        n_q = questions_per_process(cfg)
+        problems = [train_set[i] for i in rollout_questions(order, progress["cursor"], rank, n_q)]
         progress["cursor"] = (progress["cursor"] + n_q * world) % len(order)
         t_step = time.time()
         with accelerator.autocast():  # sample in the precision the update scores in
             traj = rollout(raw, builder, problems, cfg, gen, device, text_embed)
+        # everything rolled out (latent slots and answer tokens), kept by dynamic sampling or not: the time covers it
+        sampled = int(traj.batch["rl_token_mask"].sum() + traj.batch["rl_active"].sum())
         signal = None
         if cfg.rl.dynamic_sampling:  # every process keeps B groups, so all run the same number of minibatches
             sampled_rewards = traj.rewards
@@ -411,25 +455,30 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
         equal = equal_reward_groups(traj.rewards, cfg.rl.group_size).float().mean()
         lat = traj.latents_used.float()
         seconds = time.time() - t_step
-        sampled = int(traj.batch["rl_token_mask"].sum() + traj.batch["rl_active"].sum())
         metrics = {f"train/{k}": v for k, v in stats.items()} | {
             "train/reward": float(traj.rewards.mean()), "train/accuracy": float(traj.terms["acc"].mean()),
             "train/reward_accuracy": float(traj.terms["acc"].mean()), "train/reward_format": float(traj.terms["fmt"].mean()),
             "train/reward_coherence": float(traj.terms["coh"].mean()), "train/equal_reward_groups": float(equal),
             "train/active_latents": float(lat.mean()), "train/sigma": traj.sigma,
-            "train/step_seconds": seconds, "train/sampled_tokens_per_s": sampled / max(seconds, 1e-9),
+            "train/step_seconds": seconds, "train/sampled_tokens": sampled,
+            "train/sampled_tokens_per_s": sampled / max(seconds, 1e-9),
             "train/lr": optimizer.param_groups[0]["lr"],
         }
         if signal is not None:  # share of kept groups with a signal; rewards over everything that was sampled
             metrics |= {"train/signal_groups": signal, "train/sampled_reward": float(sampled_rewards.mean())}
         metrics = across_processes(accelerator, metrics)
+        cut = False  # train.max_minutes ran out: this step is the run's last, validated and checkpointed as such
+        if cfg.train.max_minutes:  # one decision for every process: each has its own clock
+            if time.time() - t0 > 60 * cfg.train.max_minutes:
+                accelerator.set_trigger()
+            cut = accelerator.check_trigger()
         if is_main:
             run.log(metrics, progress["step"])
             run.log_histogram("train/latents_used", lat, progress["step"])
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['train/reward']:.3f}", acc=f"{metrics['train/accuracy']:.2f}",
                             lat=f"{lat.mean():.1f}")
-            last = progress["step"] == total
+            last = progress["step"] == total or cut
             if val_set and (progress["step"] % cfg.rl.val_every == 0 or last):
                 summary, correct = validate(raw, builder, val_set, cfg, device)
                 start = progress.get("start_correct")  # None: resumed from a checkpoint that predates it
@@ -445,11 +494,8 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
             if cfg.train.save_checkpoints and (progress["step"] % cfg.rl.checkpoint_every == 0 or last):
                 _save(run.checkpoint_dir_for(progress["step"]), raw, tok, optimizer, progress, rngs)
                 run.prune_checkpoints(cfg.train.keep_last)
-        if cfg.train.max_minutes:  # one decision for every process: each has its own clock
-            if time.time() - t0 > 60 * cfg.train.max_minutes:
-                accelerator.set_trigger()
-            if accelerator.check_trigger():
-                break
+        if cut:
+            break
     bar.close()
     finish_run(accelerator, model, run, tok, progress["step"], (time.time() - t0) / 60, total)
     accelerator.wait_for_everyone()
