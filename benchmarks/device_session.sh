@@ -8,7 +8,9 @@
 # Extra arguments go to gpu_smoke.sh / gpu_bench.sh (the tests run both on CPU: `smoke --cpu`, `suite --set ...`).
 # If the smoke call leaves less device time than the suite needs (about 7.5 minutes, plus 1 while the machine is
 # warm), shorten every job, safety stops included: `suite --scale F` with F = (minutes left - 3) / 6 (evaluation,
-# about 1.5 minutes, does not shrink). A warm machine keeps /tmp: a second suite call resumes the first one's runs
+# about 1.5 minutes, does not shrink; that was measured before the 500 held-out problems RL is judged on, whose
+# 3 x 500 greedy answers add a tenth of the test splits' 7 x 2,000; keep them: with `--val-large 0` RL against its
+# start is not judged). A warm machine keeps /tmp: a second suite call resumes the first one's runs
 # (and refuses changed settings), so give a retry its own folder: GPU_BENCH_OUT=/tmp/gpu-suite-2. A suite cut
 # off by the lease leaves no RESULTS.md; a scaled one does, and its command line in RESULTS.md names the scale.
 # Give the suite the device call's timeout_s as DEADLINE_S=<seconds> (env) and it stops itself 30 s before it, so that

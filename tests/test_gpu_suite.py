@@ -28,7 +28,8 @@ def test_gpu_suite_runs_every_method_on_cpu_at_tiny_shapes(tmp_path):
     write_benchmark(out / "seed-0" / "data", SynthConfig(seed=0, n_train=64, n_val=8, n_test=8, n_ood=8))
     back = tmp_path / "back"  # what the device tool brings back ($OUT): the summaries, not the runs
     back.mkdir()
-    args = ["bash", "benchmarks/device_session.sh", "suite", "--val-large", "40"]  # as a lent GPU session runs it
+    # as a lent GPU session runs it, with the held-out split shrunk from the suite's default (DEFAULT_VAL_LARGE)
+    args = ["bash", "benchmarks/device_session.sh", "suite", "--val-large", "40"]
     for s in TINY:
         args += ["--set", s]
     env = {**os.environ, "OUT": str(back), "GPU_BENCH_OUT": str(out), "PYTHON": sys.executable}
@@ -68,10 +69,15 @@ def test_gpu_suite_runs_every_method_on_cpu_at_tiny_shapes(tmp_path):
     for job in ("atp_rl", "atp_rl_coherence"):
         (gained, lost), = large[job]["gained_lost"]
         assert large[job]["gains"][0] == pytest.approx((gained - lost) / 40)
-    # the claim, decided from the numbers above it (one seed: "every seed" is that seed)
+    # the claim, decided from the numbers above it (one seed: "every seed" is that seed), RL against its start on
+    # the held-out problems only, by a sign test over the flipped ones (one seed has no std)
     assert "## The claim" in text and "The claim as a whole: **" in text
-    parts = ("simcot", "coconut", "rl_over_start", "rl_over_start_large")  # the last: on val_large
+    assert res["rl_vs_start_val"]["held_out"] is False and res["rl_vs_start_val_large"]["held_out"] is True
+    parts = ("simcot", "coconut", "rl_over_start")
     assert set(res["claim"]) == {*parts, "holds"}
+    rl = res["claim"]["rl_over_start"]
+    assert rl["split"] == "val_large" and rl["gained_lost"] == list(large["atp_rl"]["gained_lost"][0])
+    assert rl["holds"] == (rl["sign_p"] < 0.05)
     assert res["claim"]["holds"] == all(res["claim"][k]["holds"] for k in parts)
 
 
@@ -96,6 +102,14 @@ def test_gpu_suite_stops_itself_before_the_device_deadline_and_packs_its_runs(tm
     with tarfile.open(back / "runs.tar.gz") as tar:
         packed = set(tar.getnames())
     assert {"./seed-0/logs/cot.log", "./seed-0/runs/cot/config.yaml"} <= packed
+
+
+def test_gpu_suite_judges_rl_on_a_few_hundred_held_out_problems():
+    """The GPU suite draws held-out problems by default (RL's best/ is picked on val), few enough to evaluate
+    greedily within its device call: no rollouts."""
+    from atp_latent.suite import DEFAULT_ROLLOUTS, DEFAULT_VAL_LARGE
+
+    assert 200 <= DEFAULT_VAL_LARGE["gpu"] <= 1000 and DEFAULT_ROLLOUTS["gpu"] == 0
 
 
 def test_gpu_configs_are_one_size_up():

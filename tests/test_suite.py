@@ -178,7 +178,7 @@ def test_rl_vs_start_by_hand():
     rows = [{"atp": {"accuracy": 0.40}, "atp_rl": {"accuracy": 0.50}, "atp_rl_coherence": {"accuracy": 0.38}},
             {"atp": {"accuracy": 0.44}, "atp_rl": {"accuracy": 0.47}, "atp_rl_coherence": {"accuracy": 0.45}},
             {"atp": {"accuracy": 0.42}, "atp_rl": {"accuracy": 0.49}, "atp_rl_coherence": {"accuracy": 0.43}}]
-    table, summary = suite_mod.rl_vs_start_table(rows)
+    table, summary = suite_mod.rl_vs_start_table(rows, split="val_large", held_out=True)
     # start: mean 0.42, sample std 0.02; RL gains 0.10, 0.03, 0.07 (mean 0.0667 > 0.02); coherence gains
     # -0.02, 0.01, 0.01 (mean 0.0 < 0.02)
     assert summary["atp"]["mean"] == pytest.approx(0.42) and summary["atp"]["std"] == pytest.approx(0.02)
@@ -194,18 +194,18 @@ def test_rl_vs_start_by_hand():
     # a start std the gain does not pass, with gains that agree: the two bars part
     rows = [{"atp": {"accuracy": a}, "atp_rl": {"accuracy": a + d}} for a, d in ((0.60, 0.02), (0.70, 0.03),
                                                                                   (0.65, 0.01))]
-    table, _ = suite_mod.rl_vs_start_table(rows)
+    table, _ = suite_mod.rl_vs_start_table(rows, split="val_large", held_out=True)
     assert table.splitlines()[3].endswith("| +2.0, +3.0, +1.0 | +2.0 ± 1.0 | no | yes | - |")
-    # one seed: no std of the gains, no paired verdict
-    table, _ = suite_mod.rl_vs_start_table(rows[:1])
-    assert table.splitlines()[3].endswith("| +2.0 | +2.0 ± 0.0 | yes | - | - |")
+    # one seed: no std of the start nor of the gains, so no verdict ("gain > 0" would pass any single flip)
+    table, _ = suite_mod.rl_vs_start_table(rows[:1], split="val_large", held_out=True)
+    assert table.splitlines()[3].endswith("| +2.0 | +2.0 ± 0.0 | - | - | - |")
 
 
 def test_rl_vs_start_counts_flipped_problems():
     """With per-problem results, each seed's problems the RL model gained (start wrong, RL right) and lost."""
     rows = [{"atp": {"accuracy": 0.5, "correct": "1100"}, "atp_rl": {"accuracy": 0.75, "correct": "1011"}},
             {"atp": {"accuracy": 0.25, "correct": "0001"}, "atp_rl": {"accuracy": 0.25, "correct": "0001"}}]
-    table, summary = suite_mod.rl_vs_start_table(rows)
+    table, summary = suite_mod.rl_vs_start_table(rows, split="val_large", held_out=True)
     # seed 0: gained problems 2 and 3, lost problem 1; seed 1: identical. Mean gain 12.5 points against the start's
     # std of 0.25 / sqrt(2) = 17.7 points: not above it
     assert summary["atp_rl"]["gained_lost"] == [(2, 1), (0, 0)]
@@ -418,3 +418,157 @@ def test_fresh_questions_are_in_distribution_and_unseen(tmp_path):
     # the same recipe as atp_rl: only the questions differ
     base, fresh_cfg = (load_config(str(config_path(SUITES["cpu"], j))) for j in ("atp_rl", "atp_rl_fresh"))
     assert (vars(base.rl), vars(base.method), base.train) == (vars(fresh_cfg.rl), vars(fresh_cfg.method), fresh_cfg.train)
+
+
+def _cells(acc: float, tokens: float) -> dict:
+    return {s: {"accuracy": acc, "mean_tokens": tokens, "mean_latents": 3.0, "mean_answer_tokens": tokens - 3.0}
+            for s in suite_mod.TEST_SPLITS}
+
+
+def _graded(correct: str) -> dict:
+    """An evaluate_val row: accuracy and which problems were right."""
+    return {"accuracy": correct.count("1") / len(correct), "correct": correct, "mean_tokens": 8.0,
+            "mean_latents": 2.5, "by_steps": {}}
+
+
+# Per seed: RL's best/ ahead of its start on val, where best/ was picked (+1 of 10 problems on every seed, which a
+# pick with the start as first candidate gives for free), level with it on the held-out val_large.
+VAL = [{"atp": "1111111110", "atp_rl": "1111111111"}, {"atp": "1111111100", "atp_rl": "1111111110"},
+       {"atp": "1111111110", "atp_rl": "1111111111"}]
+VAL_LARGE = [{"atp": "1" * 18 + "00", "atp_rl": "1" * 18 + "00"},  # 0.90 -> 0.90
+             {"atp": "1" * 16 + "0000", "atp_rl": "1" * 17 + "000"},  # 0.80 -> 0.85: +1 / -0
+             {"atp": "1" * 17 + "000", "atp_rl": "1" * 16 + "0000"}]  # 0.85 -> 0.80: +0 / -1
+
+
+@pytest.fixture
+def fake_bench(monkeypatch, tmp_path):
+    """run_bench with its training, data and evaluation replaced: per seed folder, the test splits give ATP RL a lead
+    over SIM-CoT and Coconut at fewer tokens; val and val_large rows come from `rows` (split -> per seed -> job ->
+    correct string; a job not listed answers like atp)."""
+    import argparse
+
+    from atp_latent.evaluation import report as report_mod
+
+    calls = {"val_large": [], "evaluate_val": []}
+    rows = {"val": VAL, "val_large": VAL_LARGE}
+
+    def evaluate_seed(jobs, out, seed):
+        acc = {"atp_rl": 0.6, "simcot": 0.5, "coconut": 0.4}
+        return {j: _cells(acc.get(j, 0.3), 8.0 if j.startswith("atp") else 9.0) for j in jobs}, {j: [2] for j in jobs}
+
+    def evaluate_val(jobs, out, samples=3, batch_size=100, split="val", rollouts=0):
+        calls["evaluate_val"].append((split, rollouts, tuple(jobs)))
+        per_job = rows[split][int(out.name.split("-")[1])]
+        return {j: _graded(per_job.get(j, per_job["atp"])) for j in jobs}
+
+    def write_val_large(out, data_seed=0, n=5000):
+        calls["val_large"].append((out.name, n))
+
+    monkeypatch.setattr(suite_mod, "write_data", lambda out, data_seed=0: None)
+    monkeypatch.setattr(suite_mod, "write_new_style", lambda out, data_seed=0: None)
+    monkeypatch.setattr(suite_mod, "write_fresh", lambda out, data_seed=0: None)
+    monkeypatch.setattr(suite_mod, "write_val_large", write_val_large)
+    monkeypatch.setattr(suite_mod, "train_jobs", lambda *a, **k: 0)
+    monkeypatch.setattr(suite_mod, "evaluate_seed", evaluate_seed)
+    monkeypatch.setattr(suite_mod, "evaluate_val", evaluate_val)
+    for plot in ("plot_accuracy_vs_tokens", "plot_training_curves", "plot_latents"):
+        monkeypatch.setattr(report_mod, plot, lambda *a, **k: None)
+
+    def run(suite, seeds, ablations=False, val_large=None):
+        out = tmp_path / suite
+        for k in range(seeds):
+            (out / f"seed-{k}").mkdir(parents=True, exist_ok=True)
+        args = argparse.Namespace(suite=suite, seeds=seeds, out=str(out), data_seed=0, scale=1.0, overrides=[],
+                                  slots=2, val_large=val_large, rollouts=None, ablations=ablations)
+        assert suite_mod.run_bench(args) == 0
+        return out
+
+    return run, rows, calls
+
+
+def test_rl_over_start_is_judged_on_held_out_problems_only(fake_bench):
+    """The claim's "RL beats its SFT start" uses val_large (no run selected on it), never val, where RL's best/ was
+    picked with the start as its first candidate; the val table is labelled as the selection split, with no
+    verdict."""
+    import json
+
+    run, _, calls = fake_bench
+    out = run("cpu", seeds=3)
+    res = json.loads((out / "results.json").read_text())
+    # val_large: start 0.90 / 0.80 / 0.85 (mean 0.85, sample std 0.05), RL gains 0, +0.05, -0.05 (mean 0)
+    rl = res["claim"]["rl_over_start"]
+    assert rl["mean_gain"] == pytest.approx(0.0, abs=1e-12) and rl["start_std"] == pytest.approx(0.05)
+    assert rl["holds"] is False and rl["split"] == "val_large"
+    # val would have said yes: +0.1 on every seed against a start std of 0.0577
+    assert res["rl_vs_start_val"]["atp_rl"]["mean_gain"] == pytest.approx(0.1)
+    assert res["rl_vs_start_val"]["held_out"] is False and res["rl_vs_start_val_large"]["held_out"] is True
+    assert set(res["claim"]) == {"simcot", "coconut", "rl_over_start", "holds"}
+    assert res["claim"]["simcot"]["holds"] and res["claim"]["coconut"]["holds"] and res["claim"]["holds"] is False
+    text = (out / "RESULTS.md").read_text()
+    claim = text[text.index("## The claim"):]
+    assert "on val" not in claim and "on 5000 fresh in-distribution problems" in claim
+    assert "(mean gain +0.00 points against a seed-to-seed std of the start of 5.00)" in claim
+    # the val table: every RL row says it was picked there, and none gives a verdict
+    val_table = text[text.index("RL against its SFT start on the val split"):text.index("The same on 5000")]
+    rl_row = next(line for line in val_table.splitlines() if line.startswith("| ATP-Latent (RL) |"))
+    assert rl_row.endswith("| +10.0 ± 0.0 | selection split | selection split | +1 / -0, +1 / -0, +1 / -0 |")
+    assert "| yes |" not in val_table and "| no |" not in val_table
+    assert [c[:2] for c in calls["evaluate_val"]] == [("val", 0)] * 3 + [("val_large", 8)] * 3  # 8 rollouts each
+
+
+def test_gpu_suite_has_a_held_out_split_by_default(fake_bench):
+    """bench --suite gpu draws a few hundred held-out problems by default and judges RL on them; with one seed there
+    is no seed-to-seed std, so the bar is a one-sided sign test over the problems the two answer differently."""
+    import json
+
+    run, rows, calls = fake_bench
+    rows["val_large"] = [{"atp": "0001111111", "atp_rl": "1110111111"}]  # +3 / -1 (gain +0.2)
+    out = run("gpu", seeds=1)
+    (seed, n), = calls["val_large"]
+    assert seed == "seed-0" and 200 <= n <= 1000
+    # held-out greedy evaluation only: no rollouts, within the device call's time
+    assert [c[:2] for c in calls["evaluate_val"]] == [("val", 0), ("val_large", 0)]
+    rl = json.loads((out / "results.json").read_text())["claim"]["rl_over_start"]
+    # P(at least 3 of 4 fair flips) = 5 / 16 = 0.3125: a gain above 0 that chance explains
+    assert rl["gained_lost"] == [3, 1] and rl["sign_p"] == pytest.approx(5 / 16) and rl["holds"] is False
+    text = (out / "RESULTS.md").read_text()
+    assert "one-sided sign test" in text and "p = 0.31" in text
+    held_out = text[text.index("The same on 500"):text.index("## The claim")]
+    assert next(line for line in held_out.splitlines() if line.startswith("| ATP-Latent (RL) |")).endswith(
+        "| +20.00 | +20.00 ± 0.00 | - | - | +3 / -1 |")
+
+
+def test_ablation_rows_picked_on_val_are_labelled(fake_bench):
+    """The ablation table is on val: RL runs whose best/ was picked there are labelled as such (their gain over the
+    start is judged on val_large only); RL runs picked on other problems and SFT runs are not."""
+    run, _, _ = fake_bench
+    out = run("cpu", seeds=1, ablations=True)
+    text = (out / "RESULTS.md").read_text()
+    table = text[text.index("## Ablations"):]
+    row = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
+    assert row["ATP RL, warmup + cosine lr (best/ picked on this split)"]
+    assert row["ATP-Latent (RL) (best/ picked on this split)"]
+    assert "ATP-Latent (RL on new-style questions)" in row and "ATP SFT, no KL (beta_kl=0)" in row
+    assert "ATP-Latent (SFT)" in row
+
+
+def test_committed_cpu_results_judge_rl_on_held_out_problems(tmp_path):
+    """results/cpu/RESULTS.md is what write_report renders from results.json and NOTES.md (regenerate with `python -m
+    atp_latent.suite results/cpu`), and its RL verdict rests on val_large alone: gains -0.02, +0.14, -0.12 points
+    (mean 0.00) against a start std of 1.04."""
+    import json
+    import shutil
+
+    committed = Path(__file__).resolve().parents[1] / "results" / "cpu"
+    for name in ("results.json", "NOTES.md"):
+        shutil.copy(committed / name, tmp_path / name)
+    suite_mod.write_report(tmp_path)
+    assert (tmp_path / "RESULTS.md").read_text().replace(str(tmp_path), "results/cpu") == \
+        (committed / "RESULTS.md").read_text()
+    res = json.loads((committed / "results.json").read_text())
+    assert json.loads((tmp_path / "results.json").read_text()) == res
+    large = res["rl_vs_start_val_large"]
+    assert [round(100 * g, 2) for g in large["atp_rl"]["gains"]] == [-0.02, 0.14, -0.12]
+    rl = res["claim"]["rl_over_start"]
+    assert rl == {"split": "val_large", "mean_gain": pytest.approx(0.0, abs=1e-12),
+                  "start_std": pytest.approx(0.010393, abs=1e-6), "holds": False}

@@ -289,11 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a config override for every job (repeatable), e.g. train.mixed_precision=bf16")
     bn.add_argument("--slots", type=int, default=2, help="jobs trained at once (one CPU thread each)")
     bn.add_argument("--val-large", type=int, default=None, metavar="N",
-                    help="also compare RL with its SFT start on N fresh in-distribution problems (0: off; default "
-                         "5000 for the cpu suite, 0 for the gpu suite, whose 7.5 minutes it would stretch)")
+                    help="held-out in-distribution problems per seed on which RL is judged against its SFT start "
+                         "(RL's best/ is picked on val, so val cannot judge it; 0: off, and that verdict is not "
+                         "given; default 5000 for the cpu suite, 500 for the gpu suite)")
     bn.add_argument("--rollouts", type=int, default=None, metavar="N",
                     help="with --val-large: also sample N answers per problem from RL's rollout policy for the RL runs "
-                         "and their start (accuracy, pass@N, groups with a signal; default 8, RL's group size; 0: off)")
+                         "and their start (accuracy, pass@N, groups with a signal; default 8, RL's group size, for the cpu suite and 0 "
+                         "for the gpu suite; 0: off)")
     bn.add_argument("--ablations", action="store_true",
                     help="also train seed 0's ablations (no KL, no stop head, no decoder, no VAE, coherence weight 0, "
                          "longer RL, lower RL lr) and report them on the val split")

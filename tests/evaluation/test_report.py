@@ -102,31 +102,78 @@ def test_runs_cut_by_the_safety_stop_are_named(tmp_path):
     assert "Coconut (250 of 400 steps)" in note and "CoT-SFT" not in note and note.startswith("**Warning")
 
 
+def held_out(summary: dict) -> dict:
+    """A rl_vs_start_table summary of problems no run selected on."""
+    return {"split": "val_large", "held_out": True, **summary}
+
+
 def test_claim_verdict_by_hand():
     # mean over splits a, b per seed: cot 0.4 / 0.6 at 46 tokens, atp 0.15 / 0.25 at 8.5 tokens
-    rl = {"atp": {"std": 0.02}, "cot": {"mean_gain": 0.03}}
-    text, facts = claim_verdict(PER_SEED, ["a", "b"], rl, {"cot": "CoT"}, method="cot", baselines=("atp",),
-                                start="atp")
+    rl = held_out({"atp": {"std": 0.02}, "cot": {"mean_gain": 0.03, "gains": [0.02, 0.04]}})
+    text, facts = claim_verdict(PER_SEED, ["a", "b"], {"cot": "CoT"}, method="cot", baselines=("atp",),
+                                start="atp", rl_vs_start=rl, where="40 held-out problems")
     # cot is ahead on both seeds (+25, +35) but spends more tokens (46 vs 8.5): the claim fails on tokens
     assert facts["atp"]["diffs"] == pytest.approx([0.25, 0.35]) and facts["atp"]["tokens"] == pytest.approx(46)
-    assert not facts["atp"]["holds"] and facts["rl_over_start"]["holds"] and not facts["holds"]
+    assert not facts["atp"]["holds"] and facts["rl_over_start"]["holds"] and facts["holds"] is False
     assert "+25.0, +35.0 points" in text and "46.0 vs 8.5" in text and text.startswith(
         "The claim as a whole: **does not hold**")
-    # atp against cot: fewer tokens, behind on every seed; its gain over a start below the start's std fails too
-    rl = {"cot": {"std": 0.05}, "atp": {"mean_gain": 0.05}}
-    _, facts = claim_verdict(PER_SEED, ["a", "b"], rl, {}, method="atp", baselines=("cot", "absent"), start="cot")
+    assert ("CoT beats its SFT start on 40 held-out problems: **holds** (mean gain +3.00 points against a "
+            "seed-to-seed std of the start of 2.00)") in text
+    # atp against cot: fewer tokens, behind on every seed; its gain over a start equal to the start's std fails too
+    rl = held_out({"cot": {"std": 0.05}, "atp": {"mean_gain": 0.05, "gains": [0.05, 0.05]}})
+    _, facts = claim_verdict(PER_SEED, ["a", "b"], {}, method="atp", baselines=("cot", "absent"), start="cot",
+                             rl_vs_start=rl)
     assert set(facts) == {"cot", "rl_over_start", "holds"}  # a baseline that did not run is left out
     assert not facts["cot"]["holds"] and not facts["rl_over_start"]["holds"]  # gain must exceed the std
-    # ahead on every seed at no more tokens, and a gain above the std: holds
+    # ahead on every seed at no more tokens, and a held-out gain above the start's std: holds
     per_seed = [{"x": {"a": cell(0.6, 8, 3)}, "y": {"a": cell(0.5, 8, 3)}},
                 {"x": {"a": cell(0.55, 8, 3)}, "y": {"a": cell(0.5, 9, 3)}}]
-    text, facts = claim_verdict(per_seed, ["a"], {"x": {"mean_gain": 0.03}, "s": {"std": 0.01}}, {}, method="x",
-                                baselines=("y",), start="s")
-    assert facts["holds"] and text.startswith("The claim as a whole: **holds**")
-    # the same gain measured again on a larger fresh sample: the claim needs it to hold there too
-    large = {"x": {"mean_gain": 0.0002}, "s": {"std": 0.0104}}
-    text, facts = claim_verdict(per_seed, ["a"], {"x": {"mean_gain": 0.03}, "s": {"std": 0.01}}, {}, method="x",
-                                baselines=("y",), start="s", rl_vs_start_large=large, n_large=5000)
-    assert facts["rl_over_start"]["holds"] and not facts["rl_over_start_large"]["holds"] and not facts["holds"]
-    assert ("beats its SFT start on 5000 fresh in-distribution problems: **does not hold** (mean gain +0.02 points "
-            "against a seed-to-seed std of the start of 1.04)") in text
+    rl = held_out({"x": {"mean_gain": 0.03, "gains": [0.02, 0.04]}, "s": {"std": 0.01}})
+    text, facts = claim_verdict(per_seed, ["a"], {}, method="x", baselines=("y",), start="s", rl_vs_start=rl)
+    assert facts["holds"] is True and text.startswith("The claim as a whole: **holds**")
+    assert facts["rl_over_start"] == {"split": "val_large", "mean_gain": 0.03, "start_std": 0.01, "holds": True}
+
+
+def test_rl_over_start_needs_held_out_problems():
+    """RL against its start is never judged on the split its best/ was picked on: such a summary is refused, and
+    without a held-out one that part is "not judged" and the claim as a whole is not decided."""
+    per_seed = [{"x": {"a": cell(0.6, 8, 3)}, "y": {"a": cell(0.5, 8, 3)}},
+                {"x": {"a": cell(0.55, 8, 3)}, "y": {"a": cell(0.5, 9, 3)}}]
+    picked_on = {"split": "val", "held_out": False, "x": {"mean_gain": 0.03, "gains": [0.02, 0.04]},
+                 "s": {"std": 0.01}}
+    with pytest.raises(ValueError, match="held-out problems only, not on 'val'"):
+        claim_verdict(per_seed, ["a"], {}, method="x", baselines=("y",), start="s", rl_vs_start=picked_on)
+    with pytest.raises(ValueError, match="held-out"):  # a summary that does not say is not taken as held out
+        claim_verdict(per_seed, ["a"], {}, method="x", baselines=("y",), start="s",
+                      rl_vs_start={k: v for k, v in picked_on.items() if k != "held_out"})
+    text, facts = claim_verdict(per_seed, ["a"], {"x": "X"}, method="x", baselines=("y",), start="s")
+    assert set(facts) == {"y", "holds"} and facts["y"]["holds"] and facts["holds"] is None
+    assert text.startswith("The claim as a whole: **not decided** here (RL against its start was not judged).")
+    assert "- X beats its SFT start: **not judged** (no held-out problems" in text
+    # a part that fails decides the whole even when RL's is not judged
+    per_seed[1]["x"]["a"] = cell(0.45, 8, 3)
+    assert claim_verdict(per_seed, ["a"], {}, method="x", baselines=("y",), start="s")[1]["holds"] is False
+
+
+def test_one_seed_is_judged_by_a_sign_test_on_the_held_out_flips():
+    """One seed has no seed-to-seed std, and "gain > 0" would pass a single flipped problem: the bar is then a
+    one-sided sign test over the held-out problems the two answer differently, p < 0.05."""
+    per_seed = [{"x": {"a": cell(0.6, 8, 3)}, "y": {"a": cell(0.5, 8, 3)}}]
+
+    def verdict(gained, lost):
+        rl = held_out({"x": {"mean_gain": (gained - lost) / 500, "gains": [(gained - lost) / 500],
+                             "gained_lost": [(gained, lost)]}, "s": {"std": 0.0}})
+        return claim_verdict(per_seed, ["a"], {}, method="x", baselines=("y",), start="s", rl_vs_start=rl,
+                             where="500 held-out problems")
+
+    text, facts = verdict(3, 1)  # P(>= 3 of 4 fair flips) = 5 / 16
+    assert facts["rl_over_start"]["sign_p"] == pytest.approx(5 / 16) and not facts["rl_over_start"]["holds"]
+    assert "gain +0.40 points, +3 / -1 problems, p = 0.31" in text and not facts["holds"]
+    _, facts = verdict(5, 0)  # 1 / 32
+    assert facts["rl_over_start"]["sign_p"] == pytest.approx(1 / 32) and facts["rl_over_start"]["holds"]
+    assert facts["holds"] is True
+    _, facts = verdict(9, 3)  # (C(12,9) + C(12,10) + C(12,11) + C(12,12)) / 4096 = 299 / 4096 = 0.073
+    assert facts["rl_over_start"]["sign_p"] == pytest.approx(299 / 4096) and not facts["rl_over_start"]["holds"]
+    rl = held_out({"x": {"mean_gain": 0.01, "gains": [0.01]}, "s": {"std": 0.0}})  # no per-problem results
+    text, facts = claim_verdict(per_seed, ["a"], {}, method="x", baselines=("y",), start="s", rl_vs_start=rl)
+    assert "rl_over_start" not in facts and "**not judged** (one seed and no per-problem results)" in text
