@@ -167,6 +167,8 @@ class RLConfig:
     # A validated policy replaces best/ when its val accuracy is the highest so far and, against the start policy,
     # a one-sided sign test over the val problems the two answer differently gives p <= best_max_p. 1.0: any
     # higher accuracy (the reference keeps the best val checkpoint); 0.05: RL must beat its start beyond val noise.
+    # The test is applied afresh at every validation, with no multiple-testing correction: over a run the chance
+    # that a policy no better than its start passes is above best_max_p. best/ is no verdict on RL (see the bench).
     best_max_p: float = 1.0
     checkpoint_every: int = 10
     # --- knobs for GRPO on sparse rewards (all off by default: the paper's recipe) ---
