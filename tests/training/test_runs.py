@@ -252,3 +252,19 @@ def test_no_trackers(tmp_path):
         run.log({"loss": 1.0}, step=1)
         assert run.trackers == []
     assert not list((run.path / "tb").iterdir()) and run.read_metrics() == [{"step": 1, "loss": 1.0}]
+
+
+def test_a_resumed_run_keeps_its_budget(tmp_path):
+    """A checkpoint records the budget its learning-rate schedule was made for; resuming with another is a one-line
+    error naming each changed key with both values. A checkpoint that predates the record is accepted."""
+    from atp_latent.training.runs import check_resume_budget
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000004"
+    budget = {"train.epochs": 2, "train.max_steps": None, "scheduled_steps": 8}
+    check_resume_budget(ckpt, {"step": 4, "budget": dict(budget)}, budget)
+    check_resume_budget(ckpt, {"step": 4}, budget | {"train.epochs": 3})
+    with pytest.raises(ValueError) as err:
+        check_resume_budget(ckpt, {"step": 4, "budget": dict(budget)}, budget | {"train.epochs": 3, "scheduled_steps": 12})
+    msg = str(err.value)
+    assert "\n" not in msg and str(ckpt) in msg and "train.max_steps" not in msg
+    assert "train.epochs 2 -> 3" in msg and "scheduled_steps 8 -> 12" in msg

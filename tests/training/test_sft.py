@@ -19,12 +19,36 @@ def data(tmp_path_factory):
 
 
 def config(data, tmp, method="cot", **over) -> RunConfig:
+    return load_config(None, config_sets(data, tmp, method, **over))
+
+
+def config_sets(data, tmp, method="cot", **over) -> list[str]:
     sets = [f"data.train={data / 'train.jsonl'}", f"data.val={data / 'val.jsonl'}", f"method.name={method}",
             "optim.lr=0.003", "optim.batch_size=16", "train.epochs=3", "train.log_every=1", "eval.batch_size=16",
             "eval.cot_max_new_tokens=40", "data.max_val=8", "curriculum.max_latent_stage=2",
             "curriculum.epochs_per_stage=1", "method.latents_per_step=1", f"output_dir={tmp}"]
-    sets += [f"{k}={v}" for k, v in over.items()]
-    return load_config(None, sets)
+    return sets + [f"{k}={v}" for k, v in over.items()]
+
+
+class Killed(Exception):
+    """A run stopped right after it wrote a checkpoint, as if killed there."""
+
+
+def kill_after_checkpoint(cfg: RunConfig, step: int) -> None:
+    """Run `cfg` until it has written checkpoints/step-N, and stop it there."""
+    from atp_latent.training import sft
+
+    real = sft.save_checkpoint
+
+    def save(path, *args, **kwargs):
+        real(path, *args, **kwargs)
+        if path.name == f"step-{step:08d}":
+            raise Killed(path)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(sft, "save_checkpoint", save)
+        with pytest.raises(Killed):
+            train(cfg)
 
 
 def losses(run):
@@ -47,8 +71,8 @@ def test_micro_cot_run_lowers_loss_and_writes_run_dir(data, tmp_path):
 
 def test_resumed_run_ends_like_uninterrupted_run(data, tmp_path):
     full = train(config(data, tmp_path, name="full"))
-    cut = config(data, tmp_path, name="cut", **{"train.max_steps": 8})  # stops mid-epoch 1 (6 batches/epoch)
-    train(cut)
+    # killed mid-epoch 1 (6 batches/epoch): train.checkpoint_every may change on resume, the budget may not
+    kill_after_checkpoint(config(data, tmp_path, name="cut", **{"train.checkpoint_every": 4}), 8)
     resumed = train(config(data, tmp_path, name="cut"), resume=True)
     a, _ = LatentReasoner.from_pretrained(full / "final")
     b, _ = LatentReasoner.from_pretrained(resumed / "final")
@@ -100,27 +124,59 @@ def test_micro_atp_run_from_cot_checkpoint(data, tmp_path):
     assert model.latent_head is not None and model.decoder is not None
 
 
+SHARD_SCRIPT = '''
+import json, os, sys
+from atp_latent.config import load_config
+from atp_latent.data.sequences import SequenceBuilder
+from atp_latent.training import sft
+
+real_build, trained = SequenceBuilder.build, []
+
+
+def build(self, problem, stage):  # what this process trains on, in order
+    trained.append([problem.question, problem.answer, stage])
+    return real_build(self, problem, stage)
+
+
+SequenceBuilder.build = build
+run = sft.train(load_config(None, sys.argv[1:]))
+with open(run / ("trained-" + os.environ.get("RANK", "0") + ".json"), "w") as f:
+    json.dump(trained, f)
+'''
+
+
 def test_two_processes_match_one_process(data, tmp_path):
-    """DDP on 2 CPU processes (gloo): identical replicas, and the loss curve of a 1-process run with the same
-    global batch (per-process token means differ slightly from one global mean, hence the tolerance)."""
+    """DDP on 2 CPU processes (gloo): identical replicas; together the two processes train on exactly the rows (and
+    sampled stages) of each global batch of a 1-process run with the same global batch, and follow its loss curve
+    (per-process token means differ slightly from one global mean, hence the tolerance)."""
     import subprocess
     import sys
 
+    script = tmp_path / "shard.py"
+    script.write_text(SHARD_SCRIPT)
+
     def start(name, procs, bs):
-        args = [sys.executable, "-m", "atp_latent.cli", "train", "--output-dir", str(tmp_path), "--name", name]
-        if procs > 1:
-            args += ["--num-processes", str(procs), "--port", "29571"]
-        for s in [f"data.train={data / 'train.jsonl'}", "data.val=null", "method.name=simcot", "train.epochs=2",
-                  f"optim.batch_size={bs}", "train.log_every=1", "train.threads=1", "method.latents_per_step=1",
-                  "curriculum.max_latent_stage=2", "curriculum.epochs_per_stage=1", "optim.lr=0.003",
-                  "optim.reset_each_epoch=false"]:  # a fresh Adam step is sign-sensitive to float noise
-            args += ["--set", s]
-        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        sets = [f"data.train={data / 'train.jsonl'}", "data.val=null", "method.name=simcot", "train.epochs=2",
+                f"optim.batch_size={bs}", "train.log_every=1", "train.threads=1", "method.latents_per_step=1",
+                "curriculum.max_latent_stage=2", "curriculum.epochs_per_stage=1", "optim.lr=0.003",
+                "curriculum.uniform_prob=0.5",  # stages differ within a batch: a record must keep its own
+                "optim.reset_each_epoch=false",  # a fresh Adam step is sign-sensitive to float noise
+                "train.report_to=[]", f"output_dir={tmp_path}", f"name={name}"]
+        launch = [] if procs == 1 else ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                                        str(procs), "--num_machines", "1", "--mixed_precision", "no",
+                                        "--dynamo_backend", "no", "--main_process_port", "29571"]
+        return subprocess.Popen([sys.executable, *launch, str(script), *sets], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
 
     def rows(name, proc):
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-2000:]
-        return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return rows_of(tmp_path / name)
+
+    def trained(name, rank, bs):
+        """The rows process `rank` trained on, per batch."""
+        seen = [tuple(r) for r in json.loads((tmp_path / name / f"trained-{rank}.json").read_text())]
+        return [seen[i: i + bs] for i in range(0, len(seen), bs)]
 
     procs = {"one": start("one", 1, 16), "two": start("two", 2, 8)}  # side by side
     one, two = rows("one", procs["one"]), rows("two", procs["two"])
@@ -130,6 +186,11 @@ def test_two_processes_match_one_process(data, tmp_path):
     assert len(l1) == len(l2) == 12
     for a, b in zip(l1, l2):
         assert abs(a - b) <= 0.05 * max(abs(a), 1.0), (l1, l2)
+    batches, rank0, rank1 = trained("one", 0, 16), trained("two", 0, 8), trained("two", 1, 8)
+    assert len(batches) == len(rank0) == len(rank1) == 12
+    assert len({r[2] for b in batches for r in b}) > 1
+    for whole, mine, theirs in zip(batches, rank0, rank1):
+        assert sorted(mine + theirs) == sorted(whole)
 
 
 def test_non_finite_loss_stops_with_step_and_term(data, tmp_path, monkeypatch):
@@ -231,7 +292,8 @@ def test_bf16_model_dtype_trains_and_resumes_exactly(data, tmp_path):
     with the weights of the uninterrupted one."""
     over = {"model.dtype": "bfloat16", "data.val": "null", "optim.lr": "0.001", "train.epochs": 2, "data.max_train": 48}
     full = train(config(data, tmp_path, method="atp", name="bf_full", **over))
-    train(config(data, tmp_path, method="atp", name="bf_cut", **over, **{"train.max_steps": 4}))  # mid-epoch 1
+    kill_after_checkpoint(config(data, tmp_path, method="atp", name="bf_cut", **over, **{"train.checkpoint_every": 4}),
+                          4)  # mid-epoch 1
     resumed = train(config(data, tmp_path, method="atp", name="bf_cut", **over), resume=True)
     a, _ = LatentReasoner.from_pretrained(full / "final")
     b, _ = LatentReasoner.from_pretrained(resumed / "final")
@@ -372,3 +434,319 @@ def test_sft_epoch_buckets_by_length_only_when_asked(data, tmp_path, monkeypatch
     run = train(config(data, tmp_path, **{"train.epochs": 1, "data.length_buckets": buckets, "name": "b"}))
     assert calls == ([] if buckets == 1 else [16 * buckets])
     assert len(losses(run)) == 96 // 16
+
+
+# ----- issue 29: fp16 loss scaling, gradient accumulation, resume budget, processes stopping together -----
+
+def rows_of(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def cosine_lr(peak: float, position: int, total: int) -> float:
+    """The cosine schedule by hand (no warmup): 10% of the peak at position == total."""
+    import math
+
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * position / total)))
+
+
+def test_grad_accum_counts_optimizer_steps(data, tmp_path, monkeypatch, capsys):
+    """optim.grad_accum=2: 4 batches an epoch are 2 optimizer steps, so 2 epochs schedule 4 steps and the cosine
+    schedule runs over those 4; the run is not reported cut short; it logs and checkpoints once per optimizer step;
+    a window's gradient is the mean of its batches' (as one batch of twice the size)."""
+    from atp_latent.training import sft
+
+    lrs = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def step(self, *args, **kwargs):
+            lrs.append(self.param_groups[0]["lr"])
+            return super().step(*args, **kwargs)
+
+    monkeypatch.setattr(sft, "make_optimizer", lambda model, cfg: RecordingAdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay))
+    over = {"data.max_train": 32, "data.length_buckets": 1, "data.val": "null", "optim.schedule": "cosine",
+            "train.epochs": 2, "train.checkpoint_every": 1, "train.keep_last": 10, "train.report_to": "[]"}
+    run = train(config(data, tmp_path, name="accum", **over, **{"optim.batch_size": 8, "optim.grad_accum": 2}))
+    expect = [cosine_lr(0.003, s, 4) for s in range(4)]
+    assert lrs == pytest.approx(expect, rel=1e-9)
+    rows = rows_of(run)
+    steps = [r for r in rows if "train/loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert [r["train/lr"] for r in steps] == pytest.approx(expect, rel=1e-9)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"step-{s:08d}" for s in (1, 2, 3, 4)]
+    finished = next(r for r in rows if "train/finished" in r)
+    assert finished["step"] == finished["train/scheduled_steps"] == 4
+    assert "stopped at step" not in capsys.readouterr().out
+    one = rows_of(train(config(data, tmp_path, name="one", **over, **{"optim.batch_size": 16})))
+    one = [r for r in one if "train/loss" in r]
+    # per-batch token means differ slightly from one mean over both batches, hence the tolerance
+    for key in ("train/loss", "train/grad_norm"):
+        assert [r[key] for r in steps] == pytest.approx([r[key] for r in one], rel=0.05), key
+
+
+def test_resume_refuses_a_changed_budget(data, tmp_path, capsys):
+    """train.epochs and train.max_steps set the learning-rate schedule: a resumed run keeps them, and a change is
+    refused in one line naming the key and both values, before anything is written. A checkpoint written before
+    budgets were recorded is accepted."""
+    import re
+
+    from atp_latent.cli import main
+
+    over = {"data.max_train": 32, "optim.batch_size": 8, "optim.schedule": "cosine", "train.epochs": 2,
+            "data.val": "null", "train.report_to": "[]", "name": "b"}
+    kill_after_checkpoint(config(data, tmp_path, **over, **{"train.checkpoint_every": 2}), 2)
+    run = tmp_path / "b"
+    before = [(run / f).read_text() for f in ("metrics.jsonl", "config.yaml")]
+    for change, named in (({"train.epochs": 3}, "train.epochs 2 -> 3"), ({"train.max_steps": 6}, "train.max_steps null -> 6")):
+        with pytest.raises(ValueError, match=re.escape(named)):
+            train(config(data, tmp_path, **(over | change)), resume=True)
+        assert [(run / f).read_text() for f in ("metrics.jsonl", "config.yaml")] == before
+    args = ["train", "--resume"] + [a for s in config_sets(data, tmp_path, **(over | {"train.epochs": 3}))
+                                    for a in ("--set", s)]
+    capsys.readouterr()  # the progress bars so far
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "train.epochs 2 -> 3" in err, err
+    state = torch.load(run / "checkpoints" / "step-00000002" / "trainer_state.pt", weights_only=False)
+    assert state["progress"]["budget"] == {"train.epochs": 2, "train.max_steps": None, "scheduled_steps": 8}
+    assert [r["step"] for r in rows_of(train(config(data, tmp_path, **over), resume=True))
+            if "train/loss" in r] == list(range(1, 9))
+    legacy = over | {"name": "legacy"}
+    kill_after_checkpoint(config(data, tmp_path, **legacy, **{"train.checkpoint_every": 2}), 2)
+    ckpt = tmp_path / "legacy" / "checkpoints" / "step-00000002" / "trainer_state.pt"
+    state = torch.load(ckpt, weights_only=False)
+    del state["progress"]["budget"]  # as written before budgets were recorded
+    torch.save(state, ckpt)
+    train(config(data, tmp_path, **(legacy | {"train.epochs": 3})), resume=True)
+
+
+@pytest.fixture
+def fp16_on_cpu(monkeypatch):
+    """train.mixed_precision=fp16 on this CPU as accelerate does it on a GPU: float16 autocast and a GradScaler
+    (on a CPU accelerate makes neither, and fp16 trains in fp32)."""
+    from accelerate import Accelerator
+
+    from atp_latent.training import sft
+
+    class Fp16Accelerator(Accelerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if self.mixed_precision == "fp16":
+                self.native_amp, self.scaler = True, torch.amp.GradScaler("cpu")
+
+    monkeypatch.setattr(sft, "Accelerator", Fp16Accelerator)
+
+
+def overflow_at(monkeypatch, calls: set[int]) -> dict:
+    """Make the backward of these forward calls (counted from 1 in the returned dict's "n") overflow: a finite loss
+    whose gradient is NaN in the embeddings, as an fp16 overflow leaves it after unscaling."""
+    from atp_latent.modeling.reasoner import LatentReasoner as LR
+
+    real_forward, count = LR.forward, {"n": 0}
+
+    def forward(self, batch):
+        out = real_forward(self, batch)
+        count["n"] += 1
+        if count["n"] in calls or "every" in calls:
+            w = self.lm.get_input_embeddings().weight
+            out["loss"] = out["loss"] + torch.sqrt((w * 0.0).sum())
+        return out
+
+    monkeypatch.setattr(LR, "forward", forward)
+    return count
+
+
+def test_fp16_overflow_skips_the_step_and_the_run_goes_on(data, tmp_path, monkeypatch, fp16_on_cpu):
+    """Under fp16 loss scaling an overflowed gradient is a step the scaler skips, lowering its scale (certain in
+    the first steps of a real run): the run goes on; the loop counts the skipped steps as accelerate's
+    optimizer_step_was_skipped does; the schedule does not advance over them; a resumed run restores the scale."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    seen = []  # (optimizer_step_was_skipped, lr) of every optimizer step
+    real_step = AcceleratedOptimizer.step
+
+    def step(self, *args, **kwargs):
+        real_step(self, *args, **kwargs)
+        seen.append((self.step_was_skipped, self.param_groups[0]["lr"]))
+
+    monkeypatch.setattr(AcceleratedOptimizer, "step", step)
+    count = overflow_at(monkeypatch, {2, 3})
+    over = {"train.mixed_precision": "fp16", "data.max_train": 32, "optim.batch_size": 8, "train.epochs": 2,
+            "optim.schedule": "cosine", "data.val": "null", "train.report_to": "[]"}
+    full = train(config(data, tmp_path, name="fp16", **over))
+    assert [s for s, _ in seen] == [False, True, True, False, False, False, False, False]
+    positions = [0, 1, 1, 1, 2, 3, 4, 5]  # a skipped step does not move the schedule on
+    assert [lr for _, lr in seen] == pytest.approx([cosine_lr(0.003, p, 8) for p in positions], rel=1e-9)
+    last = [r for r in rows_of(full) if "train/loss" in r][-1]
+    assert last["step"] == 8 and last["train/skipped_steps"] == 2 and last["train/loss_scale"] == 2.0**14
+    model, _ = LatentReasoner.from_pretrained(full / "final")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    count["n"] = 0
+    kill_after_checkpoint(config(data, tmp_path, name="fp16_cut", **over, **{"train.checkpoint_every": 4}), 4)
+    count["n"] = 4  # the resumed run starts at the 5th batch
+    resumed = train(config(data, tmp_path, name="fp16_cut", **over), resume=True)
+    assert [r for r in rows_of(resumed) if "train/loss" in r][-1] == last
+    b, _ = LatentReasoner.from_pretrained(resumed / "final")
+    for (name, x), y in zip(model.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, msg=name, rtol=0, atol=0)
+
+
+def test_fp16_stops_after_many_skipped_steps_in_a_row(data, tmp_path, monkeypatch, fp16_on_cpu):
+    """An overflow at every step is divergence, not loss scaling: the run stops after 20 skipped steps in a row."""
+    overflow_at(monkeypatch, {"every"})
+    cfg = config(data, tmp_path, name="fp16_bad", **{"train.mixed_precision": "fp16", "data.max_train": 48,
+                                                      "optim.batch_size": 2, "train.epochs": 1, "data.val": "null"})
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient at step 19 .*first in lm\.model\.embed_tokens"
+                                                 r"\.weight.*20 optimizer steps in a row skipped"):
+        train(cfg)
+
+
+def test_checkpoint_saves_and_resume_restores_the_cuda_rng(tmp_path, monkeypatch):
+    """On a GPU the latent noise comes from CUDA's generators: a checkpoint holds every device's state and a resume
+    puts them back (else a resumed run replays the noise). This machine has no GPU: only the CUDA RNG calls are
+    faked."""
+    from types import SimpleNamespace
+
+    from atp_latent.modeling.factory import build_tiny_model
+    from atp_latent.modeling.reasoner import ReasonerSpec
+    from atp_latent.modeling.tokenizer import build_word_tokenizer
+    from atp_latent.training import sft
+
+    tok = build_word_tokenizer(["Ann has 3 cats. How many?", "<<1+2=3>>\n### 3"])
+    model = LatentReasoner(build_tiny_model("llama-tiny", tok), ReasonerSpec.for_method("cot"))
+    devices = [torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([4, 5], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [d.clone() for d in devices])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    accelerator = SimpleNamespace(unwrap_model=lambda m: m, num_processes=1, process_index=0, scaler=None)
+    sft.save_checkpoint(tmp_path / "ckpt", accelerator, model, tok, torch.optim.AdamW(model.parameters()), {"step": 1})
+    rng = torch.load(tmp_path / "ckpt" / "trainer_state.pt", weights_only=False)["rng"]
+    assert [d.tolist() for d in rng["cuda"]] == [[1, 2, 3], [4, 5]]
+    sft.restore_rng_states(rng, accelerator)
+    assert [[d.tolist() for d in states] for states in restored] == [[[1, 2, 3], [4, 5]]]
+
+
+NAN_SCRIPT = '''
+import os, sys
+from atp_latent.config import load_config
+from atp_latent.modeling.reasoner import LatentReasoner
+from atp_latent.training import sft
+
+rank = os.environ["RANK"]
+if rank == "1":  # only this process's loss turns NaN, at its third batch
+    real_forward, calls = LatentReasoner.forward, [0]
+
+    def forward(self, batch):
+        out = real_forward(self, batch)
+        calls[0] += 1
+        if calls[0] == 3:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    LatentReasoner.forward = forward
+try:
+    sft.train(load_config(None, sys.argv[2:]))
+except FloatingPointError as e:
+    open(os.path.join(sys.argv[1], "stopped-" + rank), "w").write(str(e))
+'''
+
+
+def test_nonfinite_loss_on_one_process_stops_every_process(data, tmp_path):
+    """A NaN loss on process 1 alone stops both processes at that step with a FloatingPointError (one all-reduce of
+    a flag), instead of process 0 going on into the gradient all-reduce without it (a wait until the collective
+    timeout, or a connection error)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "nan.py"
+    script.write_text(NAN_SCRIPT)
+    sets = [f"data.train={data / 'train.jsonl'}", "data.val=null", "train.threads=1", "data.max_train=48",
+            "optim.batch_size=8", "train.epochs=1", "train.report_to=[]", f"output_dir={tmp_path}", "name=nan"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           "29583", str(script), str(tmp_path), *sets]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("process 0 did not stop with process 1")
+    stopped = {p.name: p.read_text() for p in tmp_path.glob("stopped-*")}
+    assert sorted(stopped) == ["stopped-0", "stopped-1"], out[-3000:]
+    assert stopped["stopped-1"] == "non-finite loss at step 2 (term: loss) on process 1"
+    assert stopped["stopped-0"].startswith("non-finite loss on process 1 ")
+
+
+RESUME_SCRIPT = '''
+import json, os, sys
+import torch
+from atp_latent.config import load_config
+from atp_latent.modeling.reasoner import LatentReasoner
+from atp_latent.training import sft
+
+out, sets = sys.argv[1], sys.argv[2:]
+rank = os.environ["RANK"]
+sft.train(load_config(None, sets + ["name=full"]))
+
+
+class Killed(Exception):
+    pass
+
+
+real_rng, real_save = sft.rng_states, sft.save_checkpoint
+
+
+def rng_states(accelerator=None):  # taken on every process before a checkpoint: the others stop here
+    states = real_rng(accelerator)
+    if rank != "0":
+        raise Killed
+    return states
+
+
+def save_checkpoint(path, *args, **kwargs):  # the main process stops once it has written step 2 (mid-epoch 0)
+    real_save(path, *args, **kwargs)
+    raise Killed
+
+
+sft.rng_states, sft.save_checkpoint = rng_states, save_checkpoint
+try:
+    sft.train(load_config(None, sets + ["name=killed", "train.checkpoint_every=2"]))
+except Killed:
+    pass
+sft.rng_states, sft.save_checkpoint = real_rng, real_save
+sft.train(load_config(None, sets + ["name=killed"]), resume=True)
+if rank == "0":
+    a, _ = LatentReasoner.from_pretrained(os.path.join(out, "full", "final"))
+    b, _ = LatentReasoner.from_pretrained(os.path.join(out, "killed", "final"))
+    same = {n: bool(torch.equal(x, y)) for (n, x), y in zip(a.state_dict().items(), b.state_dict().values())}
+    open(os.path.join(out, "same.json"), "w").write(json.dumps(same))
+'''
+
+
+def test_two_process_resume_gives_each_process_its_own_random_streams(data, tmp_path):
+    """ATP's latent noise differs between processes (each draws for its own records), so a checkpoint holds every
+    process's random streams and each resumes its own: a 2-process run killed after its step-2 checkpoint and
+    resumed ends with the weights of the uninterrupted one (every process restoring the main one's did not)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME_SCRIPT)
+    sets = [f"data.train={data / 'train.jsonl'}", "data.val=null", "method.name=atp", "train.threads=1",
+            "data.max_train=32", "optim.batch_size=2", "train.epochs=2", "method.latents_per_step=1",
+            "curriculum.max_latent_stage=3", "curriculum.epochs_per_stage=1", "optim.lr=0.003",
+            # a batch has as many latent slots as its records' largest sampled stage: unequal noise per process
+            "curriculum.uniform_prob=0.5", "train.report_to=[]", f"output_dir={tmp_path}"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           "29584", str(script), str(tmp_path), *sets]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout
+    same = json.loads((tmp_path / "same.json").read_text())
+    assert all(same.values()), [n for n, s in same.items() if not s]

@@ -57,16 +57,17 @@ _PACKAGES = ("torch", "transformers", "accelerate", "tokenizers", "safetensors")
 _ACTIVE_TMP: set[Path] = set()
 
 
-def save_training_checkpoint(path: Path, model, tokenizer, optimizer, progress: dict, rng: dict) -> None:
-    """Weights (save_pretrained form, in model/) + optimizer + loop position + RNG states, written atomically.
-    With optimizer=None only the weights are written (not resumable)."""
+def save_training_checkpoint(path: Path, model, tokenizer, optimizer, progress: dict, rng: dict,
+                             scaler: dict | None = None) -> None:
+    """Weights (save_pretrained form, in model/) + optimizer + loop position + RNG states (+ the fp16 loss scaler's
+    state when given), written atomically. With optimizer=None only the weights are written (not resumable)."""
     import torch
 
     with atomic_checkpoint(path) as tmp:
         model.save_pretrained(tmp / "model", tokenizer)
         if optimizer is not None:
-            torch.save({"optimizer": optimizer.state_dict(), "progress": dict(progress), "rng": rng},
-                       tmp / "trainer_state.pt")
+            torch.save({"optimizer": optimizer.state_dict(), "progress": dict(progress), "rng": rng}
+                       | ({"scaler": scaler} if scaler is not None else {}), tmp / "trainer_state.pt")
 
 
 def replicas_in_sync(accelerator, model) -> bool:
@@ -618,6 +619,23 @@ def resume_point(run_path: Path, cfg) -> Path | None:
         raise ValueError(f"{run_path}: --resume with a changed config ({', '.join(changed)}); "
                          "use a new --name or restore these settings")
     return latest_checkpoint(run_path)
+
+
+def check_resume_budget(ckpt: Path, progress: dict, budget: dict[str, Any]) -> None:
+    """Refuse to resume from `ckpt` with a budget other than the one its run was scheduled with: the learning-rate
+    schedule is laid over the budget (train.epochs, train.max_steps, rl.steps...), so a change would move it mid-run.
+    `progress` is the checkpoint's, whose "budget" the loop recorded; a checkpoint written before budgets were
+    recorded has none and is accepted. Raises a one-line ValueError naming each changed key with both values."""
+    def shown(value: Any) -> str:
+        return "null" if value is None else str(value)
+
+    saved = progress.get("budget")
+    if saved is None:
+        return
+    changed = [f"{k} {shown(saved[k])} -> {shown(v)}" for k, v in budget.items() if k in saved and saved[k] != v]
+    if changed:
+        raise ValueError(f"{ckpt}: --resume with a changed budget ({', '.join(changed)}); a resumed run keeps the "
+                         "budget its learning-rate schedule was laid over: restore it, or start a new --name")
 
 
 def checkpoint_weights(run_or_ckpt: str | Path) -> Path:

@@ -7,6 +7,7 @@ stage's sequences, step the optimizer, log, checkpoint; validate at each epoch e
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import math
 import random
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gather_object, set_seed
 from transformers.utils import logging as hf_logging
 
 from atp_latent.config import RunConfig
@@ -29,9 +30,11 @@ from atp_latent.modeling.factory import build_tiny_model, load_pretrained
 from atp_latent.modeling.reasoner import LatentReasoner, ReasonerSpec
 from atp_latent.modeling.tokenizer import build_word_tokenizer
 from atp_latent.progress import progress_bar
+from atp_latent.training.guards import NonFiniteGuard, first_nonfinite_grad
 from atp_latent.training.runs import (
     RunDir,
     atomic_checkpoint,
+    check_resume_budget,
     replicas_in_sync,
     resume_point,
     save_training_checkpoint,
@@ -94,6 +97,18 @@ def learning_rate(cfg: RunConfig, step: int, total_steps: int) -> float:
     return warmup_then_decay(o.lr, o.warmup_steps, o.schedule, step, step / max(total_steps, 1))
 
 
+def batches_per_epoch(cfg: RunConfig, n_train: int, world: int) -> int:
+    """Global batches (batch_size x processes records) in an epoch of data.epoch_size records (or all)."""
+    return max(1, min(n_train, cfg.data.epoch_size or n_train) // (cfg.optim.batch_size * world))
+
+
+def scheduled_steps(cfg: RunConfig, n_batches: int) -> int:
+    """Optimizer steps the run is scheduled for, over which the learning-rate schedule runs: each epoch's batches in
+    windows of optim.grad_accum (an epoch's last window may be shorter), times train.epochs, capped by
+    train.max_steps."""
+    return min(cfg.train.max_steps or 10**12, math.ceil(n_batches / cfg.optim.grad_accum) * cfg.train.epochs)
+
+
 def bucket_by_length(order: list[int], problems: list[Problem], chunk: int) -> list[int]:
     """Sort each chunk of the shuffled order by length, so a batch holds similar lengths and pads little."""
     def size(i: int) -> int:
@@ -102,12 +117,15 @@ def bucket_by_length(order: list[int], problems: list[Problem], chunk: int) -> l
     return [i for k in range(0, len(order), chunk) for i in sorted(order[k: k + chunk], key=size)]
 
 
-def first_nonfinite_grad(model: torch.nn.Module) -> str:
-    """The name of the first parameter, in the model's order, whose gradient holds a NaN or an inf."""
-    for name, p in model.named_parameters():
-        if p.grad is not None and not torch.isfinite(p.grad).all():
-            return name
-    return "no parameter (the norm itself overflowed)"
+def nonfinite_loss(out: dict, step: int) -> str:
+    """What stops a run whose loss is NaN or inf: the step and the terms that are."""
+    bad = [k for k in ("ce", "kl", "decoder", "stop") if not torch.isfinite(out[k])]
+    return f"non-finite loss at step {step} (term: {', '.join(bad) or 'loss'})"
+
+
+def nonfinite_gradient(model: torch.nn.Module, loss: torch.Tensor, step: int) -> str:
+    """What stops a run whose gradient norm is NaN or inf: the step, the loss and the first parameter hit."""
+    return f"non-finite gradient at step {step} (loss {loss.item():.4g}; first in {first_nonfinite_grad(model)})"
 
 
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -130,7 +148,9 @@ def prepare_run(cfg: RunConfig, resume: bool, find_unused_parameters: bool):
     run_path = Path(cfg.output_dir) / (cfg.name or time.strftime("%Y%m%d-%H%M%S"))
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # on CPU, multi-process runs need cpu=True to pick gloo
-        mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum,
+        # gradient_accumulation_steps stays 1: the SFT loop accumulates itself (its windows restart each epoch
+        # and resume with the run), and accelerator.backward would divide RL's losses by optim.grad_accum
+        mixed_precision=cfg.train.mixed_precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
         log_with=tracker_log_with(cfg.train.report_to, run_path),  # started by open_run_dir
     )
@@ -190,10 +210,38 @@ def finish_run(accelerator: Accelerator, model, run: RunDir | None, tokenizer, s
     print(f"run directory: {run.path}  (final weights: {run.path / 'final'})")
 
 
-def save_checkpoint(path: Path, accelerator: Accelerator, model, tokenizer, optimizer, progress: dict) -> None:
-    """A resumable checkpoint; with optimizer=None the weights only (train.save_checkpoints=false)."""
-    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    save_training_checkpoint(path, accelerator.unwrap_model(model), tokenizer, optimizer, progress, rng)
+def rng_states(accelerator: Accelerator | None = None) -> dict:
+    """The random streams this process draws from: torch's CPU generator, Python's, and every CUDA device's (the
+    latent noise on a GPU). With an accelerator of several processes, also each process's own under "processes" (a
+    gather: call it on every process), since their draws differ and each must resume its own."""
+    own = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        own["cuda"] = torch.cuda.get_rng_state_all()
+    if accelerator is not None and accelerator.num_processes > 1:
+        return own | {"processes": gather_object([own])}
+    return own
+
+
+def restore_rng_states(rng: dict, accelerator: Accelerator) -> None:
+    """Put back what `rng_states` saved: this process's own streams when the checkpoint holds them for as many
+    processes, else the main process's (a checkpoint written before they were gathered)."""
+    every = rng.get("processes")
+    own = every[accelerator.process_index] if every and len(every) == accelerator.num_processes else rng
+    torch.set_rng_state(own["torch"])
+    random.setstate(own["python"])
+    if "cuda" in own and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(own["cuda"][: torch.cuda.device_count()])
+
+
+def save_checkpoint(path: Path, accelerator: Accelerator, model, tokenizer, optimizer, progress: dict,
+                    rng: dict | None = None) -> None:
+    """A resumable checkpoint, with the fp16 loss scaler's state when there is one; with optimizer=None the weights
+    only (train.save_checkpoints=false). `rng`: rng_states(accelerator), taken on every process (default: this
+    process's streams only)."""
+    scaler = getattr(accelerator, "scaler", None)
+    save_training_checkpoint(path, accelerator.unwrap_model(model), tokenizer, optimizer, progress,
+                             rng if rng is not None else rng_states(),
+                             scaler.state_dict() if scaler is not None else None)
 
 
 def reset_optimizer(optimizer: torch.optim.Optimizer) -> None:
@@ -208,29 +256,40 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     accelerator, train_set, val_set, run_path, ckpt = prepare_run(
         cfg, resume, find_unused_parameters=cfg.method.name not in ("cot", "nocot"))
     is_main = accelerator.is_main_process
+    bs, world, rank = cfg.optim.batch_size, accelerator.num_processes, accelerator.process_index
+    total_steps = scheduled_steps(cfg, batches_per_epoch(cfg, len(train_set), world))
+    # What the learning-rate schedule is laid over: a resumed run keeps it (a change would move the schedule).
+    budget = {"train.epochs": cfg.train.epochs, "train.max_steps": cfg.train.max_steps, "scheduled_steps": total_steps}
+    # map_location cpu: saved from the main process's GPU, it would land there on every process (prepare moves the
+    # optimizer's state to each process's device)
+    state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False) if ckpt is not None else None
+    if state is not None:  # checked before anything is written: a refused resume leaves the run as it was
+        check_resume_budget(ckpt, state["progress"], budget)
     if ckpt is not None:
         model, tok = LatentReasoner.from_pretrained(ckpt / "model", dtype=DTYPES[cfg.model.dtype], spec=spec_of(cfg))
     else:
         model, tok = build_reasoner(cfg, train_set)
     run = open_run_dir(run_path, cfg, resume, ckpt, accelerator) if is_main else None
-    progress = {"epoch": 0, "batch": 0, "step": 0, "best_val": -1.0, "elapsed": 0.0}
+    # skipped_steps: optimizer steps the fp16 loss scaler skipped (an overflow); the schedule does not advance on them
+    progress = {"epoch": 0, "batch": 0, "step": 0, "skipped_steps": 0, "best_val": -1.0, "elapsed": 0.0}
     cur = curriculum_of(cfg)
     builder = SequenceBuilder(tok, cfg.method.name, cur, mask_surplus=model.spec.use_stop_head)
     optimizer = make_optimizer(model, cfg)
-    if ckpt is not None:
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         progress.update(state["progress"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
+        restore_rng_states(state["rng"], accelerator)
+        if accelerator.scaler is not None and "scaler" in state:
+            accelerator.scaler.load_state_dict(state["scaler"])
+        state = None  # the optimizer holds its own copy
         if is_main:
             print(f"resumed from {ckpt} (epoch {progress['epoch']}, batch {progress['batch']}, step {progress['step']})")
+    progress["budget"] = budget
     model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
+    guard = NonFiniteGuard(accelerator)
 
-    bs, world, rank = cfg.optim.batch_size, accelerator.num_processes, accelerator.process_index
-    per_epoch = max(1, min(len(train_set), cfg.data.epoch_size or len(train_set)) // (bs * world))
-    total_steps = min(cfg.train.max_steps or 10**12, per_epoch * cfg.train.epochs)
+    accum = cfg.optim.grad_accum
     t0 = time.time() - progress["elapsed"]
     out_of_time = False
     keep_state = optimizer if cfg.train.save_checkpoints else None  # None: weights only in best/ and epoch-N/
@@ -256,44 +315,63 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
         model.train()
         bar = progress_bar(total=len(batches), initial=progress["batch"], desc=f"{cfg.method.name} epoch {epoch} stage {stage}",
                    disable=not is_main, leave=False)
+        summed, n_summed = None, 0  # the accumulation window's outputs so far
         for bi in range(progress["batch"], len(batches)):
+            # Windows of `accum` batches from the epoch's start (the last may be shorter); a checkpoint or a stop
+            # comes only at a window's end, so a resumed run starts on a window's first batch.
+            first = bi - bi % accum
+            size = min(accum, len(batches) - first)
+            sync = bi == first + size - 1  # the window's last batch: all-reduce the gradients and step
             mine = batches[bi][rank * bs: (rank + 1) * bs]
             st = stages[bi][rank * bs: (rank + 1) * bs]
             batch = collate([builder.build(train_set[j], s) for j, s in zip(mine, st)], tok.pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            with accelerator.accumulate(model):
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                 out = model(batch)
-                if not torch.isfinite(out["loss"]):
-                    bad = [k for k in ("ce", "kl", "decoder", "stop") if not torch.isfinite(out[k])]
-                    raise FloatingPointError(f"non-finite loss at step {progress['step']} (term: {', '.join(bad) or 'loss'})")
-                accelerator.backward(out["loss"])
-                if accelerator.sync_gradients:  # max_grad_norm 0: no clipping (inf), the norm is still checked
-                    norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm or float("inf"))
-                    if not torch.isfinite(norm):  # stepping would write NaN into the weights: stop, naming where
-                        raise FloatingPointError(f"non-finite gradient at step {progress['step']} (loss "
-                                                 f"{out['loss'].item():.4g}; first in {first_nonfinite_grad(model)})")
-                for g in optimizer.param_groups:
-                    g["lr"] = learning_rate(cfg, progress["step"], total_steps)
-                optimizer.step()
-                optimizer.zero_grad()
+                guard.check_loss(out["loss"], functools.partial(nonfinite_loss, out, progress["step"]))
+                accelerator.backward(out["loss"] / size)  # the window's gradient: the mean of its batches'
+            out = {k: v.detach() for k, v in out.items()}
+            summed = out if summed is None else {k: summed[k] + v for k, v in out.items()}
+            n_summed += 1
             progress["batch"] = bi + 1
             epoch_tokens += int(batch["prefix_mask"].sum() + batch["active"].sum() + batch["suffix_mask"].sum())
-            epoch_steps += 1
-            if accelerator.sync_gradients:
-                progress["step"] += 1
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss'].item():.3f}", lat=f"{out['active_latents'].item():.1f}")
+            if not sync:
+                continue
+            mean = {k: v / n_summed for k, v in summed.items()}
+            summed, n_summed = None, 0
+            # max_grad_norm 0: no clipping (inf), the norm is still checked: stepping on a non-finite one would
+            # write NaN into the weights, unless fp16 loss scaling skips the step
+            norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm or float("inf"))
+            updated = guard.step_ok(norm, functools.partial(nonfinite_gradient, model, mean["loss"], progress["step"]))
+            lr = learning_rate(cfg, progress["step"] - progress["skipped_steps"], total_steps)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            optimizer.step()  # also on a skipped step: the scaler skips the update and lowers its scale there
+            optimizer.zero_grad()
+            progress["skipped_steps"] += not updated
+            progress["step"] += 1
+            epoch_steps += 1
+            progress["elapsed"] = time.time() - t0
             if progress["step"] % cfg.train.log_every == 0:
                 # Averaged over processes, so a run's curve does not depend on how many there are.
-                logged = {k: accelerator.reduce(v.detach(), "mean").item() for k, v in out.items()}
+                logged = {f"train/{k}": accelerator.reduce(v, "mean").item() for k, v in mean.items()}
+                logged |= {"train/lr": lr, "train/stage": stage, "train/epoch": epoch}
+                if updated:  # the norm is the same on every process (the gradients are all-reduced before it)
+                    logged["train/grad_norm"] = norm.item()
+                if guard.scaler is not None:
+                    logged |= {"train/skipped_steps": progress["skipped_steps"],
+                               "train/loss_scale": guard.scaler.get_scale()}
                 if is_main:
-                    run.log({f"train/{k}": v for k, v in logged.items()} | {"train/stage": stage, "train/epoch": epoch},
-                            progress["step"])
-            progress["elapsed"] = time.time() - t0
-            if cfg.train.checkpoint_every and progress["step"] % cfg.train.checkpoint_every == 0 and is_main \
+                    run.log(logged, progress["step"])
+            if cfg.train.checkpoint_every and progress["step"] % cfg.train.checkpoint_every == 0 \
                     and cfg.train.save_checkpoints:
-                save_checkpoint(run.checkpoint_dir_for(progress["step"]), accelerator, model, tok, optimizer, progress)
-                run.prune_checkpoints(cfg.train.keep_last)
+                streams = rng_states(accelerator)  # every process's
+                if is_main:
+                    save_checkpoint(run.checkpoint_dir_for(progress["step"]), accelerator, model, tok, optimizer,
+                                    progress, streams)
+                    run.prune_checkpoints(cfg.train.keep_last)
             if cfg.train.max_steps and progress["step"] >= cfg.train.max_steps:
                 out_of_time = True
             if cfg.train.max_minutes:  # one decision for every process: each has its own clock
@@ -313,18 +391,23 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
         epoch_done = progress["batch"] >= len(batches)
         if epoch_done:
             progress["epoch"], progress["batch"] = epoch + 1, 0
+        new_best = False
+        if is_main and val_set and cfg.train.eval_every_epoch and (epoch_done or out_of_time):
+            acc = validate(accelerator.unwrap_model(model), builder, val_set, cfg, device)[0].accuracy
+            run.log({"eval/val_accuracy": acc, "train/stage": stage}, progress["step"])
+            # The best checkpoint is chosen on the validation split, never on test (METHOD.md §7).
+            if acc > progress["best_val"]:
+                progress["best_val"], new_best = acc, True
+        streams = rng_states(accelerator)  # every process's, after validation (on the main process) drew from its own
         if is_main:
-            if val_set and cfg.train.eval_every_epoch and (epoch_done or out_of_time):
-                acc = validate(accelerator.unwrap_model(model), builder, val_set, cfg, device)[0].accuracy
-                run.log({"eval/val_accuracy": acc, "train/stage": stage}, progress["step"])
-                # The best checkpoint is chosen on the validation split, never on test (METHOD.md §7).
-                if acc > progress["best_val"]:
-                    progress["best_val"] = acc
-                    save_checkpoint(run.path / "best", accelerator, model, tok, keep_state, progress)
+            if new_best:
+                save_checkpoint(run.path / "best", accelerator, model, tok, keep_state, progress, streams)
             if cfg.train.save_checkpoints:
-                save_checkpoint(run.checkpoint_dir_for(progress["step"]), accelerator, model, tok, optimizer, progress)
+                save_checkpoint(run.checkpoint_dir_for(progress["step"]), accelerator, model, tok, optimizer, progress,
+                                streams)
             if epoch_done and epoch + 1 in cfg.train.keep_epochs:
-                save_checkpoint(run.path / f"epoch-{epoch + 1}", accelerator, model, tok, keep_state, progress)
+                save_checkpoint(run.path / f"epoch-{epoch + 1}", accelerator, model, tok, keep_state, progress,
+                                streams)
             run.prune_checkpoints(cfg.train.keep_last)
         accelerator.wait_for_everyone()
         if out_of_time:
