@@ -132,3 +132,143 @@ def test_run_cut_by_max_minutes_validates_its_last_step(start):
     assert [r["step"] for r in rows if "eval/val_accuracy" in r] == [0, 1]
     assert any(r.get("train/scheduled_steps") == 50 for r in rows)
     assert (run / "checkpoints" / "step-00000001" / "COMPLETE").is_file()
+
+
+@pytest.fixture
+def fp16_on_cpu(monkeypatch):
+    """train.mixed_precision=fp16 on this CPU as accelerate does it on a GPU: float16 autocast and a GradScaler."""
+    from accelerate import Accelerator
+
+    from atp_latent.training import sft
+
+    class Fp16Accelerator(Accelerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if self.mixed_precision == "fp16":
+                self.native_amp, self.scaler = True, torch.amp.GradScaler("cpu")
+
+    monkeypatch.setattr(sft, "Accelerator", Fp16Accelerator)
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_fp16_overflow_skips_the_minibatch_and_rl_goes_on(start, monkeypatch, fp16_on_cpu):
+    """Under fp16 loss scaling the first update's gradient overflows (a NaN in the embeddings' gradient, as an
+    overflow leaves it after unscaling): the scaler skips that step and halves its scale, and RL goes on."""
+    real, calls = LatentReasoner.forward, {"n": 0}
+
+    def forward(self, batch):
+        out = real(self, batch)
+        if torch.is_grad_enabled():  # the update's scoring, not the old log-probs
+            calls["n"] += 1
+            if calls["n"] == 1:
+                w = self.lm.get_input_embeddings().weight
+                out["answer"] = out["answer"] + torch.sqrt((w * 0.0).sum())
+        return out
+
+    monkeypatch.setattr(LatentReasoner, "forward", forward)
+    # a random model earns equal rewards: advantages of its own, so that each update has a gradient
+    monkeypatch.setattr(rl, "group_advantages", lambda rewards, g: torch.linspace(-1, 1, rewards.shape[0]))
+    cfg = load_config(None, _sets(start, "fp16", **{"rl.steps": 8, "rl.minibatch_size": 8,
+                                                    "train.mixed_precision": "fp16"}))
+    run = rl.train_rl(cfg)
+    steps = [r for r in _metrics(run) if "train/loss" in r]
+    assert len(steps) == 8 and steps[0]["train/skipped_minibatches"] == 1 and "train/grad_norm" not in steps[0]
+    scale = 2.0**16
+    for r in steps:  # each skipped step halves the scale (its growth interval is far away)
+        scale /= 2 ** r["train/skipped_minibatches"]
+        assert r["train/loss_scale"] == scale
+        assert ("train/grad_norm" in r) == (r["train/skipped_minibatches"] == 0)
+    assert any(r["train/skipped_minibatches"] == 0 for r in steps)  # and later steps updated the weights
+    model, _ = LatentReasoner.from_pretrained(run / "final")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_rl_resume_refuses_a_changed_step_budget(start):
+    cfg = load_config(None, _sets(start, "budget", **{"rl.steps": 2, "rl.checkpoint_every": 1}))
+    run = rl.train_rl(cfg)
+    before = (run / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match=r"step-00000002: --resume with a changed budget \(rl.steps 2 -> 4, "
+                                         r"scheduled_steps 2 -> 4\)"):
+        rl.train_rl(load_config(None, _sets(start, "budget", **{"rl.steps": 4, "rl.checkpoint_every": 1})),
+                    resume=True)
+    assert (run / "metrics.jsonl").read_text() == before  # refused before anything was written
+
+
+RESUME_SCRIPT = '''
+import sys
+from atp_latent.config import load_config
+from atp_latent.training import rl
+real = rl.rollout
+
+
+def rollout(*args, **kwargs):  # a reward of the sampled answer tokens: every group has a signal
+    traj = real(*args, **kwargs)
+    tokens = traj.batch["rl_tokens"].cpu()
+    traj.rewards = ((tokens[:, 0] * 7 + tokens[:, 1]) % 5).float() / 4
+    return traj
+
+
+rl.rollout = rollout
+resume = sys.argv[1] == "resume"
+rl.train_rl(load_config(None, sys.argv[2:]), resume=resume)
+'''
+
+
+def _launch(script, port, *args):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(port), str(script), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def test_two_process_rl_resume_continues_every_process_stream(start, tmp_path):
+    """2 processes: a run cut after step 1 (train.max_minutes) and resumed ends with the weights of the run that was
+    not cut. Each process rolls out with its own generator, so each must resume its own stream (before, process 1
+    restarted from a fresh seed)."""
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME_SCRIPT)
+    over = {"rl.steps": 3, "rl.checkpoint_every": 100, "rl.lr": 1e-2}
+    for name, mode, extra, port in (("full", "fresh", {}, 29592), ("cut", "fresh", {"train.max_minutes": 1e-6}, 29594),
+                                    ("cut", "resume", {}, 29596)):
+        proc = _launch(script, port, mode, *_sets(start, f"resume2p_{name}", **over, **extra))
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    cut = start / "resume2p_cut"
+    assert (cut / "checkpoints" / "step-00000001").is_dir()
+    a, _ = LatentReasoner.from_pretrained(start / "resume2p_full" / "final")
+    b, _ = LatentReasoner.from_pretrained(cut / "final")
+    moved = False
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, msg=name, rtol=0, atol=0)
+    start_model, _ = LatentReasoner.from_pretrained(start / "start")
+    moved = any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), start_model.state_dict().values()))
+    assert moved
+
+
+NAN_SCRIPT = '''
+import os, sys
+import torch
+from atp_latent.config import load_config
+from atp_latent.training import rl
+
+rank = os.environ["RANK"]
+if rank == "1":  # only this process's advantages, and so its loss, turn NaN at the first step
+    real = rl.group_advantages
+    rl.group_advantages = lambda rewards, g: real(rewards, g) * float("nan")
+try:
+    rl.train_rl(load_config(None, sys.argv[2:]))
+except FloatingPointError as e:
+    open(os.path.join(sys.argv[1], "stopped-" + rank), "w").write(str(e))
+'''
+
+
+def test_nonfinite_rl_loss_on_one_process_stops_every_process(start, tmp_path):
+    script = tmp_path / "nan.py"
+    script.write_text(NAN_SCRIPT)
+    proc = _launch(script, 29598, str(tmp_path), *_sets(start, "nan2p", **{"rl.steps": 2}))
+    stopped = {p.name: p.read_text() for p in tmp_path.glob("stopped-*")}
+    assert sorted(stopped) == ["stopped-0", "stopped-1"], proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert stopped["stopped-1"].startswith("non-finite RL loss") and stopped["stopped-1"].endswith("on process 1")
+    assert stopped["stopped-0"].startswith("non-finite loss on process 1 ")

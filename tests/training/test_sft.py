@@ -668,7 +668,7 @@ def test_nonfinite_loss_on_one_process_stops_every_process(data, tmp_path):
             "optim.batch_size=8", "train.epochs=1", "train.report_to=[]", f"output_dir={tmp_path}", "name=nan"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-           "29583", str(script), str(tmp_path), *sets]
+           "29585", str(script), str(tmp_path), *sets]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=180)

@@ -10,6 +10,7 @@ default (rl.kl_coef > 0 adds one to the frozen start policy, scored under the sa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from transformers import AutoModelForCausalLM
 
 from atp_latent.config import RunConfig
@@ -29,6 +31,7 @@ from atp_latent.modeling.heads import gaussian_log_density
 from atp_latent.modeling.reasoner import LatentReasoner
 from atp_latent.modeling.tokenizer import END_LATENT
 from atp_latent.progress import progress_bar
+from atp_latent.training.guards import NonFiniteGuard, first_nonfinite_grad
 from atp_latent.training.rewards import (
     RewardWeights,
     accuracy_reward,
@@ -37,13 +40,13 @@ from atp_latent.training.rewards import (
     total_reward,
 )
 from atp_latent.training.runs import (
+    check_resume_budget,
     checkpoint_weights,
     save_training_checkpoint,
 )
 from atp_latent.training.sft import (
     DTYPES,
     finish_run,
-    first_nonfinite_grad,
     open_run_dir,
     prepare_run,
     validate,
@@ -256,15 +259,19 @@ def _select(batch: dict, idx: torch.Tensor) -> dict:
 
 
 def grpo_update(model, optimizer, accelerator: Accelerator, traj: Trajectories, adv: torch.Tensor, cfg: RunConfig,
-                rng: torch.Generator, ref_model: LatentReasoner | None = None) -> dict[str, float]:
+                rng: torch.Generator, ref_model: LatentReasoner | None = None,
+                guard: NonFiniteGuard | None = None) -> dict[str, float]:
     """One pass over the shuffled buffer in minibatches.
 
     Old and new log-probs come from the same call of the accelerate-wrapped module (same autocast precision,
     same DDP wrapper, so gradients are all-reduced), old ones per minibatch right before the updates with the
     same batch composition: the first update's ratio is exactly 1, in bf16 too. Clip and KL statistics pool the
     positions of every minibatch after the first (the first never clips: its policy is the rollout's).
-    With rl.kl_coef > 0, `ref_model` (the frozen start policy) scores each minibatch for a k3 KL penalty."""
+    With rl.kl_coef > 0, `ref_model` (the frozen start policy) scores each minibatch for a k3 KL penalty.
+    `guard` stops every process at a non-finite loss and skips a minibatch's step on an fp16 overflow (stats
+    `skipped_minibatches`); the loop passes one guard for the whole run."""
     r = cfg.rl
+    guard = guard if guard is not None else NonFiniteGuard(accelerator)
     n = adv.shape[0]
     perm = torch.randperm(n, generator=rng).to(adv.device)
     chunks = [perm[i: i + r.minibatch_size] for i in range(0, n, r.minibatch_size)]
@@ -294,29 +301,40 @@ def grpo_update(model, optimizer, accelerator: Accelerator, traj: Trajectories, 
             kl = sum(kl_to_reference(new[s], ref[s], masks[s], r.loss_norm, tokens[s]) for s in masks)
             loss = loss + r.kl_coef * kl
             stats.setdefault("kl_to_start", []).append(float(kl.detach()))
-        if not torch.isfinite(loss):
-            raise FloatingPointError("non-finite RL loss (terms: latent, stop, answer = "
-                                     f"{lat_loss.item():.3g}, {stop_loss.item():.3g}, {ans_loss.item():.3g})")
+        guard.check_loss(loss, functools.partial(_nonfinite_loss, lat_loss, stop_loss, ans_loss))
         optimizer.zero_grad()
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), r.max_grad_norm if r.max_grad_norm > 0 else 1e12)
-        if not torch.isfinite(grad_norm):  # stepping would write NaN into the weights
-            raise FloatingPointError(f"non-finite RL gradient (loss {loss.item():.4g}; first in "
-                                     f"{first_nonfinite_grad(model)})")
+        # a non-finite norm stops the run before the optimizer writes NaN into the weights, unless fp16 loss
+        # scaling skips the step (optimizer.step is still called: the scaler lowers its scale there)
+        updated = guard.step_ok(grad_norm, functools.partial(_nonfinite_gradient, loss, model))
         optimizer.step()
-        for name, v in {"loss": loss, "latent_loss": lat_loss, "stop_loss": stop_loss, "answer_loss": ans_loss,
-                        "grad_norm": grad_norm}.items():
+        stats.setdefault("skipped_minibatches", []).append(float(not updated))
+        terms = {"loss": loss, "latent_loss": lat_loss, "stop_loss": stop_loss, "answer_loss": ans_loss}
+        if updated:
+            terms["grad_norm"] = grad_norm
+        for name, v in terms.items():
             stats.setdefault(name, []).append(float(v.detach()) if torch.is_tensor(v) else float(v))
         if k > 0:
             for stream, st in (("latent", s_lat), ("answer", s_ans)):
                 for name, v in st.items():
                     pooled[f"{name}_{stream}"] = pooled.get(f"{name}_{stream}", 0.0) + v
     out = {k: sum(v) / len(v) for k, v in stats.items()}
+    out["skipped_minibatches"] = sum(stats["skipped_minibatches"])
     for stream in ("latent", "answer"):
         n_pos = float(pooled.get(f"n_{stream}", 0.0))
         out[f"clip_frac_{stream}"] = float(pooled[f"clipped_{stream}"]) / n_pos if n_pos else 0.0
         out[f"approx_kl_{stream}"] = float(pooled[f"kl_{stream}"]) / n_pos if n_pos else 0.0
     return out
+
+
+def _nonfinite_loss(lat_loss, stop_loss, ans_loss) -> str:
+    return (f"non-finite RL loss (terms: latent, stop, answer = {lat_loss.item():.3g}, {stop_loss.item():.3g}, "
+            f"{ans_loss.item():.3g})")
+
+
+def _nonfinite_gradient(loss, model) -> str:
+    return f"non-finite RL gradient (loss {loss.item():.4g}; first in {first_nonfinite_grad(model)})"
 
 
 def across_processes(accelerator: Accelerator, metrics: dict[str, float]) -> dict[str, float]:
@@ -371,6 +389,12 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
         raise ValueError("atp-rl needs model.init_from: an ATP SFT checkpoint (RUN/best/model or RUN/final)")
     accelerator, train_set, val_set, run_path, ckpt = prepare_run(cfg, resume, find_unused_parameters=True)
     is_main = accelerator.is_main_process
+    total = rl_total_steps(cfg, len(train_set), accelerator.num_processes)
+    # What the learning-rate schedule is laid over: a resumed run keeps it (runs.check_resume_budget).
+    budget = {"rl.steps": cfg.rl.steps, "scheduled_steps": total}
+    state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False) if ckpt else None
+    if state is not None:  # checked before anything is written: a refused resume leaves the run as it was
+        check_resume_budget(ckpt, state["progress"], budget)
     model, tok = LatentReasoner.from_pretrained(ckpt / "model" if ckpt else checkpoint_weights(cfg.model.init_from),
                                                 dtype=DTYPES[cfg.model.dtype])
     if model.spec.method != "atp" or model.latent_head is None:
@@ -385,10 +409,12 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
     builder = builder_for(tok, model.spec)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay)
-    if ckpt is not None:
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         progress.update(state["progress"])
+        if accelerator.scaler is not None and "scaler" in state:
+            accelerator.scaler.load_state_dict(state["scaler"])
+    progress["budget"] = budget
     # The step decoder reads its own tokens through the base table it was trained with; RL keeps training that
     # table, so coherence is judged through a frozen snapshot taken now (the decoder itself is frozen too).
     # A resumed run takes it from the RL start weights again, so it continues exactly.
@@ -414,15 +440,18 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
     device = accelerator.device
 
     B, world, rank = cfg.rl.questions_per_step, accelerator.num_processes, accelerator.process_index
-    total = rl_total_steps(cfg, len(train_set), world)
     order = list(range(len(train_set)))
     random.Random(cfg.train.seed).shuffle(order)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + rank + progress["step"])
     perm_rng = torch.Generator().manual_seed(cfg.train.seed + 7 + progress["step"])
     rngs = {"rollout": gen, "minibatch": perm_rng}
-    if ckpt is not None and rank == 0:  # the main process continues its exact random streams
+    if state is not None:  # every process continues its own random streams (older checkpoints: the main one's)
+        every = state["rng"].get("processes")
+        own = every[rank] if every and len(every) == world else (state["rng"] if rank == 0 else None)
         for k, g in rngs.items():
-            g.set_state(state["rng"][k])
+            if own is not None:
+                g.set_state(own[k])
+    guard = NonFiniteGuard(accelerator)
     if val_set and progress["step"] == 0 and is_main:
         # The start policy is the first candidate for best/: RL keeps a checkpoint only when it beats its start
         # on val, and the val curve starts where SFT left off.
@@ -449,7 +478,7 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
         adv = group_advantages(traj.rewards, cfg.rl.group_size).to(device)
         for g in optimizer.param_groups:
             g["lr"] = rl_learning_rate(cfg, progress["step"], total)
-        stats = grpo_update(model, optimizer, accelerator, traj, adv, cfg, perm_rng, ref_model)
+        stats = grpo_update(model, optimizer, accelerator, traj, adv, cfg, perm_rng, ref_model, guard)
         progress["step"] += 1
         progress["elapsed"] = time.time() - t0
         equal = equal_reward_groups(traj.rewards, cfg.rl.group_size).float().mean()
@@ -464,6 +493,8 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
             "train/sampled_tokens_per_s": sampled / max(seconds, 1e-9),
             "train/lr": optimizer.param_groups[0]["lr"],
         }
+        if guard.scaler is not None:  # fp16 loss scaling: the scale after this step's minibatches
+            metrics["train/loss_scale"] = guard.scaler.get_scale()
         if signal is not None:  # share of kept groups with a signal; rewards over everything that was sampled
             metrics |= {"train/signal_groups": signal, "train/sampled_reward": float(sampled_rewards.mean())}
         metrics = across_processes(accelerator, metrics)
@@ -472,13 +503,15 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
             if time.time() - t0 > 60 * cfg.train.max_minutes:
                 accelerator.set_trigger()
             cut = accelerator.check_trigger()
+        last = progress["step"] == total or cut
+        checkpoint = cfg.train.save_checkpoints and (progress["step"] % cfg.rl.checkpoint_every == 0 or last)
+        streams = process_streams(accelerator, rngs) if checkpoint else None  # a gather: on every process
         if is_main:
             run.log(metrics, progress["step"])
             run.log_histogram("train/latents_used", lat, progress["step"])
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['train/reward']:.3f}", acc=f"{metrics['train/accuracy']:.2f}",
                             lat=f"{lat.mean():.1f}")
-            last = progress["step"] == total or cut
             if val_set and (progress["step"] % cfg.rl.val_every == 0 or last):
                 summary, correct = validate(raw, builder, val_set, cfg, device)
                 start = progress.get("start_correct")  # None: resumed from a checkpoint that predates it
@@ -491,8 +524,9 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
                     progress["best_val"] = summary.accuracy
                     _save(run.path / "best", raw, tok, optimizer if cfg.train.save_checkpoints else None,
                           progress, rngs)
-            if cfg.train.save_checkpoints and (progress["step"] % cfg.rl.checkpoint_every == 0 or last):
-                _save(run.checkpoint_dir_for(progress["step"]), raw, tok, optimizer, progress, rngs)
+            if checkpoint:
+                _save(run.checkpoint_dir_for(progress["step"]), raw, tok, optimizer, progress, rngs, streams,
+                      accelerator)
                 run.prune_checkpoints(cfg.train.keep_last)
         if cut:
             break
@@ -502,5 +536,16 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
     return run.path if run is not None else run_path
 
 
-def _save(path: Path, raw: LatentReasoner, tok, optimizer, progress: dict, rngs: dict) -> None:
-    save_training_checkpoint(path, raw, tok, optimizer, progress, {k: g.get_state() for k, g in rngs.items()})
+def process_streams(accelerator: Accelerator, rngs: dict[str, torch.Generator]) -> dict:
+    """This process's generator states, and with several processes every process's under "processes" (a gather:
+    call it on every process), so that each resumes its own rollout stream."""
+    own = {k: g.get_state() for k, g in rngs.items()}
+    return own | {"processes": gather_object([own])} if accelerator.num_processes > 1 else own
+
+
+def _save(path: Path, raw: LatentReasoner, tok, optimizer, progress: dict, rngs: dict, streams: dict | None = None,
+          accelerator: Accelerator | None = None) -> None:
+    scaler = getattr(accelerator, "scaler", None)
+    save_training_checkpoint(path, raw, tok, optimizer, progress,
+                             streams if streams is not None else {k: g.get_state() for k, g in rngs.items()},
+                             scaler.state_dict() if scaler is not None else None)
