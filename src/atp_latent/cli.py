@@ -53,7 +53,9 @@ def cmd_train(args) -> int:
         cfg.name = args.name
     if args.num_processes and args.num_processes > 1:
         return _launch(args)
-    if cfg.method.name == "atp-rl":
+    from atp_latent.modeling.methods import is_rl
+
+    if is_rl(cfg.method.name):
         from atp_latent.training.rl import train_rl
 
         train_rl(cfg, resume=args.resume)

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from atp_latent.configtools import ConfigError, compose, to_dict
+from atp_latent.modeling.methods import CONFIG_NAMES
 
-Method = Literal["cot", "nocot", "coconut", "simcot", "atp", "atp-rl"]
+# The registered methods and RL pseudo-methods (modeling/methods/): configs are checked against the registry
+Method = Literal[CONFIG_NAMES]  # type: ignore[valid-type]
 # accelerate's experiment trackers (train.report_to)
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
 
@@ -39,7 +41,7 @@ class DataConfig:
 class MethodConfig:
     name: Method = "cot"
     latents_per_step: int = 2  # c
-    use_vae: bool | None = None  # None: the method's default (atp: on)
+    use_vae: bool | None = None  # None: the method's default (its MethodDef.spec_defaults; atp: on)
     use_stop_head: bool | None = None
     use_decoder: bool | None = None  # simcot and atp: on
     decoder_mode: Literal["separate", "shared"] = "separate"

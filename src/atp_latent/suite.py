@@ -19,9 +19,11 @@ from importlib import resources
 from pathlib import Path
 
 from atp_latent.data.synthetic import SynthConfig, write_benchmark
+from atp_latent.modeling.methods import METHODS, is_rl
 
 TEST_SPLITS = ["test", "test_large", "test_long", "test_perturbed"]
-LABELS = {"nocot": "No-CoT", "cot": "CoT-SFT", "coconut": "Coconut", "simcot": "SIM-CoT", "atp": "ATP-Latent (SFT)",
+# A method's job is named after it and labelled by its MethodDef; RL and ablation jobs are labelled here.
+LABELS = {**{name: m.label for name, m in METHODS.items()},
           "atp_rl": "ATP-Latent (RL)", "atp_rl_coherence": "ATP-Latent (RL, coherence only)",
           "atp_no_kl": "ATP SFT, no KL (beta_kl=0)", "atp_no_stop": "ATP SFT, no stop head",
           "atp_no_decoder": "ATP SFT, no decoder",
@@ -50,7 +52,8 @@ RL_KNOBS = ("atp_rl_low_lr", "atp_rl_high_lr", "atp_rl_cosine", "atp_rl_group16"
             "atp_rl_heads_only", "atp_rl_answer_temp05", "atp_rl_dynamic8_temp05", "atp_rl_latent_mean",
             "atp_rl_dynamic8_temp05_latent_mean")
 # Where each job starts from (its best validation checkpoint).
-STARTS = {"coconut": "cot", "simcot": "cot", "atp": "cot", "atp_rl": "atp", "atp_rl_coherence": "atp",
+STARTS = {**{name: m.starts_from for name, m in METHODS.items() if m.starts_from},  # a method's job: its MethodDef
+          "atp_rl": "atp", "atp_rl_coherence": "atp",
           "atp_no_kl": "cot", "atp_no_stop": "cot", "atp_no_decoder": "cot", "atp_no_decoder_no_kl": "cot",
           "atp_no_decoder_no_vae": "cot", "atp_no_decoder_no_kl_no_stop": "cot", "atp_rl_no_coherence": "atp",
           "atp_no_decoder_no_kl_stop_detached": "cot", "atp_no_decoder_no_vae_stop_detached": "cot",
@@ -133,7 +136,7 @@ def _scaled(path: Path, extra: list[str], scale: float) -> list[str]:
 
     cfg = load_config(str(path), extra)
     sets = [f"train.max_minutes={cfg.train.max_minutes * scale:.3f}"] if cfg.train.max_minutes else []
-    if cfg.method.name == "atp-rl":
+    if is_rl(cfg.method.name):
         return sets + [f"rl.steps={max(1, round(cfg.rl.steps * scale))}"]
     if cfg.data.epoch_size:
         sets.append(f"data.epoch_size={max(cfg.optim.batch_size, round(cfg.data.epoch_size * scale))}")

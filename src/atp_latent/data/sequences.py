@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from atp_latent.data.records import Problem, bare_step
+from atp_latent.modeling.methods import get_method
 from atp_latent.modeling.tokenizer import latent_token_ids
 
 IGNORE = -100
@@ -72,6 +73,7 @@ class SequenceBuilder:
     def __init__(self, tokenizer, method: str, curriculum: Curriculum, mask_surplus: bool = False):
         self.tok = tokenizer
         self.method = method
+        self.method_def = get_method(method)  # its `chain` says what the sequence keeps of the steps
         self.cur = curriculum
         self.mask_surplus = mask_surplus
         self.start_id, self.latent_id, self.end_id = latent_token_ids(tokenizer)
@@ -86,11 +88,12 @@ class SequenceBuilder:
 
     def build(self, p: Problem, stage: int) -> Example:
         n = len(p.steps)
-        if self.method == "cot":
+        chain = self.method_def.chain
+        if chain == "text":
             removed, groups = 0, 0
-        elif self.method == "nocot":
+        elif chain == "none":
             removed, groups = n, 0
-        else:
+        else:  # curriculum
             removed, groups = self.cur.plan(n, stage)
         c = self.cur.latents_per_step
         rest = "".join(step_text(s) + "\n" for s in p.steps[removed:]) + "### " + p.answer.strip()
@@ -126,7 +129,7 @@ class SequenceBuilder:
 
     def eval_prompt(self, question: str) -> tuple[list[int], int]:
         """Prefix and number of latent slots at evaluation (max_latent_stage * c for latent methods)."""
-        slots = 0 if self.method in ("cot", "nocot") else self.cur.eval_slots
+        slots = self.cur.eval_slots if self.method_def.latent else 0
         return self.prefix(question), slots
 
 

@@ -10,6 +10,7 @@ import torch
 from atp_latent.data.records import Problem
 from atp_latent.data.sequences import SequenceBuilder, left_pad
 from atp_latent.evaluation.answers import answers_match, extract_answer
+from atp_latent.modeling.methods import get_method
 from atp_latent.modeling.reasoner import LatentReasoner
 from atp_latent.modeling.tokenizer import END_LATENT
 from atp_latent.progress import progress_bar
@@ -135,8 +136,9 @@ def rollout_policy(temperature: float | None = None, latent_temperature: float |
 
 
 def default_max_new_tokens(method: str) -> int:
-    """16 answer tokens for latent methods and No-CoT (METHOD.md §9); CoT also writes its steps."""
-    return 160 if method == "cot" else 16
+    """16 answer tokens for latent methods and No-CoT (METHOD.md §9); 160 where the answer also writes the
+    steps (MethodDef.long_answers: CoT), the defaults of eval.max_new_tokens and eval.cot_max_new_tokens."""
+    return 160 if get_method(method).long_answers else 16
 
 
 def load_for_eval(run_or_checkpoint, device="cpu"):

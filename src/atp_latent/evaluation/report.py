@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from atp_latent.evaluation.evaluate import mean_std
+from atp_latent.modeling.methods import METHODS
 
 METRICS = ("accuracy", "mean_tokens", "mean_latents", "mean_answer_tokens")
 
@@ -239,7 +240,7 @@ def plot_training_curves(run_dirs: dict[str, list[Path]], labels: dict, path: Pa
         val_ax.set_ylabel("val accuracy (%), dashed", fontsize=8)
         ax.set_title(labels.get(job, job), fontsize=9)
         ax.set_xlabel("step")
-        if job in ("cot", "nocot", "coconut", "simcot", "atp"):
+        if job in METHODS:  # a method's own job (SFT loss); RL and ablation jobs keep a linear axis
             ax.set_yscale("log")
     for ax in list(axes.flat)[len(jobs):]:
         ax.axis("off")

@@ -1,10 +1,13 @@
 """LatentReasoner: a causal LM plus the method's heads and step decoder; its losses; save and load.
 
-Methods are configurations of this one module (METHOD.md §4-§7):
+Methods are configurations of this one module (METHOD.md §4-§7); what each one turns on is declared in its
+module under modeling/methods/ (the registry, docs/methods.md):
   cot / nocot   no latents (the language baselines)
   coconut       latent embedding = last hidden state
   simcot        coconut + step decoder supervision
   atp           VAE latent head (+KL) + stop head + step decoder
+The losses belong to the parts (KL to the VAE head, stop CE to the stop head, decoder CE to the decoder), so an
+ablation that turns a part on or off in any method keeps its loss.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from atp_latent.modeling.engine import (
     teacher_force_hidden,
 )
 from atp_latent.modeling.heads import LatentHead, StopHead, gaussian_log_density, kl_to_standard_normal
+from atp_latent.modeling.methods import METHODS as _REGISTRY
+from atp_latent.modeling.methods import MethodDef, get_method
 
-METHODS = ("cot", "nocot", "coconut", "simcot", "atp")
+METHODS = tuple(_REGISTRY)  # the registered method names (kept for older imports)
 
 
 @dataclass
@@ -58,18 +63,17 @@ class ReasonerSpec:
 
     @classmethod
     def for_method(cls, method: str, **overrides) -> ReasonerSpec:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
-        flags = {
-            "cot": {}, "nocot": {}, "coconut": {},
-            "simcot": {"use_decoder": True},
-            "atp": {"use_vae": True, "use_stop_head": True, "use_decoder": True},
-        }[method]
+        """The method's defaults (its MethodDef.spec_defaults), then every override that is not None."""
+        flags = get_method(method).spec_defaults
         return cls(method=method, **{**flags, **{k: v for k, v in overrides.items() if v is not None}})
 
     @property
+    def method_def(self) -> MethodDef:
+        return get_method(self.method)
+
+    @property
     def latent(self) -> bool:
-        return self.method not in ("cot", "nocot")
+        return self.method_def.latent
 
 
 class LatentReasoner(nn.Module):

@@ -28,6 +28,7 @@ from atp_latent.data.records import Problem
 from atp_latent.data.sequences import SequenceBuilder, builder_for, left_pad
 from atp_latent.evaluation.answers import extract_answer
 from atp_latent.modeling.heads import gaussian_log_density
+from atp_latent.modeling.methods import RL_METHODS
 from atp_latent.modeling.reasoner import LatentReasoner
 from atp_latent.modeling.tokenizer import END_LATENT
 from atp_latent.progress import progress_bar
@@ -397,8 +398,9 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
         check_resume_budget(ckpt, state["progress"], budget)
     model, tok = LatentReasoner.from_pretrained(ckpt / "model" if ckpt else checkpoint_weights(cfg.model.init_from),
                                                 dtype=DTYPES[cfg.model.dtype])
-    if model.spec.method != "atp" or model.latent_head is None:
-        raise ValueError(f"{cfg.model.init_from}: atp-rl starts from an ATP checkpoint, got method "
+    wanted = RL_METHODS.get(cfg.method.name, "atp")  # the method whose checkpoints this RL trains
+    if model.spec.method != wanted or model.latent_head is None:
+        raise ValueError(f"{cfg.model.init_from}: {cfg.method.name} starts from an {wanted} checkpoint, got method "
                          f"'{model.spec.method}'")
     if model.spec.use_decoder and model.decoder is None and is_main:
         warnings.warn("decoder_mode=shared: the policy decodes its own plans, so it is its own coherence judge "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import functools
 import math
 import random
@@ -27,6 +28,7 @@ from atp_latent.data.sequences import Curriculum, SequenceBuilder, collate, samp
 from atp_latent.evaluation.benchmarks import load_data
 from atp_latent.evaluation.evaluate import evaluate
 from atp_latent.modeling.factory import build_tiny_model, load_pretrained
+from atp_latent.modeling.methods import get_method
 from atp_latent.modeling.reasoner import LatentReasoner, ReasonerSpec
 from atp_latent.modeling.tokenizer import build_word_tokenizer
 from atp_latent.progress import progress_bar
@@ -52,15 +54,11 @@ def curriculum_of(cfg: RunConfig) -> Curriculum:
 
 
 def spec_of(cfg: RunConfig) -> ReasonerSpec:
+    """The method's ReasonerSpec: every `method.*` key that is a spec field (None keeps the method's default)."""
     m = cfg.method
-    return ReasonerSpec.for_method(
-        m.name, latents_per_step=m.latents_per_step, use_vae=m.use_vae, use_stop_head=m.use_stop_head,
-        use_decoder=m.use_decoder, decoder_mode=m.decoder_mode, decoder_trainable=m.decoder_trainable,
-        beta_kl=m.beta_kl, stop_loss_positions=m.stop_loss_positions,
-        stop_head_detached=m.stop_head_detached, decoder_weight=m.decoder_weight,
-        latent_head_residual=m.latent_head_residual, init_logvar=m.init_logvar,
-        max_latent_stage=cfg.curriculum.max_latent_stage,
-    )
+    shared = {f.name: getattr(m, f.name) for f in dataclasses.fields(ReasonerSpec)
+              if f.name not in ("method", "max_latent_stage") and hasattr(m, f.name)}
+    return ReasonerSpec.for_method(m.name, **shared, max_latent_stage=cfg.curriculum.max_latent_stage)
 
 
 def corpus_of(problems: list[Problem]) -> list[str]:
@@ -254,7 +252,7 @@ def reset_optimizer(optimizer: torch.optim.Optimizer) -> None:
 def train(cfg: RunConfig, resume: bool = False) -> Path:
     """Run SFT as configured; returns the run directory. Final weights are in RUN/final."""
     accelerator, train_set, val_set, run_path, ckpt = prepare_run(
-        cfg, resume, find_unused_parameters=cfg.method.name not in ("cot", "nocot"))
+        cfg, resume, find_unused_parameters=get_method(cfg.method.name).latent)
     is_main = accelerator.is_main_process
     bs, world, rank = cfg.optim.batch_size, accelerator.num_processes, accelerator.process_index
     total_steps = scheduled_steps(cfg, batches_per_epoch(cfg, len(train_set), world))
@@ -423,7 +421,8 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
 def validate(model: LatentReasoner, builder: SequenceBuilder, val_set: list[Problem], cfg: RunConfig, device):
     """Greedy evaluation on the validation split (leaves the model in eval mode); returns the EvalSummary and
     whether each problem was answered right (in val_set's order)."""
-    max_new = cfg.eval.cot_max_new_tokens if cfg.method.name == "cot" else cfg.eval.max_new_tokens
+    # the model's method, not cfg's: RL (method.name atp-rl) validates the atp checkpoint it trains
+    max_new = cfg.eval.cot_max_new_tokens if model.spec.method_def.long_answers else cfg.eval.max_new_tokens
     summary, rows = evaluate(model, builder, val_set, batch_size=cfg.eval.batch_size, max_new_tokens=max_new,
                              device=device, progress=False)
     return summary, [bool(r["correct"]) for r in rows]

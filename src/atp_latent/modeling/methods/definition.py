@@ -1,0 +1,33 @@
+"""MethodDef: what makes a method itself, declared once in its own module (see docs/methods.md).
+
+Plain data, no torch: the config loader reads the registry to validate `method.name`. Everything the
+shared code used to decide by comparing method names (latent slots, answer budget, sequence layout,
+architecture defaults, display label, where a run starts) is a field here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+# What a training sequence keeps of the reasoning chain (data/sequences.py, SequenceBuilder.build):
+#   text        every step as text (CoT-SFT)
+#   none        no step at all (No-CoT)
+#   curriculum  the first `stage` steps replaced by latent groups (Coconut's schedule)
+Chain = Literal["text", "none", "curriculum"]
+
+
+@dataclass(frozen=True)
+class MethodDef:
+    name: str  # `method.name` in configs and `method` in reasoner.json
+    label: str  # how tables and plots name it
+    chain: Chain
+    latent: bool  # fills latent slots (evaluation gets max_latent_stage * c of them)
+    long_answers: bool  # the answer also writes the steps: eval.cot_max_new_tokens, not eval.max_new_tokens
+    spec_defaults: dict[str, object] = field(default_factory=dict)  # ReasonerSpec fields it turns on
+    starts_from: str | None = None  # the suite job whose best checkpoint it is trained from (None: scratch)
+    rl_name: str | None = None  # the `method.name` of GRPO on a checkpoint of this method (e.g. atp-rl)
+
+    def __post_init__(self):
+        if (self.chain == "curriculum") != self.latent:
+            raise ValueError(f"method {self.name!r}: chain 'curriculum' goes with latent=True, and only with it")
