@@ -45,3 +45,24 @@ def _rl_sets(root, name, **over) -> list[str]:
 @pytest.fixture(scope="session")
 def rl_sets():
     return _rl_sets
+
+
+@pytest.fixture
+def fp16_on_cpu(monkeypatch):
+    """train.mixed_precision=fp16 on this CPU as accelerate does it on a GPU: float16 autocast and a GradScaler (on a
+    CPU accelerate makes neither, and fp16 trains in fp32). Accelerate's process-wide state is cleared after."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from atp_latent.training import sft
+
+    class Fp16Accelerator(Accelerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if self.mixed_precision == "fp16":
+                self.native_amp, self.scaler = True, torch.amp.GradScaler("cpu")
+
+    monkeypatch.setattr(sft, "Accelerator", Fp16Accelerator)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

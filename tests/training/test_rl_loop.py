@@ -134,26 +134,6 @@ def test_run_cut_by_max_minutes_validates_its_last_step(start):
     assert (run / "checkpoints" / "step-00000001" / "COMPLETE").is_file()
 
 
-@pytest.fixture
-def fp16_on_cpu(monkeypatch):
-    """train.mixed_precision=fp16 on this CPU as accelerate does it on a GPU: float16 autocast and a GradScaler."""
-    from accelerate import Accelerator
-
-    from atp_latent.training import sft
-
-    class Fp16Accelerator(Accelerator):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            if self.mixed_precision == "fp16":
-                self.native_amp, self.scaler = True, torch.amp.GradScaler("cpu")
-
-    monkeypatch.setattr(sft, "Accelerator", Fp16Accelerator)
-    yield
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 def test_fp16_overflow_skips_the_minibatch_and_rl_goes_on(start, monkeypatch, fp16_on_cpu):
     """Under fp16 loss scaling the first update's gradient overflows (a NaN in the embeddings' gradient, as an
     overflow leaves it after unscaling): the scaler skips that step and halves its scale, and RL goes on."""

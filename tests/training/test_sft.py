@@ -520,23 +520,6 @@ def test_resume_refuses_a_changed_budget(data, tmp_path, capsys):
     train(config(data, tmp_path, **(legacy | {"train.epochs": 3})), resume=True)
 
 
-@pytest.fixture
-def fp16_on_cpu(monkeypatch):
-    """train.mixed_precision=fp16 on this CPU as accelerate does it on a GPU: float16 autocast and a GradScaler
-    (on a CPU accelerate makes neither, and fp16 trains in fp32)."""
-    from accelerate import Accelerator
-
-    from atp_latent.training import sft
-
-    class Fp16Accelerator(Accelerator):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            if self.mixed_precision == "fp16":
-                self.native_amp, self.scaler = True, torch.amp.GradScaler("cpu")
-
-    monkeypatch.setattr(sft, "Accelerator", Fp16Accelerator)
-
-
 def overflow_at(monkeypatch, calls: set[int]) -> dict:
     """Make the backward of these forward calls (counted from 1 in the returned dict's "n") overflow: a finite loss
     whose gradient is NaN in the embeddings, as an fp16 overflow leaves it after unscaling."""
