@@ -58,3 +58,27 @@ def test_explain_when_every_question_stops_early(n_continue):
         want = [float(per_latent[i, 2 * g: 2 * g + 2].mean()) for g in range(n_continue)]
         assert e["sigma"] == pytest.approx(want, rel=1e-5)
         assert "stopped before group" in format_explanation(e, c=2)
+
+
+def test_explain_reads_latents_through_the_lm_head_without_a_decoder():
+    """Coconut has no step decoder: each active latent shows its top tokens through the LM head, with their
+    probabilities, as softmax(lm_head(z)) computed by hand from the greedy fill."""
+    tok = build_word_tokenizer(QUESTIONS + ["<<3+4=7>>\n### 7"])
+    spec = ReasonerSpec.for_method("coconut", latents_per_step=2, max_latent_stage=2)
+    model = LatentReasoner(build_tiny_model("llama-tiny", tok, seed=0), spec)
+    builder = builder_for(tok, spec)
+    got = explain(model, builder, QUESTIONS[:1], top_k=2)[0]
+    prefix, slots = builder.eval_prompt(QUESTIONS[0])
+    ids, mask = left_pad([prefix], tok.pad_token_id)
+    with torch.no_grad():
+        state = model.fill(ids, mask, torch.tensor([slots]))
+        probs = torch.softmax(model.lm.get_output_embeddings()(state.z[0]), -1)
+    assert slots == 4 and len(got["steps"]) == 2 and got["steps"] == [None, None]
+    for g, group in enumerate(got["lm_head_tokens"]):
+        assert len(group) == 2
+        for j, latent in enumerate(group):
+            values, indices = probs[2 * g + j].topk(2)
+            assert [t for t, _ in latent] == [tok.decode([int(k)]) for k in indices]
+            assert [p for _, p in latent] == pytest.approx(values.tolist(), rel=1e-5)
+    text = format_explanation(got, c=2, has_decoder=False)
+    assert text.count("(no step decoder) LM head: ") == 2 and " | " in text

@@ -1,4 +1,6 @@
-"""`explain`: read a problem's latent plan back as text through the step decoder (METHOD.md §6)."""
+"""`explain`: read a problem's latent plan back as text, through the step decoder (METHOD.md §6) where the method
+has one, else through the LM head: each latent's most likely tokens, as upstream probes read Coconut's and CODI's
+latents."""
 
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ from atp_latent.modeling.tokenizer import END_LATENT
 
 @torch.no_grad()
 def explain(model: LatentReasoner, builder: SequenceBuilder, questions: list[str], max_new_tokens: int = 16,
-            device="cpu") -> list[dict]:
-    """Per question: decoded text of each active latent group, the group's mean sigma (VAE head only: how much
-    noise training sampled around it), the stop decision, and the answer."""
+            device="cpu", top_k: int = 3) -> list[dict]:
+    """Per question: decoded text of each active latent group (step decoder) or each latent's `top_k` tokens
+    through the LM head with their probabilities (methods without a decoder), the group's mean sigma (VAE head
+    only: how much noise training sampled around it), the stop decision, and the answer."""
     model.eval()
     tok = builder.tok
     prompts = [builder.eval_prompt(q) for q in questions]
@@ -33,6 +36,12 @@ def explain(model: LatentReasoner, builder: SequenceBuilder, questions: list[str
         for (i, g), row in zip(groups, decoded.tolist()):
             cut = row.index(tok.eos_token_id) if tok.eos_token_id in row else len(row)
             texts[(i, g)] = tok.decode(row[:cut], skip_special_tokens=False)
+    probes: dict[tuple[int, int], list[tuple[str, float]]] = {}
+    if not model.spec.use_decoder and L:  # the LM head on each latent: what it is closest to saying
+        probs = torch.softmax(model.lm.get_output_embeddings()(state.z.to(model.lm.dtype)).float(), -1)
+        top = probs.topk(top_k, dim=-1)
+        for i, t in state.active.nonzero().tolist():
+            probes[(i, t)] = [(tok.decode([int(k)]), float(v)) for k, v in zip(top.indices[i, t], top.values[i, t])]
     # mean std over each group's c latents and d dimensions [B, L // c]; slots past the last whole group are
     # dropped: where every row stops, the engine appends that group's (inactive) start slot, so L = g*c + 1
     sigma = torch.exp(0.5 * state.logvar[:, : L // c * c].float()).mean(-1).view(len(questions), L // c, c) \
@@ -48,6 +57,8 @@ def explain(model: LatentReasoner, builder: SequenceBuilder, questions: list[str
         out.append({
             "question": q,
             "steps": [texts.get((i, g), None) for g in shown],
+            "lm_head_tokens": [[probes[(i, g * c + j)] for j in range(c) if (i, g * c + j) in probes] for g in shown]
+            if probes else None,
             "sigma": None if sigma is None else [float(sigma[i, g]) for g in shown],
             "latents": int(state.active[i].sum()) if state.active.numel() else 0,
             "slots": int(n_slots[i]),
@@ -62,7 +73,11 @@ def explain(model: LatentReasoner, builder: SequenceBuilder, questions: list[str
 def format_explanation(e: dict, gold: str | None = None, c: int = 2, has_decoder: bool = True) -> str:
     lines = [f"Q: {e['question']}"]
     for g, text in enumerate(e["steps"]):
-        shown = text if has_decoder else "(this method has no step decoder)"
+        shown = text
+        if not has_decoder:  # each latent's most likely tokens through the LM head, latents apart by " | "
+            latents = e["lm_head_tokens"][g] if e.get("lm_head_tokens") else []
+            tops = " | ".join(" ".join(f"{t!r} {p:.2f}" for t, p in latent) for latent in latents)
+            shown = f"(no step decoder) LM head: {tops}" if latents else "(this method has no step decoder)"
         noise = f", sigma {e['sigma'][g]:.3f}" if e.get("sigma") else ""
         lines.append(f"  latent group {g + 1} (slots {g * c}-{g * c + c - 1}{noise}): {shown}")
     if e["stopped_at_group"] is not None:
