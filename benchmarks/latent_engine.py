@@ -18,6 +18,12 @@ Figures:
              are model compute but not backbone passes; they are left out of "bare" (their time is printed
              separately), so `overhead` counts them as engine cost.
 
+  codi       CODI against Coconut on the same LM weights, batch and 6 latents (c = 2, max_latent_stage 3, every
+             step latent): a training step (forward + backward, the teacher task included) on --batch-size
+             training problems, and greedy generation (eos never ends a row) on the engine batches
+             (`codi_train_step_vs_coconut`, target <= 2.2; `codi_generate_vs_coconut`, target <= 1.2). --no-codi
+             skips it.
+
 The last two lines are `speedup_vs_batch1_recompute=<x>` and `overhead_vs_bare_forward=<x>`.
 Prints figures only; asserts nothing.
 """
@@ -30,7 +36,7 @@ import time
 import torch
 from accelerate.utils import set_seed
 
-from atp_latent.data.sequences import builder_for, left_pad
+from atp_latent.data.sequences import Curriculum, SequenceBuilder, builder_for, collate, left_pad
 from atp_latent.data.synthetic import SynthConfig, generate_benchmark
 from atp_latent.modeling.engine import backbone_forward, new_cache
 from atp_latent.modeling.factory import build_tiny_model
@@ -40,6 +46,7 @@ from atp_latent.modeling.tokenizer import build_word_tokenizer, latent_token_ids
 
 SPEEDUP_TARGET = 20.0
 OVERHEAD_TARGET = 1.3
+CODI_TRAIN_TARGET, CODI_GENERATE_TARGET = 2.2, 1.2  # CODI / Coconut at the same shape (issue 30)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="timed repeats of engine and bare per batch (interleaved); the minimum is kept")
     p.add_argument("--breakdown", action="store_true", help="also time the pieces of the engine's loop")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-codi", dest="codi", action="store_false", help="skip CODI against Coconut")
     return p.parse_args(argv)
 
 
@@ -71,7 +79,54 @@ def build(args):
         last.bias.copy_(torch.tensor([5.0, -5.0]))
     builder = builder_for(tok, spec)
     prompts = [builder.eval_prompt(p.question) for p in bench["test"][: max(args.n, args.n_baseline)]]
-    return tok, reasoner, prompts
+    return tok, reasoner, prompts, bench
+
+
+def codi_vs_coconut(args, tok, bench) -> tuple[float, float, dict]:
+    """(CODI / Coconut seconds per training step, per generated batch, details): one tiny LM shared by both, 6
+    latents each; min over repeats after a warm-up."""
+    cur = Curriculum(latents_per_step=2, max_latent_stage=3, stage_offset=4)
+    set_seed(args.seed)
+    lm = build_tiny_model(args.preset, tok, seed=args.seed)
+    models = {m: LatentReasoner(lm, ReasonerSpec.for_method(m, latents_per_step=2, max_latent_stage=3))
+              for m in ("coconut", "codi")}
+    train = bench["train"][: args.batch_size]
+    batches = {m: collate([SequenceBuilder(tok, m, cur, teacher=m == "codi").build(p, cur.stage(0)) for p in train],
+                          tok.pad_token_id) for m in models}
+
+    def step(m):
+        out = models[m](batches[m])
+        out["loss"].backward()
+        lm.zero_grad(set_to_none=True)
+        models[m].zero_grad(set_to_none=True)
+
+    _, _, end_id = latent_token_ids(tok)
+    builder = builder_for(tok, models["codi"].spec)
+    prompts = [builder.eval_prompt(p.question) for p in bench["test"][: args.n]]
+    eval_batches = make_batches(prompts, args.batch_size, tok.pad_token_id)
+    kw = dict(end_id=end_id, eos_id=-1, pad_id=tok.pad_token_id, max_new_tokens=args.max_new_tokens)
+
+    def gen(m):
+        return [models[m].answer(*b, **kw) for b in eval_batches]
+
+    times = {}
+    for m in models:
+        models[m].train()
+        step(m)  # warm-up
+        models[m].eval()
+        gen(m)
+    slots = {m: {int(st.n_active.max()) for st, _ in gen(m)} for m in models}
+    for _ in range(max(args.repeats, 3)):
+        for m in models:
+            models[m].train()
+            t, _ = timed(lambda m=m: step(m))
+            times[("train", m)] = min(times.get(("train", m), float("inf")), t)
+            models[m].eval()
+            t, _ = timed(lambda m=m: gen(m))
+            times[("gen", m)] = min(times.get(("gen", m), float("inf")), t)
+    train_ratio = times[("train", "codi")] / times[("train", "coconut")]
+    gen_ratio = times[("gen", "codi")] / times[("gen", "coconut")]
+    return train_ratio, gen_ratio, {"times": times, "slots": slots, "nb": len(eval_batches)}
 
 
 def make_batches(prompts, batch_size: int, pad_id: int):
@@ -182,7 +237,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     set_seed(args.seed)  # python, numpy and torch
-    tok, reasoner, prompts = build(args)
+    tok, reasoner, prompts, bench = build(args)
     lm = reasoner.lm
     _, _, end_id = latent_token_ids(tok)
     eos_id, pad_id, T = tok.eos_token_id, tok.pad_token_id, args.max_new_tokens
@@ -264,6 +319,22 @@ def main(argv=None) -> None:
                       + per["embedding lookup per token"]))
         print(f"  {'estimated sum per batch':<48}{1e3 * est:>8.3f}   "
               f"(engine - bare = {1e3 * (eng_s - bare_s) / nb:.3f})")
+
+    if args.codi:
+        train_ratio, gen_ratio, det = codi_vs_coconut(args, tok, bench)
+        t = det["times"]
+        print()
+        print(f"CODI vs Coconut (6 latents; training batch {args.batch_size}; generation {det['nb']} batches x "
+              f"{T} tokens; latents filled at evaluation: coconut {det['slots']['coconut']}, codi {det['slots']['codi']})")
+        print(f"  training step (forward + backward) ms: coconut {1e3 * t[('train', 'coconut')]:.1f}, "
+              f"codi {1e3 * t[('train', 'codi')]:.1f}")
+        print(f"  generation ms: coconut {1e3 * t[('gen', 'coconut')]:.1f}, codi {1e3 * t[('gen', 'codi')]:.1f}")
+        print(f"target codi train step <= {CODI_TRAIN_TARGET:g}x coconut: "
+              f"{'met' if train_ratio <= CODI_TRAIN_TARGET else 'NOT met'}")
+        print(f"target codi generation <= {CODI_GENERATE_TARGET:g}x coconut: "
+              f"{'met' if gen_ratio <= CODI_GENERATE_TARGET else 'NOT met'}")
+        print(f"codi_train_step_vs_coconut={train_ratio:.3f}")
+        print(f"codi_generate_vs_coconut={gen_ratio:.3f}")
 
     print()
     print(f"target speedup >= {SPEEDUP_TARGET:g}: {'met' if speedup >= SPEEDUP_TARGET else 'NOT met'}")

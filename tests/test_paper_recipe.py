@@ -5,7 +5,7 @@ autocast, optim.reset_each_epoch, the separate trainable step decoder, c = 2.
 The model is a tiny LLaMA saved with save_pretrained and loaded through model.name_or_path (the real-checkpoint
 path). ATP SFT runs 3 epochs and keeps epoch-3/, which the RL configs start from (model.init_from); GRPO runs on 2
 processes (gloo), the coherence-only variant on one; `atp-latent eval` scores the RL run's final/. The baselines'
-configs (cot, coconut, simcot) run a step or two each. The GPU-scale version is benchmarks/gpu_smoke.py.
+configs (cot, icot, coconut, simcot, codi) run a step or two each. The GPU-scale version is benchmarks/gpu_smoke.py.
 """
 
 import gc
@@ -191,6 +191,8 @@ def test_eval_on_rl_final(root, atp_rl):
     ("cot", ["train.epochs=1"], None),  # no curriculum
     ("coconut", ["train.epochs=2", "curriculum.epochs_per_stage=1"], [0, 1]),  # stage 0 is CoT (stage_offset 0)
     ("simcot", ["train.epochs=2", "curriculum.epochs_per_stage=1", "curriculum.max_latent_stage=2"], [1, 2]),
+    ("icot", ["train.epochs=2"], None),  # one batch an epoch: a token more at each (upstream's counter of 0)
+    ("codi", ["train.epochs=1"], [4]),  # every step latent from the first (stage_offset 4 > max_latent_stage 3)
 ])
 def test_baseline_configs(root, method, overrides, stages):
     assert cli("train", "--config", PAPER / f"{method}.yaml", "--name", method, *common(root),
@@ -202,3 +204,6 @@ def test_baseline_configs(root, method, overrides, stages):
     assert len(steps) == int(overrides[0].split("=")[1]) * EPOCH_RECORDS // BATCH
     if stages:
         assert [r["train/stage"] for r in steps] == stages
+    if method == "codi":  # the teacher task and the distillation, under bf16 autocast and LoRA r 128
+        assert all(r["train/distill"] > 0 and r["train/ce_teacher"] > 0 and r["train/active_latents"] == 6
+                   for r in steps)

@@ -7,7 +7,7 @@ configs under configs/ shrink them for a CPU.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from atp_latent.configtools import ConfigError, compose, to_dict
 from atp_latent.modeling.methods import CONFIG_NAMES
@@ -25,6 +25,28 @@ class ModelConfig:
     init_from: str | None = None  # checkpoint directory to start from (e.g. a CoT-SFT run's final/)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_vocab: int = 4096  # tiny tokenizer only: vocabulary cap when built from the training corpus
+    # LoRA through peft (CODI and CoLaR: r 128, alpha 32 upstream): adapters on the LM (and on a trainable separate
+    # step decoder); its own weights, embeddings included, stay frozen; the heads train in full. None: full
+    # fine-tuning. A checkpoint that has adapters keeps them (model.init_from, RL): lora_r, if set, must match them.
+    lora_r: int | None = None
+    lora_alpha: float = 32
+    lora_dropout: float = 0.0
+    # peft's target_modules: "all-linear" (every linear layer but the output head), a list of module names
+    # ([q_proj, v_proj]), or one string as a regex over the full module names
+    lora_target_modules: Any = "all-linear"
+
+    def __post_init__(self):
+        if self.lora_r is not None and self.lora_r < 1:
+            raise ValueError(f"lora_r must be >= 1 (or null: full fine-tuning), got {self.lora_r}")
+        if self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        t = self.lora_target_modules
+        if not (isinstance(t, str) and t or isinstance(t, list | tuple) and t and all(isinstance(m, str) and m for m in t)):
+            raise ValueError(f"lora_target_modules must be 'all-linear', a list of module names or a regex, got {t!r}")
+        if not isinstance(t, str):
+            self.lora_target_modules = list(t)
 
 
 @dataclass
@@ -54,12 +76,28 @@ class MethodConfig:
     # ATP starts from Coconut's feedback; and the initial log-variance of every latent (None: random layer)
     latent_head_residual: bool = False
     init_logvar: float | None = None
+    # CODI (methods/codi.py; defaults are upstream's): latent feedback through a projector (Linear(d, p), GELU,
+    # Linear(p, d), LayerNorm; p = projector_dim, null: the hidden size), and the teacher task: the same LM on
+    # question + CoT + answer (CE x teacher_weight), its hidden states at the token before the answer, every layer,
+    # distilled into the student's (x distill_weight; smooth_l1 or l2, divided by the teacher's std per layer)
+    use_projector: bool | None = None  # None: the method's default (codi: on)
+    projector_dim: int | None = None
+    use_teacher: bool | None = None  # codi: on
+    distill_weight: float = 1.0  # gamma: 1 upstream for GPT-2, 20 for LLaMA-1B
+    distill_loss: Literal["smooth_l1", "l2"] = "smooth_l1"
+    distill_div_std: bool = True
+    teacher_weight: float = 1.0
+    teacher_drop_last_step: bool = True  # upstream's include_last_cot False
 
     def __post_init__(self):
         if self.latents_per_step < 1:
             raise ValueError(f"latents_per_step must be >= 1, got {self.latents_per_step}")
         if self.beta_kl < 0:
             raise ValueError(f"beta_kl must be >= 0, got {self.beta_kl}")
+        if self.distill_weight < 0 or self.teacher_weight < 0:
+            raise ValueError("distill_weight and teacher_weight must be >= 0")
+        if self.projector_dim is not None and self.projector_dim < 1:
+            raise ValueError(f"projector_dim must be >= 1 (or null: the hidden size), got {self.projector_dim}")
 
 
 @dataclass
@@ -69,8 +107,19 @@ class CurriculumConfig:
     stage_offset: int = 1  # 0 adds a CoT stage 0 (Coconut's recipe); ATP starts at 1
     pad_latent_to_max: bool = True
     uniform_prob: float = 0.0
+    # iCoT (method icot, data/internalize.py): chain tokens removed from the front, one more every
+    # round(batches per epoch / remove_per_epoch) batches; the whole chain once remove_all_beyond are scheduled
+    # (null: never); a smoothing offset o ~ (1 - e^-lambda) e^(-lambda o) per record (.inf: none); the optimizer
+    # state is cleared each time the count grows (reset_on_removal), as upstream's --reset_optimizer
+    remove_per_epoch: float = 8.0
+    remove_all_beyond: int | None = 39
+    removal_lambda: float = 4.0
+    remove_start_from: int = 0
+    reset_on_removal: bool = True
 
     def __post_init__(self):
+        if self.remove_per_epoch <= 0 or self.removal_lambda <= 0 or self.remove_start_from < 0:
+            raise ValueError("remove_per_epoch and removal_lambda must be > 0, remove_start_from >= 0")
         if self.epochs_per_stage < 1:
             raise ValueError(f"epochs_per_stage must be >= 1, got {self.epochs_per_stage}")
         if self.max_latent_stage < 1:

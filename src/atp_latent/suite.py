@@ -66,7 +66,8 @@ JOB_DATA = {**{j: ("new_style/train.jsonl", "new_style/val.jsonl") for j in NEW_
 
 
 # The bench's paired comparisons (first minus second, seed by seed)
-PAIRS = [("atp_rl", "simcot"), ("atp_rl", "coconut"), ("atp_rl", "atp"), ("atp", "simcot"),
+PAIRS = [("atp_rl", "simcot"), ("atp_rl", "coconut"), ("atp_rl", "icot"), ("atp_rl", "codi"), ("atp_rl", "atp"),
+         ("atp", "simcot"),
          ("atp_rl_coherence", "atp"), ("atp_rl_new_style", "atp"), ("atp_rl_new_style_dynamic", "atp")]
 
 
@@ -92,7 +93,10 @@ _ALL = (("cot", "nocot"), ("atp", "coconut"), ("simcot", "atp_rl"), ("atp_rl_coh
 SUITES = {
     "quickstart": Suite("quickstart", (("cot", "nocot"), ("atp", "coconut"), ("atp_rl",))),
     # the CPU bench also runs RL where its reward knows more than SFT did (write_new_style)
-    "cpu": Suite("bench", _ALL[:-1] + (("atp_rl_coherence", "atp_rl_new_style", "atp_rl_new_style_dynamic"),),
+    # and the Table-1 baselines iCoT and CODI (from CoT-SFT, the latent rows' steps). The GPU suite leaves them out:
+    # its training must fit one device call (configs/gpu/{icot,codi}.yaml run them by hand).
+    "cpu": Suite("bench", _ALL[:-1] + (("atp_rl_coherence", "atp_rl_new_style", "atp_rl_new_style_dynamic"),
+                                       ("icot", "codi")),
                  ablations=("atp_no_kl", "atp_no_stop", "atp_no_decoder", "atp_no_decoder_no_kl", "atp_no_vae",
                             "atp_no_decoder_no_vae", "atp_no_decoder_no_kl_no_stop", "atp_no_decoder_no_kl_stop_detached",
                             "atp_no_decoder_no_vae_stop_detached", "atp_rl_no_coherence", "atp_rl_long", *RL_KNOBS,

@@ -26,9 +26,11 @@ TIERS = ("quickstart", "bench", "gpu", "paper")
 EXPECTED = {
     "cot": ((False, False, False), False, True, "CoT-SFT", None),
     "nocot": ((False, False, False), False, False, "No-CoT", None),
+    "icot": ((False, False, False), False, True, "iCoT", "cot"),
     "coconut": ((False, False, False), True, False, "Coconut", "cot"),
     "simcot": ((False, False, True), True, False, "SIM-CoT", "cot"),
     "atp": ((True, True, True), True, False, "ATP-Latent (SFT)", "cot"),
+    "codi": ((False, False, False), True, False, "CODI", "cot"),  # + projector and teacher task (below)
 }
 
 
@@ -39,7 +41,7 @@ def test_registry_is_the_methods_with_configs():
     for name in METHODS:  # every method runs in the quickstart and the CPU bench
         for tier in ("quickstart", "bench"):
             assert load_config(str(CONFIGS / tier / f"{name}.yaml"), []).method.name == name
-    assert REASONER_METHODS == tuple(METHODS) == ("cot", "nocot", "coconut", "simcot", "atp")
+    assert REASONER_METHODS == tuple(METHODS) and set(METHODS) == set(EXPECTED)  # EXPECTED: written by hand
     assert RL_METHODS == {"atp-rl": "atp"} and is_rl("atp-rl") and not is_rl("atp")
 
 
@@ -53,8 +55,9 @@ def test_method_flags_match_the_former_table(name):
     assert default_max_new_tokens(name) == (160 if long_answers else 16)
     assert LABELS[name] == label and STARTS.get(name) == start
     # every other field keeps ReasonerSpec's default; an override that is None keeps the method's default
-    assert dataclasses.replace(spec, use_vae=False, use_stop_head=False, use_decoder=False) == \
-        ReasonerSpec(method=name, latents_per_step=2, max_latent_stage=3)
+    assert (spec.use_projector, spec.use_teacher) == (name == "codi", name == "codi")
+    assert dataclasses.replace(spec, use_vae=False, use_stop_head=False, use_decoder=False, use_projector=False,
+                               use_teacher=False) == ReasonerSpec(method=name, latents_per_step=2, max_latent_stage=3)
     assert ReasonerSpec.for_method(name, use_decoder=None).use_decoder == decoder
     assert ReasonerSpec.for_method(name, use_decoder=not decoder).use_decoder == (not decoder)
 
@@ -66,13 +69,15 @@ def test_saved_spec_loads():
              "stop_loss_positions": "group_start", "stop_head_detached": False, "decoder_weight": 1.0,
              "latent_head_residual": False, "init_logvar": None, "max_latent_stage": 10}
     spec = ReasonerSpec(**saved)
-    assert dataclasses.asdict(spec) == saved and spec.latent and spec.method_def is METHODS["atp"]
+    assert dataclasses.asdict(spec).items() >= saved.items() and spec.latent and spec.method_def is METHODS["atp"]
+    assert not spec.use_projector and not spec.use_teacher  # fields added since (CODI's) keep their defaults
 
 
 def test_unknown_method_is_one_line():
     with pytest.raises(ValueError) as err:
         get_method("bogus")
-    assert str(err.value) == "unknown method 'bogus' (known: cot, nocot, coconut, simcot, atp)"
+    assert str(err.value) == f"unknown method 'bogus' (known: {', '.join(METHODS)})"
+    assert all(name in str(err.value) for name in EXPECTED)
     with pytest.raises(ValueError, match="known: cot, nocot"):
         ReasonerSpec.for_method("bogus")
 

@@ -145,10 +145,12 @@ with open(run / ("trained-" + os.environ.get("RANK", "0") + ".json"), "w") as f:
 '''
 
 
-def test_two_processes_match_one_process(data, tmp_path):
+@pytest.mark.parametrize("method, port", [("simcot", 29571), ("icot", 29573)])
+def test_two_processes_match_one_process(data, tmp_path, method, port):
     """DDP on 2 CPU processes (gloo): identical replicas; together the two processes train on exactly the rows (and
-    sampled stages) of each global batch of a 1-process run with the same global batch, and follow its loss curve
-    (per-process token means differ slightly from one global mean, hence the tolerance)."""
+    sampled stages; iCoT: removed chain tokens) of each global batch of a 1-process run with the same global batch,
+    and follow its loss curve (per-process token means differ slightly from one global mean, hence the
+    tolerance)."""
     import subprocess
     import sys
 
@@ -156,15 +158,16 @@ def test_two_processes_match_one_process(data, tmp_path):
     script.write_text(SHARD_SCRIPT)
 
     def start(name, procs, bs):
-        sets = [f"data.train={data / 'train.jsonl'}", "data.val=null", "method.name=simcot", "train.epochs=2",
+        sets = [f"data.train={data / 'train.jsonl'}", "data.val=null", f"method.name={method}", "train.epochs=2",
                 f"optim.batch_size={bs}", "train.log_every=1", "train.threads=1", "method.latents_per_step=1",
                 "curriculum.max_latent_stage=2", "curriculum.epochs_per_stage=1", "optim.lr=0.003",
                 "curriculum.uniform_prob=0.5",  # stages differ within a batch: a record must keep its own
                 "optim.reset_each_epoch=false",  # a fresh Adam step is sign-sensitive to float noise
+                "curriculum.remove_per_epoch=3", "curriculum.removal_lambda=1.0",  # iCoT: offsets differ per record
                 "train.report_to=[]", f"output_dir={tmp_path}", f"name={name}"]
         launch = [] if procs == 1 else ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                                         str(procs), "--num_machines", "1", "--mixed_precision", "no",
-                                        "--dynamo_backend", "no", "--main_process_port", "29571"]
+                                        "--dynamo_backend", "no", "--main_process_port", str(port)]
         return subprocess.Popen([sys.executable, *launch, str(script), *sets], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
 

@@ -7,7 +7,7 @@ Every method uses one layout; methods differ only in how many steps are replaced
     suffix  = <|end-latent|> "<<step>>\n" ... "### " answer [eos]
 
 Labels are the suffix tokens after <|end-latent|>. CoT-SFT keeps every step (stage 0, no slots); No-CoT
-drops every step and has no slots. The latent markers are in every method's sequences, so moving from
+drops every step and has no slots; iCoT drops the chain's first k tokens (its "stage" is k) and has no slots. The latent markers are in every method's sequences, so moving from
 the CoT stage to stage 1 changes only what sits between them.
 """
 
@@ -60,6 +60,14 @@ class Example:
     n_active: int  # slots attended to (surplus slots are masked when the stop head is trained)
     group_targets: list[list[int]] = field(default_factory=list)  # decoder target per latent group
     answer: str = ""
+    # CODI's teacher task (SequenceBuilder(teacher=True)), after the same prefix: <|end-latent|> + every step (but
+    # the last, with teacher_drop_last_step) + answer, labels on steps and answer; the distillation position (the
+    # token before the answer's first token) in it and in `suffix`
+    teacher: list[int] = field(default_factory=list)
+    teacher_labels: list[int] = field(default_factory=list)
+    teacher_pos: int = -1
+    student_pos: int = -1
+    chain_left: int = 0  # iCoT: chain tokens still written (0: fully internalized)
 
 
 def step_text(step: str) -> str:
@@ -70,8 +78,11 @@ def step_text(step: str) -> str:
 class SequenceBuilder:
     """Turns Problems into Examples for one method; the tokenizer is the only state."""
 
-    def __init__(self, tokenizer, method: str, curriculum: Curriculum, mask_surplus: bool = False):
+    def __init__(self, tokenizer, method: str, curriculum: Curriculum, mask_surplus: bool = False,
+                 teacher: bool = False, teacher_drop_last_step: bool = True):
         self.tok = tokenizer
+        self.teacher = teacher  # also build CODI's teacher sequence and the distillation positions
+        self.teacher_drop_last_step = teacher_drop_last_step
         self.method = method
         self.method_def = get_method(method)  # its `chain` says what the sequence keeps of the steps
         self.cur = curriculum
@@ -89,6 +100,8 @@ class SequenceBuilder:
     def build(self, p: Problem, stage: int) -> Example:
         n = len(p.steps)
         chain = self.method_def.chain
+        if chain == "internalize":
+            return self.build_internalized(p, stage)
         if chain == "text":
             removed, groups = 0, 0
         elif chain == "none":
@@ -102,7 +115,7 @@ class SequenceBuilder:
         labels = [IGNORE] + body
         n_slots = groups * c
         n_active = min(groups, n) * c if self.mask_surplus else n_slots
-        return Example(
+        ex = Example(
             self.prefix(p.question),
             suffix,
             labels,
@@ -111,6 +124,45 @@ class SequenceBuilder:
             self.group_targets(p.steps, removed, groups, stage),
             p.answer,
         )
+        if self.teacher:
+            self.add_teacher(ex, p, rest)
+        return ex
+
+    def before_answer(self, rest: str, answer: str) -> tuple[list[int], int]:
+        """`rest` (ending with `answer`) encoded, and the index of the token right before the answer's first token:
+        the first token whose characters reach into the answer, found from the tokenizer's offsets, minus one.
+        Whatever the tokenizer makes of "### N" (GPT-2: "###", " N"; LLaMA-3: "###", " ", "N"), no per-model rule
+        (upstream adds 1 for LLaMA and Qwen)."""
+        enc = self.tok(rest, add_special_tokens=False, return_offsets_mapping=True)
+        start = len(rest) - len(answer)
+        first = next((i for i, (_, end) in enumerate(enc["offset_mapping"]) if end > start), len(enc["input_ids"]))
+        return enc["input_ids"], max(first - 1, 0)
+
+    def add_teacher(self, ex: Example, p: Problem, rest: str) -> None:
+        """CODI: the teacher's continuation of the prefix (CoT's suffix, without the last step when
+        teacher_drop_last_step) with its labels, and the distillation positions in it and in the student's suffix."""
+        answer = p.answer.strip()
+        _, ex.student_pos = self.before_answer(rest, answer)
+        ex.student_pos += 1  # both start with <|end-latent|>
+        steps = p.steps[:-1] if self.teacher_drop_last_step else p.steps
+        body, pos = self.before_answer("".join(step_text(s) + "\n" for s in steps) + "### " + answer, answer)
+        body = body + [self.eos_id]
+        ex.teacher = [self.end_id] + body
+        ex.teacher_labels = [IGNORE] + body
+        ex.teacher_pos = 1 + pos
+
+    def chain_ids(self, p: Problem) -> list[int]:
+        """The written chain's tokens, every step: what iCoT removes from the front."""
+        return self.encode("".join(step_text(s) + "\n" for s in p.steps))
+
+    def build_internalized(self, p: Problem, removed_tokens: int) -> Example:
+        """iCoT: the chain without its first `removed_tokens` tokens, then the answer. The chain and the answer
+        are encoded apart, so the removed count is in the chain's own tokens (at 0 this is CoT's sequence up to
+        how a tokenizer would merge across the chain's last newline and "###")."""
+        kept = self.chain_ids(p)[removed_tokens:]
+        body = kept + self.encode("### " + p.answer.strip()) + [self.eos_id]
+        return Example(self.prefix(p.question), [self.end_id] + body, [IGNORE] + body, 0, 0, [], p.answer,
+                       chain_left=len(kept))
 
     def group_targets(self, steps: list[str], removed: int, groups: int, stage: int) -> list[list[int]]:
         """Decoder target per latent group: one step each; the last of max_latent_stage groups takes every
@@ -188,6 +240,11 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
             rows.append(i)
             groups.append(g)
             targets.append(t)
+    if examples and all(e.teacher for e in examples):  # CODI's teacher task, right-padded
+        batch["teacher_ids"], batch["teacher_mask"] = right_pad([e.teacher for e in examples], pad_id)
+        batch["teacher_labels"], _ = right_pad([e.teacher_labels for e in examples], IGNORE)
+        batch["teacher_pos"] = torch.tensor([e.teacher_pos for e in examples], dtype=torch.long)
+        batch["student_pos"] = torch.tensor([e.student_pos for e in examples], dtype=torch.long)
     if targets:
         dec_ids, dec_mask = right_pad(targets, pad_id)
         batch.update(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -36,13 +37,17 @@ def new_cache(lm) -> DynamicCache:
         return DynamicCache()
 
 
-def backbone_forward(lm, embeds, attention_mask, position_ids, cache) -> torch.Tensor:
-    """Last-layer (post final norm) hidden states of `lm`'s backbone for new columns, extending `cache`."""
+def backbone_forward(lm, embeds, attention_mask, position_ids, cache, all_layers: bool = False):
+    """Last-layer (post final norm) hidden states of `lm`'s backbone for new columns, extending `cache`.
+    `all_layers`: also HF's `hidden_states` (the embedding output and every layer's, the last one being
+    `last_hidden_state`), returned as (last, hidden_states)."""
     backbone = lm.base_model
     kwargs = {_cache_kwarg(type(backbone)): cache}
+    if all_layers:
+        kwargs["output_hidden_states"] = True
     out = backbone(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                    use_cache=True, **kwargs)
-    return out.last_hidden_state
+    return (out.last_hidden_state, out.hidden_states) if all_layers else out.last_hidden_state
 
 
 @dataclass
@@ -82,6 +87,8 @@ def fill_latents(
     forced_active: torch.Tensor | None = None,
     forced_z: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    projector: nn.Module | None = None,
+    after_prefix: Callable[[DynamicCache, torch.Tensor, torch.Tensor], int] | None = None,
 ) -> LatentState:
     """Run the prefix, then fill up to `n_slots[b]` latent slots per row.
 
@@ -91,6 +98,10 @@ def fill_latents(
     (re-scoring an RL rollout). Stop decisions at group starts (t % c == 0): `stop_mode` is "greedy"
     (p(stop) > p(continue)), "sample", or "forced" (activity given by `forced_active`, the SFT teacher
     forcing and RL re-scoring case). Without a stop head every slot below n_slots is active.
+    `projector` (CODI, without a latent head): the embedding of slot t is projector(h) instead of h.
+    `after_prefix(cache, prefix_mask, next_position)` (CODI's teacher task, which shares the question): runs its own
+    columns right after the prefix in the same cache and returns how many it added; the latents and the suffix
+    never attend to them (mask 0) and positions continue from the prefix, so a row computes what it would without.
     """
     B, P = prefix_ids.shape
     L = int(n_slots.max().item()) if n_slots.numel() else 0
@@ -105,6 +116,9 @@ def fill_latents(
     mask = prefix_mask.long()
     next_pos = prefix_mask.long().sum(-1)
     n_passes = 1
+    if after_prefix is not None:
+        mask = torch.cat([mask, mask.new_zeros(B, after_prefix(cache, mask, next_pos))], dim=1)
+        n_passes += 1
 
     d = h.shape[-1]
     zs, mus, logvars, actives, stops_l, consulted_l, stopped_l = [], [], [], [], [], [], []
@@ -125,7 +139,7 @@ def fill_latents(
             mus.append(mu)
             logvars.append(logvar)
         else:
-            z = h
+            z = projector(h) if projector is not None else h
         consult = torch.zeros(B, dtype=torch.bool, device=device)
         stop_now = torch.zeros(B, dtype=torch.bool, device=device)
         if stop_head is not None and t % c == 0:
@@ -180,13 +194,15 @@ def fill_latents(
     )
 
 
-def teacher_force_hidden(lm, state: LatentState, suffix_ids: torch.Tensor, suffix_mask: torch.Tensor) -> torch.Tensor:
+def teacher_force_hidden(lm, state: LatentState, suffix_ids: torch.Tensor, suffix_mask: torch.Tensor,
+                         all_layers: bool = False):
     """Run the right-padded suffix in one pass after the latents; return its last hidden states [B, S, d].
     Callers apply the output head only where a label is (a 128k-vocabulary fp32 logit row per padded
-    position would cost gigabytes at the paper's batch)."""
+    position would cost gigabytes at the paper's batch). `all_layers`: (last, HF's hidden_states), as
+    `backbone_forward`."""
     mask = torch.cat([state.attention_mask, suffix_mask.long()], dim=1)
     position = state.next_position[:, None] + (suffix_mask.long().cumsum(-1) - 1).clamp(min=0)
-    hidden = backbone_forward(lm, lm.get_input_embeddings()(suffix_ids), mask, position, state.cache)
+    hidden = backbone_forward(lm, lm.get_input_embeddings()(suffix_ids), mask, position, state.cache, all_layers)
     state.attention_mask = mask
     return hidden
 

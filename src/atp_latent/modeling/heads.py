@@ -1,4 +1,4 @@
-"""The two small heads of ATP-Latent (METHOD.md §4-§5)."""
+"""The two small heads of ATP-Latent (METHOD.md §4-§5), and CODI's projector and distillation loss."""
 
 from __future__ import annotations
 
@@ -60,6 +60,38 @@ class StopHead(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.mlp(z.detach() if self.detached else z)
+
+
+class Projector(nn.Module):
+    """CODI's latent feedback (`prj`): the next latent's input embedding is LayerNorm(W2 GELU(W1 h)), with W1: d -> p
+    and W2: p -> d (upstream's leading Dropout(0) is the identity and left out)."""
+
+    def __init__(self, hidden_size: int, dim: int | None = None):
+        super().__init__()
+        d, p = hidden_size, dim or hidden_size
+        self.mlp = nn.Sequential(nn.Linear(d, p), nn.GELU(), nn.Linear(p, d), nn.LayerNorm(d))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.mlp(h)
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "smooth_l1",
+                 div_std: bool = True) -> torch.Tensor:
+    """CODI's distillation between per-layer hidden states [n_layers, B, d] at one position per row: for each layer
+    the mean SmoothL1 (default) or squared error over the batch's rows and dimensions, divided by the std of the
+    teacher's states at that layer (over the same rows and dimensions; std^2 for l2) when `div_std`, then averaged
+    over layers. The teacher is detached here: it is a target. In fp32 whatever the inputs' dtype."""
+    s, t = student.float(), teacher.detach().float()
+    if kind == "smooth_l1":
+        per_layer = F.smooth_l1_loss(s, t, reduction="none").flatten(1).mean(-1)
+    elif kind == "l2":
+        per_layer = F.mse_loss(s, t, reduction="none").flatten(1).mean(-1)
+    else:
+        raise ValueError(f"unknown distill_loss {kind!r} (known: smooth_l1, l2)")
+    if div_std:
+        std = t.flatten(1).std(-1)
+        per_layer = per_layer / (std * std if kind == "l2" else std)
+    return per_layer.mean()
 
 
 def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,

@@ -78,3 +78,41 @@ def load_adapter(lm, path: Path) -> None:
     missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
     if missing:
         raise ValueError(f"{path}: adapter weights that match no module: {', '.join(missing[:3])}")
+
+
+# ----- a reasoner's parts (the LM, and a separate step decoder beside it) -----
+DECODER_ADAPTER_DIR = "decoder_adapter"
+
+
+def save_part(lm, path: Path, adapter_path: Path) -> None:
+    """`lm.save_pretrained(path)`; with adapters, its base weights there under their own names and the adapters at
+    `adapter_path` (peft's format)."""
+    if has_lora(lm):
+        lm.save_pretrained(path, state_dict=base_state_dict(lm))
+        save_adapter(lm, adapter_path)
+    else:
+        lm.save_pretrained(path)
+
+
+def load_part_adapter(lm, adapter_path: Path) -> None:
+    """The adapters saved beside a part, if any (a checkpoint written without LoRA has none)."""
+    if (adapter_path / "adapter_config.json").is_file():
+        load_adapter(lm, adapter_path)
+
+
+def add_lora_to_reasoner(model, r: int | None, alpha: float, dropout: float = 0.0, target_modules="all-linear",
+                         source: str = "the model") -> None:
+    """model.lora_*: adapters on the parts of the reasoner that train, its LM and its separate step decoder (a frozen
+    part, e.g. method.decoder_trainable=false or RL's decoder, gets none); the heads stay fully trainable. A part
+    that already has adapters (loaded from `source`, a LoRA checkpoint) keeps them and trains them on whatever r is;
+    a set r must match theirs (one-line ValueError)."""
+    parts = [m for m in (model.lm, model.decoder) if m is not None and any(p.requires_grad for p in m.parameters())]
+    for part in parts:
+        if has_lora(part):
+            have = part.peft_config["default"]
+            if r is not None and (have.r, float(have.lora_alpha)) != (r, float(alpha)):
+                raise ValueError(f"{source} has LoRA adapters with r={have.r}, alpha={have.lora_alpha:g}, not "
+                                 f"model.lora_r={r}, model.lora_alpha={alpha:g}: set those (or leave lora_r null) "
+                                 f"to train them on")
+        elif r is not None:
+            add_lora(part, r, alpha, dropout, target_modules)

@@ -6,13 +6,15 @@ module under modeling/methods/ (the registry, docs/methods.md):
   coconut       latent embedding = last hidden state
   simcot        coconut + step decoder supervision
   atp           VAE latent head (+KL) + stop head + step decoder
-The losses belong to the parts (KL to the VAE head, stop CE to the stop head, decoder CE to the decoder), so an
-ablation that turns a part on or off in any method keeps its loss.
+  codi          latent embedding = projector(h); the teacher task (explicit CoT) distilled into the student
+The losses belong to the parts (KL to the VAE head, stop CE to the stop head, decoder CE to the decoder, teacher CE
+and distillation to the teacher task), so an ablation that turns a part on or off in any method keeps its loss.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +33,15 @@ from atp_latent.modeling.engine import (
     new_cache,
     teacher_force_hidden,
 )
-from atp_latent.modeling.heads import LatentHead, StopHead, gaussian_log_density, kl_to_standard_normal
+from atp_latent.modeling.heads import (
+    LatentHead,
+    Projector,
+    StopHead,
+    distill_loss,
+    gaussian_log_density,
+    kl_to_standard_normal,
+)
+from atp_latent.modeling.lora import ADAPTER_DIR, DECODER_ADAPTER_DIR, has_lora, load_part_adapter, save_part
 from atp_latent.modeling.methods import METHODS as _REGISTRY
 from atp_latent.modeling.methods import MethodDef, get_method
 
@@ -56,6 +66,16 @@ class ReasonerSpec:
     latent_head_residual: bool = False  # mu = h + f(h), f zero at init: start from Coconut's feedback (ours)
     init_logvar: float | None = None  # None: the reference's random init of the logvar layer
     max_latent_stage: int = 10  # evaluation fills max_latent_stage * c latent slots
+    # CODI (methods/codi.py): latent feedback through a projector, and the teacher task (explicit CoT in the same LM,
+    # CE x teacher_weight) distilled into the student at the token before the answer (x distill_weight)
+    use_projector: bool = False
+    projector_dim: int | None = None  # None: the hidden size
+    use_teacher: bool = False
+    distill_weight: float = 1.0
+    distill_loss: str = "smooth_l1"  # smooth_l1 | l2
+    distill_div_std: bool = True
+    teacher_weight: float = 1.0
+    teacher_drop_last_step: bool = True  # upstream's include_last_cot False
 
     @property
     def eval_slots(self) -> int:
@@ -87,15 +107,19 @@ class LatentReasoner(nn.Module):
         self.latent_head = LatentHead(d, spec.latent_head_residual, spec.init_logvar).to(weight.device, weight.dtype) \
             if spec.use_vae else None
         self.stop_head = StopHead(d, spec.stop_head_detached).to(weight.device, weight.dtype) if spec.use_stop_head else None
+        self.projector = Projector(d, spec.projector_dim).to(weight.device, weight.dtype) if spec.use_projector else None
         self.decoder = None
         if spec.use_decoder and spec.decoder_mode == "separate":
             self.decoder = decoder if decoder is not None else copy.deepcopy(lm)
             self.decoder.requires_grad_(spec.decoder_trainable)
+            if has_lora(self.decoder):  # a copy of a LoRA LM: its adapters train, its base stays frozen
+                for name, p in self.decoder.named_parameters():
+                    p.requires_grad_(spec.decoder_trainable and "lora_" in name)
 
     # ----- the latent engine, with this reasoner's heads -----
     def fill(self, prefix_ids, prefix_mask, n_slots, **kw) -> LatentState:
         return fill_latents(self.lm, prefix_ids, prefix_mask, n_slots, latent_head=self.latent_head,
-                            stop_head=self.stop_head, c=self.spec.latents_per_step, **kw)
+                            stop_head=self.stop_head, c=self.spec.latents_per_step, projector=self.projector, **kw)
 
     @property
     def step_decoder(self):
@@ -107,15 +131,23 @@ class LatentReasoner(nn.Module):
         A batch holding an RL trajectory (`rl_z`) is scored instead (see `score`)."""
         if "rl_z" in batch:
             return self.score(batch)
+        teacher = self.spec.use_teacher and "teacher_ids" in batch
+        taught: dict[str, torch.Tensor] = {}  # the teacher pass's CE and states, run right after the question
         state = self.fill(batch["prefix_ids"], batch["prefix_mask"], batch["n_slots"],
-                          stop_mode="forced", forced_active=batch["active"], sample_latents=self.training)
-        hidden = teacher_force_hidden(self.lm, state, batch["suffix_ids"], batch["suffix_mask"])
+                          stop_mode="forced", forced_active=batch["active"], sample_latents=self.training,
+                          after_prefix=functools.partial(self.teacher_pass, batch, taught) if teacher else None)
+        hidden = teacher_force_hidden(self.lm, state, batch["suffix_ids"], batch["suffix_mask"], all_layers=teacher)
+        if teacher:
+            hidden, layers = hidden
         targets = batch["labels"][:, 1:]
         labelled = targets != -100  # the output head runs only where a label is
         logits = self.lm.get_output_embeddings()(hidden[:, :-1][labelled]).float()
         ce = F.cross_entropy(logits, targets[labelled]) if labelled.any() else logits.sum() * 0.0
         zero = ce.new_zeros(())
-        out = {"ce": ce, "kl": zero, "decoder": zero, "stop": zero}
+        out = {"ce": ce, "kl": zero, "decoder": zero, "stop": zero, "distill": zero, "ce_teacher": zero}
+        if teacher:
+            out["ce_teacher"] = taught["ce"]
+            out["distill"] = self.distill(layers, taught["states"], batch)
         active = batch["active"][:, : state.z.shape[1]]
         if self.latent_head is not None:
             out["sigma"] = zero  # logged as train/sigma; every process logs the same keys (DDP's reduce)
@@ -129,9 +161,36 @@ class LatentReasoner(nn.Module):
             out["stop"] = self.stop_loss(state, batch)
         if self.spec.use_decoder and "dec_ids" in batch:
             out["decoder"] = self.decoder_loss(state.z, batch)
-        out["loss"] = ce + self.spec.beta_kl * out["kl"] + self.spec.decoder_weight * out["decoder"] + out["stop"]
+        out["loss"] = ce + self.spec.beta_kl * out["kl"] + self.spec.decoder_weight * out["decoder"] + out["stop"] \
+            + self.spec.distill_weight * out["distill"] + self.spec.teacher_weight * out["ce_teacher"]
         out["active_latents"] = active.sum(-1).float().mean()
         return out
+
+    def teacher_pass(self, batch, taught: dict, cache, prefix_mask, next_position) -> int:
+        """CODI's teacher task, question + CoT + answer, as the question's continuation in the student's cache (the
+        engine's `after_prefix`: the question is computed once for both). Stores its CE on CoT and answer and HF's
+        hidden_states of every layer at the token before the answer (`teacher_pos`) in `taught`. One pass, with
+        gradient for its CE; the distillation detaches the states (upstream runs a second, no-grad teacher pass for
+        them, which computes the same values)."""
+        ids, tmask = batch["teacher_ids"], batch["teacher_mask"].long()
+        mask = torch.cat([prefix_mask, tmask], dim=1)
+        position = next_position[:, None] + (tmask.cumsum(-1) - 1).clamp(min=0)
+        last, layers = backbone_forward(self.lm, self.lm.get_input_embeddings()(ids), mask, position, cache,
+                                        all_layers=True)
+        targets = batch["teacher_labels"][:, 1:]
+        labelled = targets != -100
+        logits = self.lm.get_output_embeddings()(last[:, :-1][labelled]).float()
+        taught["ce"] = F.cross_entropy(logits, targets[labelled]) if labelled.any() else logits.sum() * 0.0
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        taught["states"] = torch.stack([h[rows, batch["teacher_pos"]] for h in layers])  # [L + 1, B, d]
+        return ids.shape[1]
+
+    def distill(self, student_layers, teacher_states, batch) -> torch.Tensor:
+        """CODI's distillation of the teacher's states into the student's, every layer, at the token before the
+        answer in the student's suffix (`student_pos`)."""
+        rows = torch.arange(teacher_states.shape[1], device=teacher_states.device)
+        s_states = torch.stack([h[rows, batch["student_pos"]] for h in student_layers])
+        return distill_loss(s_states, teacher_states, self.spec.distill_loss, self.spec.distill_div_std)
 
     def lm_logits(self, state: LatentState, suffix_ids, suffix_mask, where: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the suffix after the latents: [B, S, V], or [n, V] at the positions `where` is true."""
@@ -266,18 +325,18 @@ class LatentReasoner(nn.Module):
     def save_pretrained(self, path: str | Path, tokenizer=None) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.lm.save_pretrained(path / "lm")
+        save_part(self.lm, path / "lm", path / ADAPTER_DIR)  # LoRA: base weights in lm/, adapters in lm_adapter/
         if tokenizer is not None:
             tokenizer.save_pretrained(path / "lm")
         heads = {}
-        for name in ("latent_head", "stop_head"):
+        for name in ("latent_head", "stop_head", "projector"):
             mod = getattr(self, name)
             if mod is not None:
                 heads.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in mod.state_dict().items()})
         if heads:
             save_file(heads, str(path / "heads.safetensors"))
         if self.decoder is not None:
-            self.decoder.save_pretrained(path / "decoder")
+            save_part(self.decoder, path / "decoder", path / DECODER_ADAPTER_DIR)
         (path / "reasoner.json").write_text(json.dumps(asdict(self.spec), indent=2))
 
     @classmethod
@@ -294,14 +353,16 @@ class LatentReasoner(nn.Module):
         spec = spec or saved
         dtype = dtype if dtype is not None else "auto"  # the saved dtype (4.x would default to fp32, 5.x does this)
         lm = AutoModelForCausalLM.from_pretrained(path / "lm", dtype=dtype)
+        load_part_adapter(lm, path / ADAPTER_DIR)  # before a missing decoder is copied from the LM: it copies them
         tokenizer = AutoTokenizer.from_pretrained(path / "lm")
         decoder = None
         if spec.use_decoder and spec.decoder_mode == "separate" and (path / "decoder").is_dir():
             decoder = AutoModelForCausalLM.from_pretrained(path / "decoder", dtype=dtype)
+            load_part_adapter(decoder, path / DECODER_ADAPTER_DIR)
         model = cls(lm, spec, decoder=decoder)
         if (path / "heads.safetensors").is_file():
             state = load_file(str(path / "heads.safetensors"))
-            for name in ("latent_head", "stop_head"):
+            for name in ("latent_head", "stop_head", "projector"):
                 mod = getattr(model, name)
                 sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
                 if mod is not None and sub:

@@ -28,7 +28,8 @@ from atp_latent.data.records import Problem
 from atp_latent.data.sequences import SequenceBuilder, builder_for, left_pad
 from atp_latent.evaluation.answers import extract_answer
 from atp_latent.modeling.heads import gaussian_log_density
-from atp_latent.modeling.methods import RL_METHODS
+from atp_latent.modeling.lora import add_lora_to_reasoner
+from atp_latent.modeling.methods import RL_METHODS, get_method
 from atp_latent.modeling.reasoner import LatentReasoner
 from atp_latent.modeling.tokenizer import END_LATENT
 from atp_latent.progress import progress_bar
@@ -400,14 +401,18 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
                                                 dtype=DTYPES[cfg.model.dtype])
     wanted = RL_METHODS.get(cfg.method.name, "atp")  # the method whose checkpoints this RL trains
     if model.spec.method != wanted or model.latent_head is None:
-        raise ValueError(f"{cfg.model.init_from}: {cfg.method.name} starts from an {wanted} checkpoint, got method "
+        raise ValueError(f"{cfg.model.init_from}: {cfg.method.name} starts from an {get_method(wanted).label} "
+                         "checkpoint, got method "
                          f"'{model.spec.method}'")
     if model.spec.use_decoder and model.decoder is None and is_main:
         warnings.warn("decoder_mode=shared: the policy decodes its own plans, so it is its own coherence judge "
                       "and can learn to please it; a separate decoder is frozen during RL", stacklevel=2)
+    freeze_for_rl(model, cfg)
+    m = cfg.model  # a LoRA checkpoint trains its adapters (and the heads); lora_r on a full one adds them to the LM
+    add_lora_to_reasoner(model, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules,
+                         source=f"model.init_from {m.init_from}")
     run = open_run_dir(run_path, cfg, resume, ckpt, accelerator) if is_main else None
     progress = {"step": 0, "best_val": -1.0, "cursor": 0, "elapsed": 0.0}
-    freeze_for_rl(model, cfg)
     builder = builder_for(tok, model.spec)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay)

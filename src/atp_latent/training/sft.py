@@ -23,11 +23,13 @@ from transformers.utils import logging as hf_logging
 
 from atp_latent.config import RunConfig
 from atp_latent.configtools import to_dict
+from atp_latent.data.internalize import RemovalSchedule
 from atp_latent.data.records import Problem
 from atp_latent.data.sequences import Curriculum, SequenceBuilder, collate, sample_stage
 from atp_latent.evaluation.benchmarks import load_data
 from atp_latent.evaluation.evaluate import evaluate
 from atp_latent.modeling.factory import build_tiny_model, load_pretrained
+from atp_latent.modeling.lora import add_lora_to_reasoner
 from atp_latent.modeling.methods import get_method
 from atp_latent.modeling.reasoner import LatentReasoner, ReasonerSpec
 from atp_latent.modeling.tokenizer import build_word_tokenizer
@@ -69,15 +71,26 @@ def corpus_of(problems: list[Problem]) -> list[str]:
 def build_reasoner(cfg: RunConfig, train: list[Problem]) -> tuple[LatentReasoner, object]:
     """The model a run starts from: a checkpoint, a HF model, or a tiny preset with a corpus tokenizer."""
     spec = spec_of(cfg)
-    dtype = DTYPES[cfg.model.dtype]
-    if cfg.model.init_from:
-        return LatentReasoner.from_pretrained(cfg.model.init_from, dtype=dtype, spec=spec)
-    if cfg.model.name_or_path:
-        lm, tok = load_pretrained(cfg.model.name_or_path, dtype=dtype)
-        return LatentReasoner(lm, spec), tok
-    tok = build_word_tokenizer(corpus_of(train), max_vocab=cfg.model.max_vocab)
-    lm = build_tiny_model(cfg.model.preset, tok, seed=cfg.train.seed, dtype=dtype)
-    return LatentReasoner(lm, spec), tok
+    m = cfg.model
+    dtype = DTYPES[m.dtype]
+    if m.init_from:
+        model, tok = LatentReasoner.from_pretrained(m.init_from, dtype=dtype, spec=spec)
+    elif m.name_or_path:
+        lm, tok = load_pretrained(m.name_or_path, dtype=dtype)
+        model = LatentReasoner(lm, spec)
+    else:
+        tok = build_word_tokenizer(corpus_of(train), max_vocab=m.max_vocab)
+        model = LatentReasoner(build_tiny_model(m.preset, tok, seed=cfg.train.seed, dtype=dtype), spec)
+    # model.lora_r: adapters on the LM and a trainable separate decoder (copied from the LM before, so it gets its
+    # own); a LoRA checkpoint's adapters are kept (modeling/lora.py)
+    add_lora_to_reasoner(model, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules,
+                         source=f"model.init_from {m.init_from}")
+    return model, tok
+
+
+def removal_schedule(cfg: RunConfig) -> RemovalSchedule:
+    c = cfg.curriculum
+    return RemovalSchedule(c.remove_per_epoch, c.remove_all_beyond, c.removal_lambda, c.remove_start_from)
 
 
 def warmup_then_decay(lr: float, warmup_steps: int, schedule: str, step: int, frac: float) -> float:
@@ -117,7 +130,7 @@ def bucket_by_length(order: list[int], problems: list[Problem], chunk: int) -> l
 
 def nonfinite_loss(out: dict, step: int) -> str:
     """What stops a run whose loss is NaN or inf: the step and the terms that are."""
-    bad = [k for k in ("ce", "kl", "decoder", "stop") if not torch.isfinite(out[k])]
+    bad = [k for k in ("ce", "kl", "decoder", "stop", "distill", "ce_teacher") if not torch.isfinite(out[k])]
     return f"non-finite loss at step {step} (term: {', '.join(bad) or 'loss'})"
 
 
@@ -271,7 +284,8 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     # skipped_steps: optimizer steps the fp16 loss scaler skipped (an overflow); the schedule does not advance on them
     progress = {"epoch": 0, "batch": 0, "step": 0, "skipped_steps": 0, "best_val": -1.0, "elapsed": 0.0}
     cur = curriculum_of(cfg)
-    builder = SequenceBuilder(tok, cfg.method.name, cur, mask_surplus=model.spec.use_stop_head)
+    builder = SequenceBuilder(tok, cfg.method.name, cur, mask_surplus=model.spec.use_stop_head,
+                              teacher=model.spec.use_teacher, teacher_drop_last_step=model.spec.teacher_drop_last_step)
     optimizer = make_optimizer(model, cfg)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -309,7 +323,16 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
         batches = [order[i: i + global_bs] for i in range(0, len(order) - global_bs + 1, global_bs)] or [order]
         if cfg.data.length_buckets > 1:
             rng.shuffle(batches)
-        stages = [[sample_stage(cur, epoch, rng, len(train_set[j].steps)) for j in b] for b in batches]
+        internalize = builder.method_def.chain == "internalize"
+        if internalize:  # iCoT: each record's "stage" is how many chain tokens it drops (data/internalize.py)
+            removal, n_b = removal_schedule(cfg), len(batches)
+            stages = [removal.draw(epoch * n_b + i, n_b, len(b), rng) for i, b in enumerate(batches)]
+            # whether each global batch (every process's records) still writes some chain: the optimizer resets
+            # and best/ follow it, the same on every process
+            chain_left = [any(k < len(builder.chain_ids(train_set[j])) for j, k in zip(b, ks))
+                          for b, ks in zip(batches, stages)]
+        else:
+            stages = [[sample_stage(cur, epoch, rng, len(train_set[j].steps)) for j in b] for b in batches]
         model.train()
         bar = progress_bar(total=len(batches), initial=progress["batch"], desc=f"{cfg.method.name} epoch {epoch} stage {stage}",
                    disable=not is_main, leave=False)
@@ -322,7 +345,14 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
             sync = bi == first + size - 1  # the window's last batch: all-reduce the gradients and step
             mine = batches[bi][rank * bs: (rank + 1) * bs]
             st = stages[bi][rank * bs: (rank + 1) * bs]
-            batch = collate([builder.build(train_set[j], s) for j, s in zip(mine, st)], tok.pad_token_id)
+            if internalize:
+                # upstream re-creates AdamW when the count grows, unless the previous batch had lost all its chain
+                prev_left = chain_left[bi - 1] if bi > 0 else progress.get("chain_left", True)
+                if cfg.curriculum.reset_on_removal and removal.grows_at(epoch * n_b + bi, n_b) and prev_left:
+                    reset_optimizer(optimizer)
+                progress["chain_left"] = chain_left[bi]
+            examples = [builder.build(train_set[j], s) for j, s in zip(mine, st)]
+            batch = collate(examples, tok.pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                 out = model(batch)
@@ -356,6 +386,8 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
                 # Averaged over processes, so a run's curve does not depend on how many there are.
                 logged = {f"train/{k}": accelerator.reduce(v, "mean").item() for k, v in mean.items()}
                 logged |= {"train/lr": lr, "train/stage": stage, "train/epoch": epoch}
+                if internalize:  # what is left of the chain: the internalization's progress
+                    logged["train/chain_tokens_left"] = sum(e.chain_left for e in examples) / len(examples)
                 if updated:  # the norm is the same on every process (the gradients are all-reduced before it)
                     logged["train/grad_norm"] = norm.item()
                 if guard.scaler is not None:
@@ -393,6 +425,8 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
         if is_main and val_set and cfg.train.eval_every_epoch and (epoch_done or out_of_time):
             acc = validate(accelerator.unwrap_model(model), builder, val_set, cfg, device)[0].accuracy
             run.log({"eval/val_accuracy": acc, "train/stage": stage}, progress["step"])
+            if internalize and any(chain_left):  # as upstream: best/ among fully internalized epochs only
+                progress["best_val"] = -1.0
             # The best checkpoint is chosen on the validation split, never on test (METHOD.md §7).
             if acc > progress["best_val"]:
                 progress["best_val"], new_best = acc, True

@@ -14,7 +14,8 @@ from typing import Literal
 #   text        every step as text (CoT-SFT)
 #   none        no step at all (No-CoT)
 #   curriculum  the first `stage` steps replaced by latent groups (Coconut's schedule)
-Chain = Literal["text", "none", "curriculum"]
+#   internalize the first `stage` tokens of the written chain dropped, no latents (iCoT's schedule)
+Chain = Literal["text", "none", "curriculum", "internalize"]
 
 
 @dataclass(frozen=True)
