@@ -1,10 +1,7 @@
 """CODI (methods/codi.py): the teacher sequence and the distillation positions by hand, the distillation loss by
 hand and against an uncached full-recompute reference, gradients (through the KV cache, teacher detached), the fixed
-six latents, save/load, a micro run, and two processes against one."""
+six latents, save/load and a micro run (two processes against one: tests/training/test_sft.py)."""
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,6 @@ import torch.nn.functional as F
 from atp_latent.config import load_config
 from atp_latent.data.records import Problem
 from atp_latent.data.sequences import IGNORE, Curriculum, SequenceBuilder, builder_for, collate, left_pad
-from atp_latent.data.synthetic import SynthConfig, write_benchmark
 from atp_latent.modeling import reasoner as reasoner_module
 from atp_latent.modeling.factory import build_tiny_model
 from atp_latent.modeling.heads import distill_loss
@@ -278,67 +274,3 @@ def test_simcot_on_codi_config_runs_the_decoder(tok):
     out = model(collate(examples, tok.pad_token_id))
     assert out["decoder"] > 0 and out["distill"] > 0
     torch.testing.assert_close(out["loss"], out["ce"] + out["decoder"] + out["distill"] + out["ce_teacher"])
-
-
-SCRIPT = '''
-import json, os, sys
-from atp_latent.config import load_config
-from atp_latent.data.sequences import SequenceBuilder
-from atp_latent.training import sft
-
-real_build, trained = SequenceBuilder.build, []
-
-
-def build(self, problem, stage):  # what this process trains on, in order
-    trained.append([problem.question, problem.answer, stage])
-    return real_build(self, problem, stage)
-
-
-SequenceBuilder.build = build
-run = sft.train(load_config(None, sys.argv[1:]))
-with open(run / ("trained-" + os.environ.get("RANK", "0") + ".json"), "w") as f:
-    json.dump(trained, f)
-'''
-
-
-def test_two_processes_match_one_process(tmp_path):
-    """DDP on 2 CPU processes (gloo): the two train on exactly the rows of each global batch of a 1-process run and
-    follow its curve of every term (per-process means, and the teacher std over half the rows, differ slightly
-    from the global ones, hence the tolerance)."""
-    write_benchmark(tmp_path / "data", SynthConfig(seed=3, n_train=32, n_val=4, n_test=4, n_ood=4))
-    script = tmp_path / "shard.py"
-    script.write_text(SCRIPT)
-
-    def start(name, procs, bs):
-        sets = [f"data.train={tmp_path / 'data' / 'train.jsonl'}", "data.val=null", "method.name=codi",
-                "train.epochs=2", f"optim.batch_size={bs}", "train.log_every=1", "train.threads=1",
-                "method.latents_per_step=2", "curriculum.max_latent_stage=3", "curriculum.stage_offset=4",
-                "optim.lr=0.003", "optim.reset_each_epoch=false", "train.report_to=[]", f"output_dir={tmp_path}",
-                f"name={name}"]
-        launch = [] if procs == 1 else ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                                        str(procs), "--num_machines", "1", "--mixed_precision", "no",
-                                        "--dynamo_backend", "no", "--main_process_port", "29577"]
-        return subprocess.Popen([sys.executable, *launch, str(script), *sets], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-
-    procs = {"one": start("one", 1, 16), "two": start("two", 2, 8)}
-    rows = {}
-    for name, proc in procs.items():
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err[-2000:]
-        rows[name] = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-    one, two = rows["one"], rows["two"]
-    assert any(r.get("train/processes") == 2 and r.get("train/replicas_in_sync") == 1 for r in two)
-    for key in ("train/loss", "train/ce", "train/distill", "train/ce_teacher"):
-        a, b = [r[key] for r in one if key in r], [r[key] for r in two if key in r]
-        assert len(a) == len(b) == 4, key
-        for x, y in zip(a, b):
-            assert abs(x - y) <= 0.05 * max(abs(x), 1.0), (key, a, b)
-    assert all(r["train/active_latents"] == 6 for r in one if "train/active_latents" in r)
-
-    def trained(name, rank, bs):
-        seen = [tuple(r) for r in json.loads((tmp_path / name / f"trained-{rank}.json").read_text())]
-        return [seen[i: i + bs] for i in range(0, len(seen), bs)]
-
-    for whole, mine, theirs in zip(trained("one", 0, 16), trained("two", 0, 8), trained("two", 1, 8)):
-        assert sorted(mine + theirs) == sorted(whole)

@@ -66,3 +66,28 @@ def fp16_on_cpu(monkeypatch):
     monkeypatch.setattr(sft, "Accelerator", Fp16Accelerator)
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+class Killed(Exception):
+    """A run stopped right after it wrote a checkpoint, as if killed there."""
+
+
+@pytest.fixture
+def kill_after_checkpoint():
+    """kill(cfg, step): run SFT on `cfg` until it has written checkpoints/step-N, and stop it there."""
+    from atp_latent.training import sft
+
+    def kill(cfg, step: int) -> None:
+        real = sft.save_checkpoint
+
+        def save(path, *args, **kwargs):
+            real(path, *args, **kwargs)
+            if path.name == f"step-{step:08d}":
+                raise Killed(path)
+
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(sft, "save_checkpoint", save)
+            with pytest.raises(Killed):
+                sft.train(cfg)
+
+    return kill

@@ -34,24 +34,6 @@ def sets(data, tmp, method="atp", **over) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
-class Killed(Exception):
-    """A run stopped right after it wrote a checkpoint, as if killed there."""
-
-
-def kill_after_checkpoint(cfg, step: int) -> None:
-    real = sft.save_checkpoint
-
-    def save(path, *args, **kwargs):
-        real(path, *args, **kwargs)
-        if path.name == f"step-{step:08d}":
-            raise Killed(path)
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(sft, "save_checkpoint", save)
-        with pytest.raises(Killed):
-            train(cfg)
-
-
 def cli_train(settings: list[str]) -> list[str]:
     return ["train", *[a for s in settings for a in ("--set", s)]]
 
@@ -111,7 +93,7 @@ def test_lora_run_trains_adapters_and_heads_only_and_loads_back(lora_atp, data):
     assert float(a["decoder"]) > 0 and float(a["active_latents"]) > 0
 
 
-def test_lora_resume_after_a_kill_continues_bit_exactly(lora_atp, data):
+def test_lora_resume_after_a_kill_continues_bit_exactly(lora_atp, data, kill_after_checkpoint):
     full, _, _, tmp = lora_atp
     over = {"model.lora_dropout": 0.1}  # dropout draws from the RNG the checkpoint restores
     kill_after_checkpoint(load_config(None, sets(data, tmp, name="cut", **over, **{"train.checkpoint_every": 2})),
@@ -189,7 +171,7 @@ def test_two_process_lora_run_matches_one_process(data, tmp_path):
     def start(name, procs, bs):
         launch = [] if procs == 1 else ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                                         str(procs), "--num_machines", "1", "--mixed_precision", "no",
-                                        "--dynamo_backend", "no", "--main_process_port", "29577"]
+                                        "--dynamo_backend", "no", "--main_process_port", "29579"]
         over = {"optim.batch_size": bs, "optim.reset_each_epoch": "false", "optim.lr": 0.003, "train.epochs": 3,
                 "name": name}
         return subprocess.Popen([sys.executable, *launch, str(script), *sets(data, tmp_path, "cot", **over)],

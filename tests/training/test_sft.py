@@ -30,27 +30,6 @@ def config_sets(data, tmp, method="cot", **over) -> list[str]:
     return sets + [f"{k}={v}" for k, v in over.items()]
 
 
-class Killed(Exception):
-    """A run stopped right after it wrote a checkpoint, as if killed there."""
-
-
-def kill_after_checkpoint(cfg: RunConfig, step: int) -> None:
-    """Run `cfg` until it has written checkpoints/step-N, and stop it there."""
-    from atp_latent.training import sft
-
-    real = sft.save_checkpoint
-
-    def save(path, *args, **kwargs):
-        real(path, *args, **kwargs)
-        if path.name == f"step-{step:08d}":
-            raise Killed(path)
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(sft, "save_checkpoint", save)
-        with pytest.raises(Killed):
-            train(cfg)
-
-
 def losses(run):
     return [json.loads(line)["train/loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
             if "train/loss" in line]
@@ -69,7 +48,7 @@ def test_micro_cot_run_lowers_loss_and_writes_run_dir(data, tmp_path):
     assert saved.method.name == "cot" and saved.optim.lr == 0.003
 
 
-def test_resumed_run_ends_like_uninterrupted_run(data, tmp_path):
+def test_resumed_run_ends_like_uninterrupted_run(data, tmp_path, kill_after_checkpoint):
     full = train(config(data, tmp_path, name="full"))
     # killed mid-epoch 1 (6 batches/epoch): train.checkpoint_every may change on resume, the budget may not
     kill_after_checkpoint(config(data, tmp_path, name="cut", **{"train.checkpoint_every": 4}), 8)
@@ -145,8 +124,15 @@ with open(run / ("trained-" + os.environ.get("RANK", "0") + ".json"), "w") as f:
 '''
 
 
-@pytest.mark.parametrize("method, port", [("simcot", 29571), ("icot", 29573)])
-def test_two_processes_match_one_process(data, tmp_path, method, port):
+@pytest.mark.parametrize("method, port, extra, keys", [
+    ("simcot", 29571, [], ("train/loss",)),
+    ("icot", 29573, [], ("train/loss",)),
+    # CODI: 6 latents from the first step (a record's sampled stage only moves steps into the teacher's view), and the
+    # teacher CE and distillation curves (their std over half the rows differs slightly from the global one)
+    ("codi", 29575, ["method.latents_per_step=2", "curriculum.max_latent_stage=3", "curriculum.stage_offset=4"],
+     ("train/loss", "train/ce", "train/distill", "train/ce_teacher")),
+])
+def test_two_processes_match_one_process(data, tmp_path, method, port, extra, keys):
     """DDP on 2 CPU processes (gloo): identical replicas; together the two processes train on exactly the rows (and
     sampled stages; iCoT: removed chain tokens) of each global batch of a 1-process run with the same global batch,
     and follow its loss curve (per-process token means differ slightly from one global mean, hence the
@@ -164,7 +150,7 @@ def test_two_processes_match_one_process(data, tmp_path, method, port):
                 "curriculum.uniform_prob=0.5",  # stages differ within a batch: a record must keep its own
                 "optim.reset_each_epoch=false",  # a fresh Adam step is sign-sensitive to float noise
                 "curriculum.remove_per_epoch=3", "curriculum.removal_lambda=1.0",  # iCoT: offsets differ per record
-                "train.report_to=[]", f"output_dir={tmp_path}", f"name={name}"]
+                "train.report_to=[]", f"output_dir={tmp_path}", f"name={name}", *extra]
         launch = [] if procs == 1 else ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                                         str(procs), "--num_machines", "1", "--mixed_precision", "no",
                                         "--dynamo_backend", "no", "--main_process_port", str(port)]
@@ -184,11 +170,11 @@ def test_two_processes_match_one_process(data, tmp_path, method, port):
     procs = {"one": start("one", 1, 16), "two": start("two", 2, 8)}  # side by side
     one, two = rows("one", procs["one"]), rows("two", procs["two"])
     assert any(r.get("train/processes") == 2 and r.get("train/replicas_in_sync") == 1 for r in two)
-    l1 = [r["train/loss"] for r in one if "train/loss" in r]
-    l2 = [r["train/loss"] for r in two if "train/loss" in r]
-    assert len(l1) == len(l2) == 12
-    for a, b in zip(l1, l2):
-        assert abs(a - b) <= 0.05 * max(abs(a), 1.0), (l1, l2)
+    for key in keys:
+        l1, l2 = [r[key] for r in one if key in r], [r[key] for r in two if key in r]
+        assert len(l1) == len(l2) == 12, key
+        for a, b in zip(l1, l2):
+            assert abs(a - b) <= 0.05 * max(abs(a), 1.0), (key, l1, l2)
     batches, rank0, rank1 = trained("one", 0, 16), trained("two", 0, 8), trained("two", 1, 8)
     assert len(batches) == len(rank0) == len(rank1) == 12
     assert len({r[2] for b in batches for r in b}) > 1
@@ -290,7 +276,7 @@ def test_reset_each_epoch_keeps_one_optimizer_state(data, tmp_path, monkeypatch)
     assert seen["steps"] == {6.0}  # 96 records / batch 16 = 6 steps in the last epoch, not 18
 
 
-def test_bf16_model_dtype_trains_and_resumes_exactly(data, tmp_path):
+def test_bf16_model_dtype_trains_and_resumes_exactly(data, tmp_path, kill_after_checkpoint):
     """model.dtype=bfloat16 without autocast: an ATP run trains, its heads are bf16, and a resumed run ends
     with the weights of the uninterrupted one."""
     over = {"model.dtype": "bfloat16", "data.val": "null", "optim.lr": "0.001", "train.epochs": 2, "data.max_train": 48}
@@ -487,7 +473,7 @@ def test_grad_accum_counts_optimizer_steps(data, tmp_path, monkeypatch, capsys):
         assert [r[key] for r in steps] == pytest.approx([r[key] for r in one], rel=0.05), key
 
 
-def test_resume_refuses_a_changed_budget(data, tmp_path, capsys):
+def test_resume_refuses_a_changed_budget(data, tmp_path, capsys, kill_after_checkpoint):
     """train.epochs and train.max_steps set the learning-rate schedule: a resumed run keeps them, and a change is
     refused in one line naming the key and both values, before anything is written. A checkpoint written before
     budgets were recorded is accepted."""
@@ -542,7 +528,8 @@ def overflow_at(monkeypatch, calls: set[int]) -> dict:
     return count
 
 
-def test_fp16_overflow_skips_the_step_and_the_run_goes_on(data, tmp_path, monkeypatch, fp16_on_cpu):
+def test_fp16_overflow_skips_the_step_and_the_run_goes_on(data, tmp_path, monkeypatch, fp16_on_cpu,
+                                                          kill_after_checkpoint):
     """Under fp16 loss scaling an overflowed gradient is a step the scaler skips, lowering its scale (certain in
     the first steps of a real run): the run goes on; the loop counts the skipped steps as accelerate's
     optimizer_step_was_skipped does; the schedule does not advance over them; a resumed run restores the scale."""
