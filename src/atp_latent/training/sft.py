@@ -302,6 +302,8 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     guard = NonFiniteGuard(accelerator)
 
     accum = cfg.optim.grad_accum
+    # iCoT: a record's chain length in tokens, encoded once per run (every epoch asks for its records')
+    chain_length = functools.cache(lambda j: len(builder.chain_ids(train_set[j])))
     t0 = time.time() - progress["elapsed"]
     out_of_time = False
     keep_state = optimizer if cfg.train.save_checkpoints else None  # None: weights only in best/ and epoch-N/
@@ -329,7 +331,7 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
             stages = [removal.draw(epoch * n_b + i, n_b, len(b), rng) for i, b in enumerate(batches)]
             # whether each global batch (every process's records) still writes some chain: the optimizer resets
             # and best/ follow it, the same on every process
-            chain_left = [any(k < len(builder.chain_ids(train_set[j])) for j, k in zip(b, ks))
+            chain_left = [any(k < chain_length(j) for j, k in zip(b, ks))
                           for b, ks in zip(batches, stages)]
         else:
             stages = [[sample_stage(cur, epoch, rng, len(train_set[j].steps)) for j in b] for b in batches]
