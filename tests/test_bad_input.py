@@ -97,7 +97,7 @@ def test_bad_checkpoints(data, tmp_path, run_cli):
     LatentReasoner(build_tiny_model("llama-tiny", tok), ReasonerSpec.for_method("cot")).save_pretrained(
         tmp_path / "cot" / "final", tok)
     line = run_cli(*train_args(data, tmp_path, "method.name=atp-rl", f"model.init_from={tmp_path / 'cot'}"))
-    assert "starts from an ATP-Latent (SFT) checkpoint, got method 'cot'" in line and not (tmp_path / "r").exists()
+    assert "starts from ATP-Latent (SFT) checkpoints, got method 'cot'" in line and not (tmp_path / "r").exists()
 
 
 def test_resume_with_changed_config(data, tmp_path, run_cli):

@@ -88,6 +88,16 @@ class MethodConfig:
     distill_div_std: bool = True
     teacher_weight: float = 1.0
     teacher_drop_last_step: bool = True  # upstream's include_last_cot False
+    # CoLaR (methods/colar.py; defaults are upstream's): c drawn per batch from 1..max_compression and written in the
+    # prompt, eval_compression at evaluation and RL; the latent head's loss against the next compressed embedding
+    # / emb_std (mse on a sample, or nll), x latent_weight; emb_std null: measured from the model's embedding table
+    # (upstream hard-codes 0.018 for LLaMA-3.2-1B, 0.12 for GPT-2). The LM head ends the chain (lm_head_stop).
+    lm_head_stop: bool | None = None  # None: the method's default (colar: on)
+    max_compression: int = 5
+    eval_compression: int = 2
+    latent_loss: Literal["mse", "nll"] = "mse"
+    latent_weight: float = 1.0
+    emb_std: float | None = None
 
     def __post_init__(self):
         if self.latents_per_step < 1:
@@ -96,6 +106,11 @@ class MethodConfig:
             raise ValueError(f"beta_kl must be >= 0, got {self.beta_kl}")
         if self.distill_weight < 0 or self.teacher_weight < 0:
             raise ValueError("distill_weight and teacher_weight must be >= 0")
+        if not 1 <= self.eval_compression <= self.max_compression:
+            raise ValueError(f"eval_compression must be in 1..max_compression ({self.max_compression}), got "
+                             f"{self.eval_compression}")
+        if self.emb_std is not None and self.emb_std <= 0:
+            raise ValueError(f"emb_std must be > 0 (or null: measured from the model), got {self.emb_std}")
         if self.projector_dim is not None and self.projector_dim < 1:
             raise ValueError(f"projector_dim must be >= 1 (or null: the hidden size), got {self.projector_dim}")
 
@@ -240,6 +255,8 @@ class RLConfig:
     # Gaussian term, whose gradient is noise where the sampled latents do not change outcomes (docs/deviations.md)
     latent_policy: Literal["gaussian", "mean"] = "gaussian"
     train_lm: bool = True  # false: RL updates only the latent and stop heads, the language model stays the start's
+    # divide: each rollout's reward is divided by its number of latents (CoLaR-RL's punish_latent_length)
+    length_penalty: Literal["none", "divide"] = "none"
 
     def __post_init__(self):
         if self.group_size < 2:

@@ -25,7 +25,7 @@ TEST_SPLITS = ["test", "test_large", "test_long", "test_perturbed"]
 # A method's job is named after it and labelled by its MethodDef; RL and ablation jobs are labelled here.
 LABELS = {**{name: m.label for name, m in METHODS.items()},
           "atp_rl": "ATP-Latent (RL)", "atp_rl_coherence": "ATP-Latent (RL, coherence only)",
-          "simcot_codi": "SIM-CoT on CODI",
+          "simcot_codi": "SIM-CoT on CODI", "colar_rl": "CoLaR-RL",
           "atp_no_kl": "ATP SFT, no KL (beta_kl=0)", "atp_no_stop": "ATP SFT, no stop head",
           "atp_no_decoder": "ATP SFT, no decoder",
           "atp_no_decoder_no_kl": "ATP SFT, no decoder, no KL",
@@ -54,7 +54,7 @@ RL_KNOBS = ("atp_rl_low_lr", "atp_rl_high_lr", "atp_rl_cosine", "atp_rl_group16"
             "atp_rl_dynamic8_temp05_latent_mean")
 # Where each job starts from (its best validation checkpoint).
 STARTS = {**{name: m.starts_from for name, m in METHODS.items() if m.starts_from},  # a method's job: its MethodDef
-          "atp_rl": "atp", "atp_rl_coherence": "atp", "simcot_codi": "cot",
+          "atp_rl": "atp", "atp_rl_coherence": "atp", "simcot_codi": "cot", "colar_rl": "colar",
           "atp_no_kl": "cot", "atp_no_stop": "cot", "atp_no_decoder": "cot", "atp_no_decoder_no_kl": "cot",
           "atp_no_decoder_no_vae": "cot", "atp_no_decoder_no_kl_no_stop": "cot", "atp_rl_no_coherence": "atp",
           "atp_no_decoder_no_kl_stop_detached": "cot", "atp_no_decoder_no_vae_stop_detached": "cot",
@@ -68,7 +68,8 @@ JOB_DATA = {**{j: ("new_style/train.jsonl", "new_style/val.jsonl") for j in NEW_
 
 # The bench's paired comparisons (first minus second, seed by seed)
 PAIRS = [("atp_rl", "simcot"), ("atp_rl", "coconut"), ("atp_rl", "icot"), ("atp_rl", "codi"),
-         ("atp_rl", "simcot_codi"), ("atp_rl", "atp"),
+         ("atp_rl", "simcot_codi"), ("atp_rl", "colar"), ("atp_rl", "colar_rl"), ("atp_rl", "atp"),
+         ("colar_rl", "colar"),
          ("atp", "simcot"),
          ("atp_rl_coherence", "atp"), ("atp_rl_new_style", "atp"), ("atp_rl_new_style_dynamic", "atp")]
 
@@ -95,10 +96,11 @@ _ALL = (("cot", "nocot"), ("atp", "coconut"), ("simcot", "atp_rl"), ("atp_rl_coh
 SUITES = {
     "quickstart": Suite("quickstart", (("cot", "nocot"), ("atp", "coconut"), ("atp_rl",))),
     # the CPU bench also runs RL where its reward knows more than SFT did (write_new_style)
-    # and the Table-1 baselines iCoT, CODI and SIM-CoT on CODI (from CoT-SFT, the latent rows' steps). The GPU suite leaves them out:
+    # and the Table-1 baselines iCoT, CODI, SIM-CoT on CODI and CoLaR (from CoT-SFT, the latent rows' steps), and
+    # CoLaR-RL (from CoLaR, ATP-RL's steps). The GPU suite leaves them out:
     # its training must fit one device call (configs/gpu/{icot,codi}.yaml run them by hand).
     "cpu": Suite("bench", _ALL[:-1] + (("atp_rl_coherence", "atp_rl_new_style", "atp_rl_new_style_dynamic"),
-                                       ("icot", "codi", "simcot_codi")),
+                                       ("icot", "codi", "simcot_codi", "colar"), ("colar_rl",)),
                  ablations=("atp_no_kl", "atp_no_stop", "atp_no_decoder", "atp_no_decoder_no_kl", "atp_no_vae",
                             "atp_no_decoder_no_vae", "atp_no_decoder_no_kl_no_stop", "atp_no_decoder_no_kl_stop_detached",
                             "atp_no_decoder_no_vae_stop_detached", "atp_rl_no_coherence", "atp_rl_long", *RL_KNOBS,

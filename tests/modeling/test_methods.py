@@ -31,6 +31,7 @@ EXPECTED = {
     "simcot": ((False, False, True), True, False, "SIM-CoT", "cot"),
     "atp": ((True, True, True), True, False, "ATP-Latent (SFT)", "cot"),
     "codi": ((False, False, False), True, False, "CODI", "cot"),  # + projector and teacher task (below)
+    "colar": ((True, False, False), True, False, "CoLaR", "cot"),  # + the LM-head stop (below)
 }
 
 
@@ -42,7 +43,8 @@ def test_registry_is_the_methods_with_configs():
         for tier in ("quickstart", "bench"):
             assert load_config(str(CONFIGS / tier / f"{name}.yaml"), []).method.name == name
     assert REASONER_METHODS == tuple(METHODS) and set(METHODS) == set(EXPECTED)  # EXPECTED: written by hand
-    assert RL_METHODS == {"atp-rl": "atp"} and is_rl("atp-rl") and not is_rl("atp")
+    assert RL_METHODS == {"atp-rl": "atp", "colar-rl": "colar"} and is_rl("atp-rl") and not is_rl("atp")
+    assert is_rl("colar-rl") and not is_rl("colar") and STARTS["colar_rl"] == "colar"
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
@@ -56,8 +58,10 @@ def test_method_flags_match_the_former_table(name):
     assert LABELS[name] == label and STARTS.get(name) == start
     # every other field keeps ReasonerSpec's default; an override that is None keeps the method's default
     assert (spec.use_projector, spec.use_teacher) == (name == "codi", name == "codi")
+    assert spec.lm_head_stop == (name == "colar")
     assert dataclasses.replace(spec, use_vae=False, use_stop_head=False, use_decoder=False, use_projector=False,
-                               use_teacher=False) == ReasonerSpec(method=name, latents_per_step=2, max_latent_stage=3)
+                               use_teacher=False, lm_head_stop=False) == ReasonerSpec(method=name, latents_per_step=2,
+                                                                                      max_latent_stage=3)
     assert ReasonerSpec.for_method(name, use_decoder=None).use_decoder == decoder
     assert ReasonerSpec.for_method(name, use_decoder=not decoder).use_decoder == (not decoder)
 

@@ -112,9 +112,10 @@ from atp_latent.training import sft
 real_build, trained = SequenceBuilder.build, []
 
 
-def build(self, problem, stage):  # what this process trains on, in order
-    trained.append([problem.question, problem.answer, stage])
-    return real_build(self, problem, stage)
+def build(self, problem, stage, rng=None):  # what this process trains on, in order (CoLaR: and its drawn labels)
+    example = real_build(self, problem, stage, rng)
+    trained.append([problem.question, problem.answer, stage, example.comp_labels])
+    return example
 
 
 SequenceBuilder.build = build
@@ -131,6 +132,10 @@ with open(run / ("trained-" + os.environ.get("RANK", "0") + ".json"), "w") as f:
     # teacher CE and distillation curves (their std over half the rows differs slightly from the global one)
     ("codi", 29575, ["method.latents_per_step=2", "curriculum.max_latent_stage=3", "curriculum.stage_offset=4"],
      ("train/loss", "train/ce", "train/distill", "train/ce_teacher")),
+    # CoLaR: c drawn per global batch, group labels drawn per record the same on either process; the NLL latent loss
+    # (MSE draws its sample from each process's own stream)
+    ("colar", 29599, ["method.latent_loss=nll", "method.max_compression=3", "curriculum.max_latent_stage=40"],
+     ("train/loss", "train/ce", "train/latent")),
 ])
 def test_two_processes_match_one_process(data, tmp_path, method, port, extra, keys):
     """DDP on 2 CPU processes (gloo): identical replicas; together the two processes train on exactly the rows (and

@@ -7,8 +7,10 @@ Every method uses one layout; methods differ only in how many steps are replaced
     suffix  = <|end-latent|> "<<step>>\n" ... "### " answer [eos]
 
 Labels are the suffix tokens after <|end-latent|>. CoT-SFT keeps every step (stage 0, no slots); No-CoT
-drops every step and has no slots; iCoT drops the chain's first k tokens (its "stage" is k) and has no slots. The latent markers are in every method's sequences, so moving from
-the CoT stage to stage 1 changes only what sits between them.
+drops every step and has no slots; iCoT drops the chain's first k tokens (its "stage" is k) and has no slots;
+CoLaR fills one slot per c consecutive chain tokens (its "stage" is c, written in the prefix before
+<|start-latent|>) and has CE labels on the slots too. The latent markers are in every method's sequences, so
+moving from the CoT stage to stage 1 changes only what sits between them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from atp_latent.modeling.methods import get_method
 from atp_latent.modeling.tokenizer import latent_token_ids
 
 IGNORE = -100
+# CoLaR's prompt names its compression factor; symbols and digits only, which every tokenizer here carries (upstream:
+# "(Thinking speed: {c})")
+SPEED_TEMPLATE = "({c})\n"
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,10 @@ class Example:
     teacher_pos: int = -1
     student_pos: int = -1
     chain_left: int = 0  # iCoT: chain tokens still written (0: fully internalized)
+    # CoLaR (chain "compressed"): the chain's tokens in groups of c (the last may be shorter), one per latent slot,
+    # and the CE label predicted before each group (one of its tokens, drawn) plus <|end-latent|> after the last
+    comp_groups: list[list[int]] = field(default_factory=list)
+    comp_labels: list[int] = field(default_factory=list)
 
 
 def step_text(step: str) -> str:
@@ -79,8 +88,9 @@ class SequenceBuilder:
     """Turns Problems into Examples for one method; the tokenizer is the only state."""
 
     def __init__(self, tokenizer, method: str, curriculum: Curriculum, mask_surplus: bool = False,
-                 teacher: bool = False, teacher_drop_last_step: bool = True):
+                 teacher: bool = False, teacher_drop_last_step: bool = True, eval_compression: int = 1):
         self.tok = tokenizer
+        self.eval_compression = eval_compression  # CoLaR: the c its evaluation prompt asks for
         self.teacher = teacher  # also build CODI's teacher sequence and the distillation positions
         self.teacher_drop_last_step = teacher_drop_last_step
         self.method = method
@@ -94,14 +104,19 @@ class SequenceBuilder:
     def encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
 
-    def prefix(self, question: str) -> list[int]:
-        return self.bos + self.encode(question.strip() + "\n") + [self.start_id]
+    def prefix(self, question: str, compression: int | None = None) -> list[int]:
+        """[bos] question "\n" [speed] <|start-latent|>; CoLaR's prompts say the compression factor c (`speed`)."""
+        speed = self.encode(SPEED_TEMPLATE.format(c=compression)) if compression is not None else []
+        return self.bos + self.encode(question.strip() + "\n") + speed + [self.start_id]
 
-    def build(self, p: Problem, stage: int) -> Example:
+    def build(self, p: Problem, stage: int, rng: random.Random | None = None) -> Example:
+        """The training sequence of `p` at `stage` (CoLaR: the compression factor c; `rng` draws its group labels)."""
         n = len(p.steps)
         chain = self.method_def.chain
         if chain == "internalize":
             return self.build_internalized(p, stage)
+        if chain == "compressed":
+            return self.build_compressed(p, stage, rng if rng is not None else random.Random(0))
         if chain == "text":
             removed, groups = 0, 0
         elif chain == "none":
@@ -164,6 +179,20 @@ class SequenceBuilder:
         return Example(self.prefix(p.question), [self.end_id] + body, [IGNORE] + body, 0, 0, [], p.answer,
                        chain_left=len(kept))
 
+    def build_compressed(self, p: Problem, c: int, rng: random.Random) -> Example:
+        """CoLaR: the written chain's tokens in consecutive groups of c from its first token (the last group may be
+        shorter; upstream pads it on the right), one latent slot each, then the answer as in every method. The label
+        predicted before group k (at <|start-latent|> for the first) is one of its tokens drawn uniformly, and the
+        last group predicts <|end-latent|>: the LM head learns to end the chain."""
+        if c < 1:
+            raise ValueError(f"compression factor must be >= 1, got {c}")
+        chain = self.chain_ids(p)
+        groups = [chain[i: i + c] for i in range(0, len(chain), c)]
+        body = self.encode("### " + p.answer.strip()) + [self.eos_id]
+        return Example(self.prefix(p.question, c), [self.end_id] + body, [IGNORE] + body, len(groups), len(groups),
+                       [], p.answer, comp_groups=groups,
+                       comp_labels=[g[rng.randrange(len(g))] for g in groups] + [self.end_id])
+
     def group_targets(self, steps: list[str], removed: int, groups: int, stage: int) -> list[list[int]]:
         """Decoder target per latent group: one step each; the last of max_latent_stage groups takes every
         remaining step, newline-separated as in the reference, when all steps are latent; a group beyond the
@@ -182,7 +211,8 @@ class SequenceBuilder:
     def eval_prompt(self, question: str) -> tuple[list[int], int]:
         """Prefix and number of latent slots at evaluation (max_latent_stage * c for latent methods)."""
         slots = self.cur.eval_slots if self.method_def.latent else 0
-        return self.prefix(question), slots
+        compression = self.eval_compression if self.method_def.chain == "compressed" else None
+        return self.prefix(question, compression), slots
 
 
 def sample_stage(cur: Curriculum, epoch: int, rng: random.Random, n_steps: int) -> int:
@@ -245,6 +275,16 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         batch["teacher_labels"], _ = right_pad([e.teacher_labels for e in examples], IGNORE)
         batch["teacher_pos"] = torch.tensor([e.teacher_pos for e in examples], dtype=torch.long)
         batch["student_pos"] = torch.tensor([e.student_pos for e in examples], dtype=torch.long)
+    if examples and all(e.comp_labels for e in examples):  # CoLaR: [B, K, c] groups, [B, K + 1] labels
+        K = max(len(e.comp_groups) for e in examples)
+        c = max((len(g) for e in examples for g in e.comp_groups), default=1)
+        batch["comp_ids"] = torch.full((len(examples), K, c), pad_id, dtype=torch.long)
+        batch["comp_mask"] = torch.zeros((len(examples), K, c), dtype=torch.long)
+        for i, e in enumerate(examples):
+            for k, g in enumerate(e.comp_groups):
+                batch["comp_ids"][i, k, : len(g)] = torch.tensor(g)
+                batch["comp_mask"][i, k, : len(g)] = 1
+        batch["comp_labels"], _ = right_pad([e.comp_labels for e in examples], IGNORE, K + 1)
     if targets:
         dec_ids, dec_mask = right_pad(targets, pad_id)
         batch.update(
@@ -256,4 +296,5 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
 def builder_for(tokenizer, spec) -> SequenceBuilder:
     """The evaluation-time builder of a trained reasoner (its method, c and max_latent_stage)."""
     cur = Curriculum(latents_per_step=spec.latents_per_step, max_latent_stage=spec.max_latent_stage)
-    return SequenceBuilder(tokenizer, spec.method, cur, mask_surplus=spec.use_stop_head)
+    return SequenceBuilder(tokenizer, spec.method, cur, mask_surplus=spec.use_stop_head,
+                           eval_compression=spec.eval_compression)

@@ -37,8 +37,9 @@ def explain(model: LatentReasoner, builder: SequenceBuilder, questions: list[str
             cut = row.index(tok.eos_token_id) if tok.eos_token_id in row else len(row)
             texts[(i, g)] = tok.decode(row[:cut], skip_special_tokens=False)
     probes: dict[tuple[int, int], list[tuple[str, float]]] = {}
-    if not model.spec.use_decoder and L:  # the LM head on each latent: what it is closest to saying
-        probs = torch.softmax(model.lm.get_output_embeddings()(state.z.to(model.lm.dtype)).float(), -1)
+    if not model.spec.use_decoder and L:  # the LM head on each latent as the LM reads it: what it is closest to saying
+        fed = model.latent_embeddings(state.z).to(model.lm.dtype)
+        probs = torch.softmax(model.lm.get_output_embeddings()(fed).float(), -1)
         top = probs.topk(top_k, dim=-1)
         for i, t in state.active.nonzero().tolist():
             probes[(i, t)] = [(tok.decode([int(k)]), float(v)) for k, v in zip(top.indices[i, t], top.values[i, t])]
@@ -64,6 +65,7 @@ def explain(model: LatentReasoner, builder: SequenceBuilder, questions: list[str
             "slots": int(n_slots[i]),
             "stopped_at_group": stop_slot[0] // c if stop_slot else None,
             "p_stop": p_stop,
+            "stopped_by": "LM head" if model.spec.lm_head_stop else "stop head",
             "output": answer_text,
             "answer": extract_answer(END_LATENT + answer_text),
         })
@@ -80,7 +82,10 @@ def format_explanation(e: dict, gold: str | None = None, c: int = 2, has_decoder
             shown = f"(no step decoder) LM head: {tops}" if latents else "(this method has no step decoder)"
         noise = f", sigma {e['sigma'][g]:.3f}" if e.get("sigma") else ""
         lines.append(f"  latent group {g + 1} (slots {g * c}-{g * c + c - 1}{noise}): {shown}")
-    if e["stopped_at_group"] is not None:
+    if e["stopped_at_group"] is not None and e.get("stopped_by") == "LM head":
+        lines.append(f"  LM head: emitted <|end-latent|> after latent {e['stopped_at_group']} "
+                     f"(p={e['p_stop']:.2f}); {e['latents']} of {e['slots']} latent slots used")
+    elif e["stopped_at_group"] is not None:
         lines.append(f"  stop head: stopped before group {e['stopped_at_group'] + 1} (p_stop={e['p_stop']:.2f}); "
                      f"{e['latents']} of {e['slots']} latent slots used")
     else:

@@ -89,6 +89,8 @@ def fill_latents(
     generator: torch.Generator | None = None,
     projector: nn.Module | None = None,
     after_prefix: Callable[[DynamicCache, torch.Tensor, torch.Tensor], int] | None = None,
+    lm_stop_id: int | None = None,
+    latent_scale: float = 1.0,
 ) -> LatentState:
     """Run the prefix, then fill up to `n_slots[b]` latent slots per row.
 
@@ -102,13 +104,17 @@ def fill_latents(
     `after_prefix(cache, prefix_mask, next_position)` (CODI's teacher task, which shares the question): runs its own
     columns right after the prefix in the same cache and returns how many it added; the latents and the suffix
     never attend to them (mask 0) and positions continue from the prefix, so a row computes what it would without.
+    `lm_stop_id` (CoLaR, instead of a stop head): before slot t >= 1 the LM head reads h, the state after slot t - 1,
+    and the row stops when it emits that token (greedy: it is the argmax; "sample": drawn with its probability);
+    `stop_logits` then holds (log-sum-exp of every other token, its logit), the two-way split of the same softmax.
+    `latent_scale`: the latent fed back is latent_scale x z (CoLaR's embedding std; `z` keeps the unscaled draw).
     """
     B, P = prefix_ids.shape
     L = int(n_slots.max().item()) if n_slots.numel() else 0
     if forced_active is not None:
         L = forced_active.shape[1]  # teacher forcing replays exactly the slots that were run
     device = prefix_ids.device
-    emb_table = lm.get_input_embeddings()
+    emb_table, head = lm.get_input_embeddings(), lm.get_output_embeddings()
     cache = new_cache(lm)
     position = (prefix_mask.long().cumsum(-1) - 1).clamp(min=0)
     hidden = backbone_forward(lm, emb_table(prefix_ids), prefix_mask, position, cache)
@@ -142,12 +148,20 @@ def fill_latents(
             z = projector(h) if projector is not None else h
         consult = torch.zeros(B, dtype=torch.bool, device=device)
         stop_now = torch.zeros(B, dtype=torch.bool, device=device)
-        if stop_head is not None and t % c == 0:
+        vocab = None
+        if lm_stop_id is not None and t >= 1:  # the LM head on the state after the previous slot
+            vocab = head(h).float()
+            others = vocab.index_fill(1, torch.tensor([lm_stop_id], device=device), float("-inf"))
+            logits = torch.stack([torch.logsumexp(others, -1), vocab[:, lm_stop_id]], -1)
+        elif stop_head is not None and t % c == 0:
             logits = stop_head(z)
+        else:
+            logits = None
+        if logits is not None:
             stops_l.append(logits)
             consult = in_range & alive if forced_active is None else in_range
             if stop_mode == "greedy":
-                stop_now = logits[:, 1] > logits[:, 0]
+                stop_now = vocab.argmax(-1) == lm_stop_id if vocab is not None else logits[:, 1] > logits[:, 0]
             elif stop_mode == "sample":
                 p_stop = torch.softmax(logits.float(), -1)[:, 1]
                 stop_now = torch.rand(p_stop.shape, generator=generator, device=device) < p_stop
@@ -157,14 +171,15 @@ def fill_latents(
                 raise ValueError(f"unknown stop_mode {stop_mode!r}")
             stop_now = stop_now & consult & alive
             alive = alive & ~stop_now
-        elif stop_head is not None:
+        elif stop_head is not None or lm_stop_id is not None:
             stops_l.append(torch.zeros(B, 2, device=device, dtype=z.dtype))
         active = forced_active[:, t] if forced_active is not None else (alive & in_range)
         if forced_active is not None:
             alive = alive & active
         if active.any():
             mask = torch.cat([mask, active.long()[:, None]], dim=1)
-            out = backbone_forward(lm, z[:, None].to(emb_table.weight.dtype), mask, next_pos[:, None], cache)
+            fed = z if latent_scale == 1.0 else z * latent_scale
+            out = backbone_forward(lm, fed[:, None].to(emb_table.weight.dtype), mask, next_pos[:, None], cache)
             h = torch.where(active[:, None], out[:, -1], h)
             next_pos = next_pos + active.long()
             n_passes += 1
@@ -187,7 +202,7 @@ def fill_latents(
         mu=stack(mus, (d,)) if latent_head is not None else None,
         logvar=stack(logvars, (d,)) if latent_head is not None else None,
         active=stack(actives, (), torch.bool),
-        stop_logits=stack(stops_l, (2,)) if stop_head is not None else None,
+        stop_logits=stack(stops_l, (2,)) if stop_head is not None or lm_stop_id is not None else None,
         consulted=stack(consulted_l, (), torch.bool),
         stopped=stack(stopped_l, (), torch.bool),
         n_passes=n_passes,
@@ -200,10 +215,17 @@ def teacher_force_hidden(lm, state: LatentState, suffix_ids: torch.Tensor, suffi
     Callers apply the output head only where a label is (a 128k-vocabulary fp32 logit row per padded
     position would cost gigabytes at the paper's batch). `all_layers`: (last, HF's hidden_states), as
     `backbone_forward`."""
-    mask = torch.cat([state.attention_mask, suffix_mask.long()], dim=1)
-    position = state.next_position[:, None] + (suffix_mask.long().cumsum(-1) - 1).clamp(min=0)
-    hidden = backbone_forward(lm, lm.get_input_embeddings()(suffix_ids), mask, position, state.cache, all_layers)
-    state.attention_mask = mask
+    return teacher_force_embeds(lm, state, lm.get_input_embeddings()(suffix_ids), suffix_mask, all_layers)
+
+
+def teacher_force_embeds(lm, state: LatentState, embeds: torch.Tensor, mask: torch.Tensor, all_layers: bool = False):
+    """`teacher_force_hidden` on input embeddings [B, S, d]: columns with mask 0 may sit anywhere (CoLaR's
+    right-padded latent groups before the suffix); they take no position, so each row computes what it would
+    compute alone."""
+    full = torch.cat([state.attention_mask, mask.long()], dim=1)
+    position = state.next_position[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0)
+    hidden = backbone_forward(lm, embeds, full, position, state.cache, all_layers)
+    state.attention_mask = full
     return hidden
 
 

@@ -7,6 +7,7 @@ module under modeling/methods/ (the registry, docs/methods.md):
   simcot        coconut + step decoder supervision
   atp           VAE latent head (+KL) + stop head + step decoder
   codi          latent embedding = projector(h); the teacher task (explicit CoT) distilled into the student
+  colar         compressed chain in one teacher-forced pass; latent head -> next group's embedding; LM-head stop
 The losses belong to the parts (KL to the VAE head, stop CE to the stop head, decoder CE to the decoder, teacher CE
 and distillation to the teacher task), so an ablation that turns a part on or off in any method keeps its loss.
 """
@@ -14,6 +15,7 @@ and distillation to the teacher task), so an ablation that turns a part on or of
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 from dataclasses import asdict, dataclass
@@ -25,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from atp_latent.modeling.compressed import compressed_losses
 from atp_latent.modeling.engine import (
     LatentState,
     backbone_forward,
@@ -76,6 +79,14 @@ class ReasonerSpec:
     distill_div_std: bool = True
     teacher_weight: float = 1.0
     teacher_drop_last_step: bool = True  # upstream's include_last_cot False
+    # CoLaR (methods/colar.py, modeling/compressed.py): the LM head ends the chain by emitting <|end-latent|>; the
+    # latent head predicts the next compressed embedding / emb_std and latents are fed back as emb_std x z
+    lm_head_stop: bool = False
+    max_compression: int = 5  # training draws c from 1..max_compression per batch
+    eval_compression: int = 2  # the c written in the prompt at evaluation and in RL
+    latent_loss: str = "mse"  # mse (on a sample) | nll
+    latent_weight: float = 1.0
+    emb_std: float | None = None  # None: the std of the input-embedding table, measured once when the model is built
 
     @property
     def eval_slots(self) -> int:
@@ -108,6 +119,8 @@ class LatentReasoner(nn.Module):
             if spec.use_vae else None
         self.stop_head = StopHead(d, spec.stop_head_detached).to(weight.device, weight.dtype) if spec.use_stop_head else None
         self.projector = Projector(d, spec.projector_dim).to(weight.device, weight.dtype) if spec.use_projector else None
+        if spec.method_def.chain == "compressed" and spec.emb_std is None:  # measured once, then saved with the spec
+            spec.emb_std = float(weight.detach().float().std())
         self.decoder = None
         if spec.use_decoder and spec.decoder_mode == "separate":
             self.decoder = decoder if decoder is not None else copy.deepcopy(lm)
@@ -117,9 +130,18 @@ class LatentReasoner(nn.Module):
                     p.requires_grad_(spec.decoder_trainable and "lora_" in name)
 
     # ----- the latent engine, with this reasoner's heads -----
-    def fill(self, prefix_ids, prefix_mask, n_slots, **kw) -> LatentState:
+    def fill(self, prefix_ids, prefix_mask, n_slots, end_id: int | None = None, **kw) -> LatentState:
+        """The engine with this reasoner's heads. `end_id` (<|end-latent|>) is needed when the LM head stops."""
+        if self.spec.lm_head_stop and end_id is None and n_slots.numel() and int(n_slots.max()) > 0:
+            raise ValueError("lm_head_stop: fill needs end_id, the token whose emission ends the chain")
         return fill_latents(self.lm, prefix_ids, prefix_mask, n_slots, latent_head=self.latent_head,
-                            stop_head=self.stop_head, c=self.spec.latents_per_step, projector=self.projector, **kw)
+                            stop_head=self.stop_head, c=self.spec.latents_per_step, projector=self.projector,
+                            lm_stop_id=end_id if self.spec.lm_head_stop else None,
+                            latent_scale=self.spec.emb_std if self.spec.emb_std is not None else 1.0, **kw)
+
+    def latent_embeddings(self, z: torch.Tensor) -> torch.Tensor:
+        """What the LM reads for latents z (CoLaR's are scaled by emb_std)."""
+        return z * self.spec.emb_std if self.spec.emb_std is not None else z
 
     @property
     def step_decoder(self):
@@ -131,6 +153,8 @@ class LatentReasoner(nn.Module):
         A batch holding an RL trajectory (`rl_z`) is scored instead (see `score`)."""
         if "rl_z" in batch:
             return self.score(batch)
+        if "comp_ids" in batch:  # CoLaR's compressed chain: one teacher-forced pass (modeling/compressed.py)
+            return compressed_losses(self, batch)
         teacher = self.spec.use_teacher and "teacher_ids" in batch
         taught: dict[str, torch.Tensor] = {}  # the teacher pass's CE and states, run right after the question
         state = self.fill(batch["prefix_ids"], batch["prefix_mask"], batch["n_slots"],
@@ -258,8 +282,8 @@ class LatentReasoner(nn.Module):
         their mean are no action, rl.latent_policy=mean).
         `batch["rl_latent_temperature"]` (optional, k): z is scored under N(mu, (k sigma)^2), the density it came from.
         It is reached through `forward`, so a DDP-wrapped model scores (and synchronises gradients) alike."""
-        state = self.fill(batch["prefix_ids"], batch["prefix_mask"], batch["n_slots"], stop_mode="forced",
-                          forced_active=batch["rl_active"], forced_z=batch["rl_z"])
+        state = self.fill(batch["prefix_ids"], batch["prefix_mask"], batch["n_slots"], end_id=int(batch["end_id"]),
+                          stop_mode="forced", forced_active=batch["rl_active"], forced_z=batch["rl_z"])
         L = batch["rl_active"].shape[1]
         latent = torch.zeros(batch["rl_active"].shape, device=state.z.device)
         stop = torch.zeros(latent.shape[0], device=state.z.device)
@@ -268,10 +292,11 @@ class LatentReasoner(nn.Module):
             latent = gaussian_log_density(batch["rl_z"], state.mu, state.logvar, k)
             if "rl_latent_scale" in batch:  # rl.latent_logratio=mean: per-dimension mean; latent_policy=mean: 0
                 latent = latent * batch["rl_latent_scale"].float()
-        if self.stop_head is not None and L:
+        if state.stop_logits is not None and L:
             lp = torch.log_softmax(state.stop_logits.float(), -1)
-            cont = batch["rl_consulted"] & ~batch["rl_stopped"]
-            latent = latent + torch.where(cont, lp[..., 0], torch.zeros_like(latent))
+            if not self.spec.lm_head_stop:  # CoLaR scores no "continue" decision, only the stop
+                cont = batch["rl_consulted"] & ~batch["rl_stopped"]
+                latent = latent + torch.where(cont, lp[..., 0], torch.zeros_like(latent))
             stop = (lp[..., 1] * batch["rl_stopped"]).sum(-1)
         latent = latent * batch["rl_active"]
         tokens, tmask = batch["rl_tokens"], batch["rl_token_mask"]
@@ -282,6 +307,8 @@ class LatentReasoner(nn.Module):
         logits = self.lm_logits(state, inputs, tmask.long(), where).float() / temperature
         answer = torch.zeros(tokens.shape, device=logits.device)
         answer[where] = torch.log_softmax(logits, -1).gather(-1, tokens[where][:, None]).squeeze(-1)
+        if self.spec.lm_head_stop:  # CoLaR: the emitted <|end-latent|> is the answer's first token (rl.stream_masks)
+            return {"latent": latent, "stop": torch.zeros_like(stop), "answer": torch.cat([stop[:, None], answer], 1)}
         return {"latent": latent, "stop": stop, "answer": answer}
 
     # ----- inference -----
@@ -290,7 +317,7 @@ class LatentReasoner(nn.Module):
                sample_latents: bool = False, stop_mode: str = "greedy", temperature: float = 0.0, generator=None,
                latent_temperature: float = 1.0):
         """Fill the latents and decode the answer after <|end-latent|>. Returns (LatentState, Generation)."""
-        state = self.fill(prefix_ids, prefix_mask, n_slots, sample_latents=sample_latents, stop_mode=stop_mode,
+        state = self.fill(prefix_ids, prefix_mask, n_slots, end_id, sample_latents=sample_latents, stop_mode=stop_mode,
                           generator=generator, latent_temperature=latent_temperature)
         first = torch.full((prefix_ids.shape[0], 1), end_id, dtype=torch.long, device=prefix_ids.device)
         gen = generate(self.lm, state, first, max_new_tokens, eos_id, pad_id, temperature, generator)
@@ -351,6 +378,8 @@ class LatentReasoner(nn.Module):
             raise ValueError(f"{path}: not a checkpoint (missing reasoner.json or lm/)")
         saved = ReasonerSpec(**json.loads((path / "reasoner.json").read_text()))
         spec = spec or saved
+        if spec.emb_std is None and saved.emb_std is not None:  # measured when the checkpoint's run began: keep it
+            spec = dataclasses.replace(spec, emb_std=saved.emb_std)
         dtype = dtype if dtype is not None else "auto"  # the saved dtype (4.x would default to fp32, 5.x does this)
         lm = AutoModelForCausalLM.from_pretrained(path / "lm", dtype=dtype)
         load_part_adapter(lm, path / ADAPTER_DIR)  # before a missing decoder is copied from the LM: it copies them

@@ -5,6 +5,9 @@ Per RL step: B questions x G rollouts (sampled latents, sampled stops, sampled a
 shuffled buffer in minibatches with the clipped surrogate on three log-prob streams (latents, stop,
 answer). The step decoder is frozen; the base model and both heads train. As in the paper, no KL penalty by
 default (rl.kl_coef > 0 adds one to the frozen start policy, scored under the same autocast as the policy).
+A method's RL (methods/: MethodDef.rl_name, e.g. atp-rl, colar-rl) runs this loop on that method's checkpoints;
+what differs is the reasoner's own (a CoLaR reasoner's LM head stops: its stop is the answer's first token and its
+"continue" decisions are not scored) and its config (rewards, minibatch, latent log-ratio).
 """
 
 from __future__ import annotations
@@ -140,9 +143,14 @@ def token_denominators(accelerator: Accelerator, masks: dict[str, torch.Tensor])
 def stream_masks(mb: dict[str, torch.Tensor], latent_policy: str) -> dict[str, torch.Tensor]:
     """The positions of each log-prob stream that hold an action. With the latents at their mean (no Gaussian
     term), the latent stream's actions are the stop head's "continue" decisions, one per group start; counting the
-    c - 1 other latents of a group would divide that gradient by about c."""
+    c - 1 other latents of a group would divide that gradient by about c. A reasoner whose LM head stops (CoLaR,
+    `rl_stop_first`) scores the emitted <|end-latent|> as the answer's first token, as upstream (LatentReasoner.score
+    puts it there), and has no stop stream of its own."""
     latent = mb["rl_active"] & mb["rl_consulted"] if latent_policy == "mean" else mb["rl_active"]
-    return {"latent": latent, "stop": mb["rl_stopped"].any(-1), "answer": mb["rl_token_mask"]}
+    stop, answer = mb["rl_stopped"].any(-1), mb["rl_token_mask"]
+    if "rl_stop_first" in mb:
+        return {"latent": latent, "stop": torch.zeros_like(stop), "answer": torch.cat([stop[:, None], answer], 1)}
+    return {"latent": latent, "stop": stop, "answer": answer}
 
 
 @dataclass
@@ -217,6 +225,8 @@ def rollout(model: LatentReasoner, builder: SequenceBuilder, problems: list[Prob
     w = reward_weights(cfg)
     rewards = torch.tensor([total_reward(a, f, c, w, r.reward == "coherence_only")
                             for a, f, c in zip(acc.tolist(), fmt.tolist(), coh.tolist())])
+    if r.length_penalty == "divide":  # CoLaR-RL's punish_latent_length: shorter right chains earn more
+        rewards = rewards / state.active.sum(-1).cpu().clamp(min=1)
     batch = {
         "prefix_ids": ids, "prefix_mask": mask, "n_slots": n_slots, "rl_z": state.z, "rl_active": state.active,
         "rl_consulted": state.consulted, "rl_stopped": state.stopped, "rl_tokens": gen.tokens,
@@ -225,6 +235,8 @@ def rollout(model: LatentReasoner, builder: SequenceBuilder, problems: list[Prob
     }
     if r.latent_temperature != 1.0:
         batch["rl_latent_temperature"] = torch.tensor(float(r.latent_temperature))
+    if model.spec.lm_head_stop:  # the stop is the answer's first token (stream_masks)
+        batch["rl_stop_first"] = torch.tensor(True)
     if r.latent_policy == "mean":  # z = mu is no action: the latent stream keeps only the stop head's "continue"
         batch["rl_latent_scale"] = torch.tensor(0.0)
     elif r.latent_logratio == "mean" and state.z.shape[1]:
@@ -386,9 +398,11 @@ def rl_learning_rate(cfg: RunConfig, step: int, total: int) -> float:
 
 
 def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
-    """GRPO from an ATP SFT checkpoint (`model.init_from`); returns the run directory."""
+    """GRPO from an SFT checkpoint of the method `cfg.method.name` continues (`model.init_from`); returns the run
+    directory."""
     if not cfg.model.init_from:
-        raise ValueError("atp-rl needs model.init_from: an ATP SFT checkpoint (RUN/best/model or RUN/final)")
+        wanted = get_method(RL_METHODS.get(cfg.method.name, "atp")).label
+        raise ValueError(f"{cfg.method.name} needs model.init_from: a {wanted} checkpoint (RUN/best/model or RUN/final)")
     accelerator, train_set, val_set, run_path, ckpt = prepare_run(cfg, resume, find_unused_parameters=True)
     is_main = accelerator.is_main_process
     total = rl_total_steps(cfg, len(train_set), accelerator.num_processes)
@@ -401,9 +415,8 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
                                                 dtype=DTYPES[cfg.model.dtype])
     wanted = RL_METHODS.get(cfg.method.name, "atp")  # the method whose checkpoints this RL trains
     if model.spec.method != wanted or model.latent_head is None:
-        raise ValueError(f"{cfg.model.init_from}: {cfg.method.name} starts from an {get_method(wanted).label} "
-                         "checkpoint, got method "
-                         f"'{model.spec.method}'")
+        raise ValueError(f"{cfg.model.init_from}: {cfg.method.name} starts from {get_method(wanted).label} "
+                         f"checkpoints, got method '{model.spec.method}'")
     if model.spec.use_decoder and model.decoder is None and is_main:
         warnings.warn("decoder_mode=shared: the policy decodes its own plans, so it is its own coherence judge "
                       "and can learn to please it; a separate decoder is frozen during RL", stacklevel=2)
@@ -466,7 +479,7 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
         run.log({"eval/val_accuracy": summary.accuracy, "eval/val_tokens": summary.mean_tokens}, 0)
         progress["best_val"] = summary.accuracy
         _save(run.path / "best", raw, tok, optimizer if cfg.train.save_checkpoints else None, progress, rngs)
-    bar = progress_bar(total=total, initial=progress["step"], desc="atp-rl", disable=not is_main)
+    bar = progress_bar(total=total, initial=progress["step"], desc=cfg.method.name, disable=not is_main)
     t0 = time.time() - progress["elapsed"]  # wall time counts across resumes (the safety stop too)
     while progress["step"] < total:
         # Each process rolls out its own questions: consecutive slices of one shared order.

@@ -285,7 +285,9 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     progress = {"epoch": 0, "batch": 0, "step": 0, "skipped_steps": 0, "best_val": -1.0, "elapsed": 0.0}
     cur = curriculum_of(cfg)
     builder = SequenceBuilder(tok, cfg.method.name, cur, mask_surplus=model.spec.use_stop_head,
-                              teacher=model.spec.use_teacher, teacher_drop_last_step=model.spec.teacher_drop_last_step)
+                              teacher=model.spec.use_teacher, teacher_drop_last_step=model.spec.teacher_drop_last_step,
+                              eval_compression=model.spec.eval_compression)
+    max_compression = model.spec.max_compression  # CoLaR (read before DDP wraps the model)
     optimizer = make_optimizer(model, cfg)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -333,8 +335,14 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
             # and best/ follow it, the same on every process
             chain_left = [any(k < chain_length(j) for j, k in zip(b, ks))
                           for b, ks in zip(batches, stages)]
+        elif builder.method_def.chain == "compressed":  # CoLaR: one c per global batch, uniform in 1..max_compression
+            stages = [[rng.randint(1, max_compression)] * len(b) for b in batches]
         else:
             stages = [[sample_stage(cur, epoch, rng, len(train_set[j].steps)) for j in b] for b in batches]
+        # a seed per record of each global batch for what its sequence draws (CoLaR's group labels), the same
+        # whichever process builds it
+        draws = [[rng.getrandbits(32) for _ in b] for b in batches] if builder.method_def.chain == "compressed" \
+            else [[0] * len(b) for b in batches]
         model.train()
         bar = progress_bar(total=len(batches), initial=progress["batch"], desc=f"{cfg.method.name} epoch {epoch} stage {stage}",
                    disable=not is_main, leave=False)
@@ -353,7 +361,8 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
                 if cfg.curriculum.reset_on_removal and removal.grows_at(epoch * n_b + bi, n_b) and prev_left:
                     reset_optimizer(optimizer)
                 progress["chain_left"] = chain_left[bi]
-            examples = [builder.build(train_set[j], s) for j, s in zip(mine, st)]
+            seeds = draws[bi][rank * bs: (rank + 1) * bs]
+            examples = [builder.build(train_set[j], s, random.Random(d)) for j, s, d in zip(mine, st, seeds)]
             batch = collate(examples, tok.pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):

@@ -6,11 +6,11 @@
 
 from __future__ import annotations
 
-from atp_latent.modeling.methods import atp, coconut, codi, cot, icot, nocot, simcot
+from atp_latent.modeling.methods import atp, coconut, codi, colar, cot, icot, nocot, simcot
 from atp_latent.modeling.methods.definition import MethodDef
 
 METHODS: dict[str, MethodDef] = {m.name: m for m in (cot.METHOD, nocot.METHOD, icot.METHOD, coconut.METHOD,
-                                                     simcot.METHOD, atp.METHOD, codi.METHOD)}
+                                                     simcot.METHOD, atp.METHOD, codi.METHOD, colar.METHOD)}
 # RL pseudo-methods (`method.name: atp-rl`) -> the method whose checkpoint they continue
 RL_METHODS: dict[str, str] = {m.rl_name: m.name for m in METHODS.values() if m.rl_name}
 # Every value `method.name` may take in a config

@@ -15,7 +15,10 @@ from typing import Literal
 #   none        no step at all (No-CoT)
 #   curriculum  the first `stage` steps replaced by latent groups (Coconut's schedule)
 #   internalize the first `stage` tokens of the written chain dropped, no latents (iCoT's schedule)
-Chain = Literal["text", "none", "curriculum", "internalize"]
+#   compressed  every step latent: the chain's tokens pooled c at a time into latent slots, c drawn per batch and
+#               written in the prompt (CoLaR's layout; the "stage" is c)
+Chain = Literal["text", "none", "curriculum", "internalize", "compressed"]
+LATENT_CHAINS = ("curriculum", "compressed")
 
 
 @dataclass(frozen=True)
@@ -23,12 +26,12 @@ class MethodDef:
     name: str  # `method.name` in configs and `method` in reasoner.json
     label: str  # how tables and plots name it
     chain: Chain
-    latent: bool  # fills latent slots (evaluation gets max_latent_stage * c of them)
+    latent: bool  # fills latent slots (evaluation gets max_latent_stage * latents_per_step of them)
     long_answers: bool  # the answer also writes the steps: eval.cot_max_new_tokens, not eval.max_new_tokens
     spec_defaults: dict[str, object] = field(default_factory=dict)  # ReasonerSpec fields it turns on
     starts_from: str | None = None  # the suite job whose best checkpoint it is trained from (None: scratch)
     rl_name: str | None = None  # the `method.name` of GRPO on a checkpoint of this method (e.g. atp-rl)
 
     def __post_init__(self):
-        if (self.chain == "curriculum") != self.latent:
-            raise ValueError(f"method {self.name!r}: chain 'curriculum' goes with latent=True, and only with it")
+        if (self.chain in LATENT_CHAINS) != self.latent:
+            raise ValueError(f"method {self.name!r}: chains {LATENT_CHAINS} go with latent=True, and only they do")
