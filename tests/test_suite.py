@@ -1,6 +1,8 @@
 """The bench scheduler: two slots, dependencies through STARTS, finished jobs skipped, failures reported."""
 
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -172,6 +174,36 @@ def test_cached_evaluation_recomputed_when_a_figure_is_missing(tmp_path):
     assert suite_mod._cached(tmp_path, "val_eval.json", compute, 0.9, valid=valid)["accuracy"] == 0.7
     assert calls == [0.7]  # the second call reused the file the first wrote
     assert suite_mod._cached(tmp_path, "val_eval.json", compute, 0.8)["accuracy"] == 0.7  # no check: reused
+
+
+def test_test_evaluation_keeps_which_problems_each_run_got_right(tmp_path, monkeypatch):
+    """evaluate_jobs stores, per split, a 0/1 string in the split file's order (evaluate returns rows in input order),
+    whose mean is the accuracy; a cached evaluation without it (older runs) is computed again."""
+    from atp_latent.data.formats import write_jsonl
+    from atp_latent.data.records import Problem
+    from atp_latent.evaluation import evaluate as evaluate_mod
+
+    out = tmp_path / "seed-0"
+    n = {split: 3 + i for i, split in enumerate(suite_mod.TEST_SPLITS)}
+    for split, k in n.items():
+        write_jsonl(out / "data" / f"{split}.jsonl", [Problem(f"q{i}?", [], str(i)) for i in range(k)])
+    (out / "runs" / "cot" / "final").mkdir(parents=True)
+    (out / "runs" / "cot" / "final" / "reasoner.json").write_text("{}")
+    monkeypatch.setattr(evaluate_mod, "load_for_eval", lambda run: (SimpleNamespace(spec=SimpleNamespace(
+        method="cot")), None, None))
+
+    def fake_evaluate(model, builder, problems, **kw):  # right on the problems whose answer is odd
+        rows = [{"correct": int(p.answer) % 2 == 1, "latents": 0} for p in problems]
+        acc = sum(r["correct"] for r in rows) / len(rows)
+        return SimpleNamespace(as_dict=lambda: {"accuracy": acc}), rows
+
+    monkeypatch.setattr(evaluate_mod, "evaluate", fake_evaluate)
+    (out / "runs" / "cot" / "test_eval.json").write_text(json.dumps(
+        {"results": {s: {"accuracy": 0.0} for s in suite_mod.TEST_SPLITS}, "latents": []}))  # before "correct"
+    results, _ = suite_mod.evaluate_jobs(["cot"], out)
+    for split, k in n.items():
+        assert results["cot"][split]["correct"] == "".join(str(i % 2) for i in range(k))
+        assert results["cot"][split]["accuracy"] == sum(i % 2 for i in range(k)) / k
 
 
 def test_rl_vs_start_by_hand():

@@ -236,7 +236,8 @@ def _cached(run: Path, name: str, compute, *args, valid=None):
 
 
 def evaluate_jobs(jobs: list[str], out: Path, batch_size: int = 100) -> tuple[dict, dict]:
-    """Every job's best checkpoint on every test split. Returns (summaries, per-problem latent counts)."""
+    """Every job's best checkpoint on every test split. Returns (summaries, each with "correct": a string of 0/1 per
+    problem in the split file's order; per-problem latent counts)."""
     from atp_latent.data.formats import load_records
     from atp_latent.evaluation.evaluate import default_max_new_tokens, evaluate, load_for_eval
     from atp_latent.progress import quiet_library_bars
@@ -251,14 +252,16 @@ def evaluate_jobs(jobs: list[str], out: Path, batch_size: int = 100) -> tuple[di
             problems = load_records(out / "data" / f"{split}.jsonl")
             summary, rows = evaluate(model, builder, problems, batch_size=batch_size, max_new_tokens=max_new,
                                      desc=f"{job}/{split}")
-            res[split] = summary.as_dict()
+            # which problems it got right, in the file's order: the paired analysis over problems and seeds needs them
+            res[split] = summary.as_dict() | {"correct": "".join("1" if r["correct"] else "0" for r in rows)}
             lat += [r["latents"] for r in rows]
         return {"results": res, "latents": lat}
 
     results: dict[str, dict[str, dict]] = {}
     latents: dict[str, list[int]] = {}
     for job in jobs:
-        cached = _cached(out / "runs" / job, "test_eval.json", run_job, job)
+        cached = _cached(out / "runs" / job, "test_eval.json", run_job, job,
+                         valid=lambda v: all("correct" in r for r in v["results"].values()))
         results[job], latents[job] = cached["results"], cached["latents"]
         acc = sum(r["accuracy"] for r in results[job].values()) / len(TEST_SPLITS)
         print(f"  evaluated {_label(job)}: mean accuracy {100 * acc:.1f}%", flush=True)
