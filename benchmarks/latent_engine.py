@@ -23,6 +23,10 @@ Figures:
              training problems, and greedy generation (eos never ends a row) on the engine batches
              (`codi_train_step_vs_coconut`, target <= 2.2; `codi_generate_vs_coconut`, target <= 1.2). --no-codi
              skips it.
+  colar      CoLaR's greedy generation against Coconut's on the same LM weights, batch and 6 latents (CoLaR: the
+             latent head's mean x emb_std fed back, and the LM head asked for <|end-latent|> before every latent
+             after the first; its <|end-latent|> row is zeroed so that the random model never emits it and every
+             row fills all 6, checked and printed) (`colar_generate_vs_coconut`, target <= 1.2). --no-colar skips it.
 
 The last two lines are `speedup_vs_batch1_recompute=<x>` and `overhead_vs_bare_forward=<x>`.
 Prints figures only; asserts nothing.
@@ -46,7 +50,8 @@ from atp_latent.modeling.tokenizer import build_word_tokenizer, latent_token_ids
 
 SPEEDUP_TARGET = 20.0
 OVERHEAD_TARGET = 1.3
-CODI_TRAIN_TARGET, CODI_GENERATE_TARGET = 2.2, 1.2  # CODI / Coconut at the same shape (issue 30)
+CODI_TRAIN_TARGET, CODI_GENERATE_TARGET = 2.2, 1.2  # CODI / Coconut at the same shape
+COLAR_GENERATE_TARGET = 1.2  # CoLaR / Coconut generation at the same number of latents
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--breakdown", action="store_true", help="also time the pieces of the engine's loop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-codi", dest="codi", action="store_false", help="skip CODI against Coconut")
+    p.add_argument("--no-colar", dest="colar", action="store_false", help="skip CoLaR against Coconut")
     return p.parse_args(argv)
 
 
@@ -127,6 +133,34 @@ def codi_vs_coconut(args, tok, bench) -> tuple[float, float, dict]:
     train_ratio = times[("train", "codi")] / times[("train", "coconut")]
     gen_ratio = times[("gen", "codi")] / times[("gen", "coconut")]
     return train_ratio, gen_ratio, {"times": times, "slots": slots, "nb": len(eval_batches)}
+
+
+def colar_vs_coconut(args, tok, bench) -> tuple[float, dict]:
+    """(CoLaR / Coconut seconds per generated batch set, details): one tiny LM shared by both, 6 latents each (Coconut
+    c = 2 x 3 groups, CoLaR 6 x 1), each with its own evaluation prompts; min over repeats after a warm-up."""
+    set_seed(args.seed)
+    lm = build_tiny_model(args.preset, tok, seed=args.seed).eval()
+    _, _, end_id = latent_token_ids(tok)
+    specs = {"coconut": ReasonerSpec.for_method("coconut", latents_per_step=2, max_latent_stage=3),
+             "colar": ReasonerSpec.for_method("colar", latents_per_step=1, max_latent_stage=6)}
+    models = {m: LatentReasoner(lm, spec).eval() for m, spec in specs.items()}
+    with torch.no_grad():  # the <|end-latent|> logit is 0 while the others are noise: it is (almost) never the argmax
+        lm.get_output_embeddings().weight[end_id] = 0
+    batches = {m: make_batches([builder_for(tok, spec).eval_prompt(p.question) for p in bench["test"][: args.n]],
+                               args.batch_size, tok.pad_token_id) for m, spec in specs.items()}
+    kw = dict(end_id=end_id, eos_id=-1, pad_id=tok.pad_token_id, max_new_tokens=args.max_new_tokens)
+
+    @torch.no_grad()
+    def gen(m):
+        return [models[m].answer(*b, **kw) for b in batches[m]]
+
+    slots = {m: {int(st.n_active.min()) for st, _ in gen(m)} for m in models}  # warm-up and the check
+    times = {}
+    for _ in range(max(args.repeats, 3)):
+        for m in models:
+            t, _ = timed(lambda m=m: gen(m))
+            times[m] = min(times.get(m, float("inf")), t)
+    return times["colar"] / times["coconut"], {"times": times, "slots": slots, "nb": len(batches["colar"])}
 
 
 def make_batches(prompts, batch_size: int, pad_id: int):
@@ -335,6 +369,16 @@ def main(argv=None) -> None:
               f"{'met' if gen_ratio <= CODI_GENERATE_TARGET else 'NOT met'}")
         print(f"codi_train_step_vs_coconut={train_ratio:.3f}")
         print(f"codi_generate_vs_coconut={gen_ratio:.3f}")
+
+    if args.colar:
+        ratio, det = colar_vs_coconut(args, tok, bench)
+        print()
+        print(f"CoLaR vs Coconut (6 latents; generation {det['nb']} batches x {T} tokens; fewest latents filled by a "
+              f"row: coconut {det['slots']['coconut']}, colar {det['slots']['colar']})")
+        print(f"  generation ms: coconut {1e3 * det['times']['coconut']:.1f}, colar {1e3 * det['times']['colar']:.1f}")
+        print(f"target colar generation <= {COLAR_GENERATE_TARGET:g}x coconut: "
+              f"{'met' if ratio <= COLAR_GENERATE_TARGET else 'NOT met'}")
+        print(f"colar_generate_vs_coconut={ratio:.3f}")
 
     print()
     print(f"target speedup >= {SPEEDUP_TARGET:g}: {'met' if speedup >= SPEEDUP_TARGET else 'NOT met'}")

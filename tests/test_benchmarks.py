@@ -50,3 +50,7 @@ def test_benchmark_scripts_print_their_ratio(script, args, last):
     out = run([sys.executable, f"benchmarks/{script}", *args])
     assert out[-1].startswith(last)
     assert float(out[-1].split("=")[1]) > 0
+    if script == "latent_engine.py":  # CODI's and CoLaR's ratios against Coconut, each at 6 filled latents
+        for key in ("codi_train_step_vs_coconut=", "codi_generate_vs_coconut=", "colar_generate_vs_coconut="):
+            assert any(line.startswith(key) and float(line.split("=")[1]) > 0 for line in out), key
+        assert any("fewest latents filled by a row: coconut {6}, colar {6}" in line for line in out)
