@@ -207,41 +207,51 @@ def test_test_evaluation_keeps_which_problems_each_run_got_right(tmp_path, monke
 
 
 def test_rl_vs_start_by_hand():
-    rows = [{"atp": {"accuracy": 0.40}, "atp_rl": {"accuracy": 0.50}, "atp_rl_coherence": {"accuracy": 0.38}},
-            {"atp": {"accuracy": 0.44}, "atp_rl": {"accuracy": 0.47}, "atp_rl_coherence": {"accuracy": 0.45}},
-            {"atp": {"accuracy": 0.42}, "atp_rl": {"accuracy": 0.49}, "atp_rl_coherence": {"accuracy": 0.43}}]
+    """Per seed the accuracies and gains; the verdict is the paired bootstrap interval over problems and seeds."""
+    # 3 seeds x 100 problems: RL gains 10, 3, 7 problems and loses none; coherence gains 1 and loses 2 on seed 0
+    def row(start_right, rl_gained, coh_gained, coh_lost, n=100):
+        start = "1" * start_right + "0" * (n - start_right)
+        rl = "1" * (start_right + rl_gained) + "0" * (n - start_right - rl_gained)
+        coh = "1" * (start_right - coh_lost) + "0" * coh_lost + "1" * coh_gained + "0" * (n - start_right - coh_gained)
+        return {j: {"accuracy": c.count("1") / n, "correct": c}
+                for j, c in (("atp", start), ("atp_rl", rl), ("atp_rl_coherence", coh))}
+
+    rows = [row(40, 10, 1, 2), row(44, 3, 0, 0), row(42, 7, 0, 0)]
     table, summary = suite_mod.rl_vs_start_table(rows, split="val_large", held_out=True)
-    # start: mean 0.42, sample std 0.02; RL gains 0.10, 0.03, 0.07 (mean 0.0667 > 0.02); coherence gains
-    # -0.02, 0.01, 0.01 (mean 0.0 < 0.02)
     assert summary["atp"]["mean"] == pytest.approx(0.42) and summary["atp"]["std"] == pytest.approx(0.02)
     assert summary["atp_rl"]["gains"] == pytest.approx([0.10, 0.03, 0.07])
-    assert summary["atp_rl"]["mean_gain"] == pytest.approx(0.2 / 3)
+    assert summary["atp_rl"]["mean_gain"] == pytest.approx(0.2 / 3) and summary["n_problems"] == 100
+    assert summary["atp_rl"]["gained_lost"] == [(10, 0), (3, 0), (7, 0)]
     lines = table.splitlines()
-    # the paired bar: RL's gains have a sample std of sqrt((3.33^2 + 3.67^2 + 0.33^2) / 2) = 3.5 points, below their
-    # mean; the coherence gains' std is sqrt((4 + 1 + 1) / 2) = 1.7 points, above their mean of 0
-    assert summary["atp_rl"]["gain_std"] == pytest.approx(0.035119, abs=1e-6)
-    assert lines[3] == ("| ATP-Latent (RL) | 50.0, 47.0, 49.0 | 48.7 ± 1.5 | +10.0, +3.0, +7.0 | +6.7 ± 3.5 | yes | yes "
-                        "| - |")
-    assert lines[4].endswith("| -2.0, +1.0, +1.0 | +0.0 ± 1.7 | no | no | - |")
-    # a start std the gain does not pass, with gains that agree: the two bars part
-    rows = [{"atp": {"accuracy": a}, "atp_rl": {"accuracy": a + d}} for a, d in ((0.60, 0.02), (0.70, 0.03),
-                                                                                  (0.65, 0.01))]
-    table, _ = suite_mod.rl_vs_start_table(rows, split="val_large", held_out=True)
-    assert table.splitlines()[3].endswith("| +2.0, +3.0, +1.0 | +2.0 ± 1.0 | no | yes | - |")
-    # one seed: no std of the start nor of the gains, so no verdict ("gain > 0" would pass any single flip)
-    table, _ = suite_mod.rl_vs_start_table(rows[:1], split="val_large", held_out=True)
-    assert table.splitlines()[3].endswith("| +2.0 | +2.0 ± 0.0 | - | - | - |")
+    # RL only gains: every replicate is above 0 (p < 1e-4); coherence: -1 of 300, the interval straddles 0
+    assert lines[3].startswith("| ATP-Latent (RL) | 50.0, 47.0, 49.0 | 48.7 ± 1.5 | +10.0, +3.0, +7.0 | +6.7 [")
+    assert lines[3].endswith(" | yes | +10 / -0, +3 / -0, +7 / -0 |")  # its lower end above 0
+    res, _ = suite_mod.rl_gain_interval(summary, "atp_rl_coherence")
+    assert res.mean_difference == pytest.approx(-1 / 300) and res.ci_low < 0 < res.ci_high
+    assert lines[4].endswith("| no | +1 / -2, +0 / -0, +0 / -0 |")
+    # on the split best/ was picked on: no verdict
+    table, _ = suite_mod.rl_vs_start_table(rows, split="val", held_out=False)
+    assert table.splitlines()[3].endswith("| selection split | +10 / -0, +3 / -0, +7 / -0 |")
+    # without per-problem outcomes: the mean gain, no interval, no verdict
+    bare = [{j: {"accuracy": v["accuracy"]} for j, v in r.items()} for r in rows]
+    table, _ = suite_mod.rl_vs_start_table(bare, split="val_large", held_out=True)
+    assert table.splitlines()[3].endswith("| +6.7 (no per-problem outcomes) | - | - |")
 
 
-def test_rl_vs_start_counts_flipped_problems():
-    """With per-problem results, each seed's problems the RL model gained (start wrong, RL right) and lost."""
-    rows = [{"atp": {"accuracy": 0.5, "correct": "1100"}, "atp_rl": {"accuracy": 0.75, "correct": "1011"}},
-            {"atp": {"accuracy": 0.25, "correct": "0001"}, "atp_rl": {"accuracy": 0.25, "correct": "0001"}}]
-    table, summary = suite_mod.rl_vs_start_table(rows, split="val_large", held_out=True)
-    # seed 0: gained problems 2 and 3, lost problem 1; seed 1: identical. Mean gain 12.5 points against the start's
-    # std of 0.25 / sqrt(2) = 17.7 points: not above it
-    assert summary["atp_rl"]["gained_lost"] == [(2, 1), (0, 0)]
-    assert table.splitlines()[3].endswith("| +25.0, +0.0 | +12.5 ± 17.7 | no | no | +2 / -1, +0 / -0 |")
+def test_rl_gain_interval_from_counts_when_outcomes_were_not_kept():
+    """An older summary (gained / lost counts per seed, n_problems) gives the same mean gain as the outcomes would,
+    and aligning the rebuilt differences across seeds widens the interval against the true, unaligned ones."""
+    n = 200
+    rl = ["1" * 12 + "0" * 188, "0" * 100 + "1" * 12 + "0" * 88]  # the seeds gain different problems
+    start = ["0" * n, "0" * n]
+    full = {"n_problems": n, "atp": {"correct": start}, "atp_rl": {"correct": rl}}
+    counts = {"n_problems": n, "atp": {}, "atp_rl": {"gained_lost": [(12, 0), (12, 0)]}}
+    exact, note = suite_mod.rl_gain_interval(full, "atp_rl")
+    rebuilt, note_counts = suite_mod.rl_gain_interval(counts, "atp_rl")
+    assert note == "" and "rebuilt" in note_counts
+    assert exact.mean_difference == rebuilt.mean_difference == pytest.approx(0.06)
+    assert rebuilt.ci_high - rebuilt.ci_low > exact.ci_high - exact.ci_low
+    assert suite_mod.rl_gain_interval({"atp": {}, "atp_rl": {"gained_lost": [(1, 0)]}}, "atp_rl") == (None, "")
 
 
 def test_scale_stretches_steps_not_minutes_only(tmp_path):
@@ -452,9 +462,11 @@ def test_fresh_questions_are_in_distribution_and_unseen(tmp_path):
     assert (vars(base.rl), vars(base.method), base.train) == (vars(fresh_cfg.rl), vars(fresh_cfg.method), fresh_cfg.train)
 
 
-def _cells(acc: float, tokens: float) -> dict:
-    return {s: {"accuracy": acc, "mean_tokens": tokens, "mean_latents": 3.0, "mean_answer_tokens": tokens - 3.0}
-            for s in suite_mod.TEST_SPLITS}
+def _cells(acc: float, tokens: float, n: int = 100) -> dict:
+    """Test-split results right on the first acc x n problems of each split."""
+    right = round(acc * n)
+    return {s: {"accuracy": acc, "mean_tokens": tokens, "mean_latents": 3.0, "mean_answer_tokens": tokens - 3.0,
+                "correct": "1" * right + "0" * (n - right)} for s in suite_mod.TEST_SPLITS}
 
 
 def _graded(correct: str) -> dict:
@@ -529,7 +541,7 @@ def test_rl_over_start_is_judged_on_held_out_problems_only(fake_bench):
     res = json.loads((out / "results.json").read_text())
     # val_large: start 0.90 / 0.80 / 0.85 (mean 0.85, sample std 0.05), RL gains 0, +0.05, -0.05 (mean 0)
     rl = res["claim"]["rl_over_start"]
-    assert rl["mean_gain"] == pytest.approx(0.0, abs=1e-12) and rl["start_std"] == pytest.approx(0.05)
+    assert rl["mean_gain"] == pytest.approx(0.0, abs=1e-12) and rl["interval"]["ci_low"] < 0 < rl["interval"]["ci_high"]
     assert rl["holds"] is False and rl["split"] == "val_large"
     # val would have said yes: +0.1 on every seed against a start std of 0.0577
     assert res["rl_vs_start_val"]["atp_rl"]["mean_gain"] == pytest.approx(0.1)
@@ -539,18 +551,22 @@ def test_rl_over_start_is_judged_on_held_out_problems_only(fake_bench):
     text = (out / "RESULTS.md").read_text()
     claim = text[text.index("## The claim"):]
     assert "on val" not in claim and "on 5000 fresh in-distribution problems" in claim
-    assert "(mean gain +0.00 points against a seed-to-seed std of the start of 5.00)" in claim
+    assert "(gain in points, paired over every problem and seed, with its 95% interval: +0.00 [" in claim
+    # the baselines: RL right on 10 and 20 of every split's 100 problems that SIM-CoT / Coconut miss, losing none
+    assert res["claim"]["simcot"]["interval"]["mean_difference"] == pytest.approx(0.1)
+    assert res["claim"]["simcot"]["interval"]["ci_low"] > 0 and res["claim"]["coconut"]["interval"]["ci_low"] > 0
     # the val table: every RL row says it was picked there, and none gives a verdict
     val_table = text[text.index("RL against its SFT start on the val split"):text.index("The same on 5000")]
     rl_row = next(line for line in val_table.splitlines() if line.startswith("| ATP-Latent (RL) |"))
-    assert rl_row.endswith("| +10.0 ± 0.0 | selection split | selection split | +1 / -0, +1 / -0, +1 / -0 |")
+    assert "| selection split | +1 / -0, +1 / -0, +1 / -0 |" in rl_row and rl_row.startswith(
+        "| ATP-Latent (RL) | 100.0, 90.0, 100.0 | 96.7 ± 5.8 | +10.0, +10.0, +10.0 | +10.0 [")
     assert "| yes |" not in val_table and "| no |" not in val_table
     assert [c[:2] for c in calls["evaluate_val"]] == [("val", 0)] * 3 + [("val_large", 8)] * 3  # 8 rollouts each
 
 
 def test_gpu_suite_has_a_held_out_split_by_default(fake_bench):
-    """bench --suite gpu draws a few hundred held-out problems by default and judges RL on them; with one seed there
-    is no seed-to-seed std, so the bar is a one-sided sign test over the problems the two answer differently."""
+    """bench --suite gpu draws a few hundred held-out problems by default and judges RL on them; with one seed the
+    bootstrap resamples its problems alone."""
     import json
 
     run, rows, calls = fake_bench
@@ -561,13 +577,14 @@ def test_gpu_suite_has_a_held_out_split_by_default(fake_bench):
     # held-out greedy evaluation only: no rollouts, within the device call's time
     assert [c[:2] for c in calls["evaluate_val"]] == [("val", 0), ("val_large", 0)]
     rl = json.loads((out / "results.json").read_text())["claim"]["rl_over_start"]
-    # P(at least 3 of 4 fair flips) = 5 / 16 = 0.3125: a gain above 0 that chance explains
-    assert rl["gained_lost"] == [3, 1] and rl["sign_p"] == pytest.approx(5 / 16) and rl["holds"] is False
+    # +3 / -1 of 10 problems: a gain of 20 points that resampling 10 problems easily erases
+    assert rl["mean_gain"] == pytest.approx(0.2) and rl["interval"]["ci_low"] <= 0 and rl["holds"] is False
+    assert rl["interval"]["n_seeds"] == 1 and rl["interval"]["n_problems"] == 10
     text = (out / "RESULTS.md").read_text()
-    assert "one-sided sign test" in text and "p = 0.31" in text
     held_out = text[text.index("The same on 500"):text.index("## The claim")]
-    assert next(line for line in held_out.splitlines() if line.startswith("| ATP-Latent (RL) |")).endswith(
-        "| +20.00 | +20.00 ± 0.00 | - | - | +3 / -1 |")
+    row = next(line for line in held_out.splitlines() if line.startswith("| ATP-Latent (RL) |"))
+    assert row.startswith("| ATP-Latent (RL) | 90.00 | 90.00 ± 0.00 | +20.00 | +20.00 [") and row.endswith(
+        "| no | +3 / -1 |")
 
 
 def test_ablation_rows_picked_on_val_are_labelled(fake_bench):
@@ -585,9 +602,9 @@ def test_ablation_rows_picked_on_val_are_labelled(fake_bench):
 
 
 def test_committed_cpu_results_judge_rl_on_held_out_problems(tmp_path):
-    """results/cpu/RESULTS.md is what write_report renders from results.json and NOTES.md (regenerate with `python -m
+    """results/cpu/RESULTS.md is what write_report renders from results.json (regenerate with `python -m
     atp_latent.suite results/cpu`), and its RL verdict rests on val_large alone: gains -0.02, +0.14, -0.12 points
-    (mean 0.00) against a start std of 1.04."""
+    (mean 0.00), whose interval (rebuilt from each seed's gained and lost problems) holds 0."""
     import json
     import shutil
 
@@ -602,5 +619,5 @@ def test_committed_cpu_results_judge_rl_on_held_out_problems(tmp_path):
     large = res["rl_vs_start_val_large"]
     assert [round(100 * g, 2) for g in large["atp_rl"]["gains"]] == [-0.02, 0.14, -0.12]
     rl = res["claim"]["rl_over_start"]
-    assert rl == {"split": "val_large", "mean_gain": pytest.approx(0.0, abs=1e-12),
-                  "start_std": pytest.approx(0.010393, abs=1e-6), "holds": False}
+    assert rl["split"] == "val_large" and rl["mean_gain"] == pytest.approx(0.0, abs=1e-12) and rl["holds"] is False
+    assert rl["interval"]["ci_low"] < 0 < rl["interval"]["ci_high"] and rl["interval"]["n_problems"] == 5000

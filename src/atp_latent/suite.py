@@ -485,17 +485,20 @@ def gained_lost(row: dict, start: dict) -> tuple[int, int]:
 
 
 def rl_vs_start_table(val_rows: list[dict], digits: int = 1, *, split: str, held_out: bool) -> tuple[str, dict]:
-    """Accuracy of each RL job against its SFT start (atp) on `split`, seed by seed (evaluate_val rows): the claim
-    "RL improves on its start" holds when the mean gain exceeds the seed-to-seed std of the start's accuracy. A
-    second column applies the bar of a paired test, the std of the gains themselves (each seed's RL run against its
-    own start; "-" with one seed). `held_out`: no run selected anything on `split`. On the split RL's best/ was
-    picked on (val) the start is best/'s first candidate, so the gain there cannot be negative: the table then
-    gives no verdict. Returns the table and its summary (rl_vs_start_markdown renders one)."""
+    """Accuracy of each RL job against its SFT start (atp) on `split`, seed by seed (evaluate_val rows), with which
+    problems each got right ("correct", per seed): the claim "RL improves on its start" holds when the paired
+    bootstrap interval of the gain over problems and seeds lies above 0 (rl_gain_interval). `held_out`: no run
+    selected anything on `split`. On the split RL's best/ was picked on (val) the start is best/'s first candidate,
+    so the gain there cannot be negative: the table then gives no verdict. Returns the table and its summary
+    (rl_vs_start_markdown renders one)."""
     from atp_latent.evaluation.evaluate import mean_std
 
     start = [r["atp"]["accuracy"] for r in val_rows if "atp" in r]
     s_mean, s_std = mean_std(start)
     summary = {"split": split, "held_out": held_out, "atp": {"per_seed": start, "mean": s_mean, "std": s_std}}
+    if val_rows and all("correct" in r.get("atp", {}) for r in val_rows):
+        summary["n_problems"] = len(val_rows[0]["atp"]["correct"])
+        summary["atp"]["correct"] = [r["atp"]["correct"] for r in val_rows]
     for job in ("atp", "atp_rl", "atp_rl_coherence"):
         if not all(job in r and "atp" in r for r in val_rows):
             continue
@@ -506,39 +509,61 @@ def rl_vs_start_table(val_rows: list[dict], digits: int = 1, *, split: str, held
         summary[job] = {"per_seed": accs, "mean": m, "std": sd, "gains": gains, "mean_gain": g, "gain_std": g_sd}
         if all("correct" in r[job] and "correct" in r["atp"] for r in val_rows):
             summary[job]["gained_lost"] = [gained_lost(r[job], r["atp"]) for r in val_rows]
+            summary[job]["correct"] = [r[job]["correct"] for r in val_rows]
     return rl_vs_start_markdown(summary, digits), summary
+
+
+def rl_gain_interval(summary: dict, job: str, start: str = "atp"):
+    """(PairedBootstrapResult of `job` minus `start` over the summary's problems and seeds, a note) or (None, "").
+    From each seed's per-problem outcomes ("correct"); a results file from before they were kept has only how many
+    problems each seed gained and lost: each seed's per-problem differences are then rebuilt from those counts, in
+    the same order on every seed (gained first, then lost), which can only widen the interval (the note says so)."""
+    from atp_latent.evaluation.stats import paired_bootstrap
+
+    row, base = summary.get(job, {}), summary.get(start, {})
+    if job == start or not row:
+        return None, ""
+    if row.get("correct") and base.get("correct"):
+        return paired_bootstrap([[int(c) for c in x] for x in row["correct"]],
+                                [[int(c) for c in x] for x in base["correct"]]), ""
+    counts, n = row.get("gained_lost"), summary.get("n_problems")
+    if not counts or not n:
+        return None, ""
+    a = [[1] * g + [0] * lost + [0] * (n - g - lost) for g, lost in counts]
+    b = [[0] * g + [1] * lost + [0] * (n - g - lost) for g, lost in counts]
+    return paired_bootstrap(a, b), ("; per-problem outcomes not kept in this results file: rebuilt from each seed's "
+                                    "problems gained and lost, aligned across seeds, which can only widen the interval")
 
 
 def rl_vs_start_markdown(summary: dict, digits: int = 1) -> str:
     """rl_vs_start_table's table from its summary (also one read back from results.json, which may predate
     gain_std and the split fields: a summary without "held_out" is of val, where RL's best/ was picked)."""
     from atp_latent.evaluation.evaluate import mean_std
+    from atp_latent.evaluation.report import interval_text
 
     held_out = summary.get("held_out", False)
-    s_std = summary["atp"]["std"]
-    lines = ["| model | acc per seed | mean ± std | gain over ATP SFT per seed | mean gain ± std | gain > start std? | "
-             "gain > its std (paired)? | problems gained / lost per seed |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | acc per seed | mean ± std | gain over ATP SFT per seed | mean gain, 95% interval, p | "
+             "interval above 0? | problems gained / lost per seed |", "|---|---|---|---|---|---|---|"]
     for job in ("atp", "atp_rl", "atp_rl_coherence"):
         if job not in summary or "gains" not in summary[job]:
             continue
         row = summary[job]
         accs, gains = row["per_seed"], row["gains"]
-        g, g_sd = mean_std(gains)
+        g = mean_std(gains)[0]
+        res, _ = rl_gain_interval(summary, job)
         if job == "atp":
-            verdict = paired = "-"
-        elif not held_out:  # picked here: no verdict
-            verdict = paired = "selection split"
-        elif len(gains) < 2:  # one seed has no std to pass (claim_verdict then applies a sign test)
-            verdict = paired = "-"
+            interval = verdict = "-"
+        elif res is None:
+            interval, verdict = f"{100 * g:+.{digits}f} (no per-problem outcomes)", "-"
         else:
-            verdict = "yes" if g > s_std else "no"
-            paired = "yes" if g > g_sd else "no"
+            interval = interval_text(res, digits)
+            verdict = ("yes" if res.ci_low > 0 else "no") if held_out else "selection split"  # picked here: none
         flips = row.get("gained_lost")
         flip_text = "-" if flips is None or job == "atp" else ", ".join(f"+{a} / -{b}" for a, b in flips)
         f = f".{digits}f"  # points; 2 digits where one problem is worth less than 0.1
         lines.append(f"| {_label(job)} | " + ", ".join(f"{100 * a:{f}}" for a in accs) + f" | {100 * row['mean']:{f}}"
                      f" ± {100 * row['std']:{f}} | " + ", ".join(f"{100 * x:+{f}}" for x in gains) + f" | "
-                     f"{100 * g:+{f}} ± {100 * g_sd:{f}} | {verdict} | {paired} | {flip_text} |")
+                     f"{interval} | {verdict} | {flip_text} |")
     return "\n".join(lines)
 
 
@@ -671,9 +696,6 @@ def run_bench(args) -> int:
     warning = _stopped_early(data)
     if warning:
         print(warning, flush=True)
-    notes = out / "NOTES.md"
-    if notes.is_file():  # the analysis written by people stays with the table
-        text += "\n" + notes.read_text()
     (out / "RESULTS.md").write_text(text)
     print("\n" + results_table(agg, per_seed, TEST_SPLITS, LABELS, costs) + f"\n\nwrote {out / 'RESULTS.md'} "
           f"({minutes:.0f} min)")
@@ -707,7 +729,7 @@ def bench_report(data: dict, took: str) -> tuple[str, dict]:
     """RESULTS.md (without the notes) from a bench's results.json, and the claim's facts. `took`: what the command
     cost, for the opening line. RL is judged against its start on the held-out problems (val_large) only; the val
     tables are labelled as the split RL's best/ was picked on."""
-    from atp_latent.evaluation.report import claim_verdict, paired_table, results_table
+    from atp_latent.evaluation.report import claim_verdict, compute_summary, paired_table, results_table
 
     suite, val_large, rollouts = _bench_settings(data)
     per_seed, seeds = data["per_seed"], data["seeds"]
@@ -715,7 +737,7 @@ def bench_report(data: dict, took: str) -> tuple[str, dict]:
     paired = paired_table(per_seed, PAIRS, TEST_SPLITS, LABELS)
     val = {"held_out": False, "split": "val"} | data["rl_vs_start_val"]  # older files: no split fields
     large = data.get("rl_vs_start_val_large")
-    large = {"held_out": True, "split": "val_large"} | large if large else None
+    large = {"held_out": True, "split": "val_large", "n_problems": val_large} | large if large else None
     where = f"{val_large} fresh in-distribution problems (`val_large`, held out: no run selected on them)"
     claim_text, claim = claim_verdict(per_seed, TEST_SPLITS, LABELS, rl_vs_start=large, where=where)
     rollouts_text = ""
@@ -725,19 +747,23 @@ def bench_report(data: dict, took: str) -> tuple[str, dict]:
                                        for k in range(seeds)])
         rollouts = ro[next(iter(ro))][0]["n"]
     text = (f"# {suite.upper()} benchmark: every method on the synthetic benchmark\n\nCommand: `{data['command']}` "
-            f"({took}). Accuracy (%) per test split, mean ± std over {seeds} seed(s); "
+            f"({took}). Compute: {compute_summary(data['costs'] | (data.get('ablation_costs') or {}))}. "
+            "The analysis of these numbers is in NOTES.md beside this file.\n\n"
+            f"Accuracy (%) per test split, mean ± std over {seeds} seed(s); "
             f"# tokens = active latents + answer tokens (CoT: generated steps + answer); train steps and minutes: "
             f"each run's optimizer (RL: policy) steps and wall time, mean over seeds.\n\n{table}\n\n"
-            "Paired per seed (same data, same start checkpoint): accuracy difference in points, mean ± std over "
-            f"seeds, and the seeds on which the first was ahead.\n\n{paired}\n\n"
+            "Paired comparisons (same data, same start checkpoint): the accuracy difference in points over every "
+            "problem of a split and every seed, its 95% interval from a bootstrap that resamples seeds and problems, "
+            "and the two-sided p (docs/metrics.md); then each seed's difference. A difference is shown to hold only "
+            f"when its interval excludes 0.\n\n{paired}\n\n"
             "RL against its SFT start on the val split (greedy). This is the selection split: each RL run's `best/` "
             "was picked on these problems with the start as its first candidate, so its gain here cannot be "
             "negative; shown for reference, it judges nothing (the verdict columns read \"selection split\"):\n\n"
             f"{rl_vs_start_markdown(val)}\n\n"
             + (f"The same on {val_large} fresh in-distribution problems (`data/val_large.jsonl` of each seed "
                "folder: drawn like val, in none of the splits, used for no checkpoint selection), where RL is "
-               f"judged against its start (one problem = {100 / val_large:.2f} points; bars: the start's "
-               "seed-to-seed std, and the std of the paired gains):\n\n"
+               f"judged against its start (one problem = {100 / val_large:.2f} points; the gain's 95% interval from "
+               "the paired bootstrap over problems and seeds must lie above 0):\n\n"
                f"{rl_vs_start_markdown(large, digits=2)}\n\n" if large else
                "No held-out problems (`--val-large 0`), so RL is not judged against its start.\n\n")
             + (f"RL's own sampling policy on the same problems: {rollouts} rollouts of each (sampled latents, "
@@ -768,7 +794,7 @@ def bench_report(data: dict, took: str) -> tuple[str, dict]:
 
 
 def write_report(out: Path | str) -> Path:
-    """Re-write a bench's RESULTS.md from its results.json and NOTES.md, without the runs (`python -m
+    """Re-write a bench's RESULTS.md from its results.json, without the runs (`python -m
     atp_latent.suite OUT`): nothing is trained or evaluated again. The claim's facts in results.json are decided
     again by today's rules; every measured number is kept."""
     out = Path(out)
@@ -782,9 +808,6 @@ def write_report(out: Path | str) -> Path:
                                              f"atp_latent.suite {out}`: no run trained or evaluated again")
     if json.dumps(data, indent=2) != before:
         (out / "results.json").write_text(json.dumps(data, indent=2))
-    notes = out / "NOTES.md"
-    if notes.is_file():
-        text += "\n" + notes.read_text()
     (out / "RESULTS.md").write_text(text)
     return out / "RESULTS.md"
 

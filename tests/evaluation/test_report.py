@@ -7,6 +7,7 @@ import pytest
 from atp_latent.evaluation.report import (
     aggregate,
     claim_verdict,
+    compute_summary,
     paired_comparison,
     paired_table,
     plot_accuracy_vs_tokens,
@@ -65,7 +66,14 @@ def test_paired_comparison_by_hand():
     table = paired_table(PER_SEED, [("cot", "atp"), ("cot", "missing")], ["a", "b"], {"cot": "CoT-SFT"})
     lines = table.splitlines()
     assert len(lines) == 3  # a pair with a method that did not run is left out
-    assert lines[2] == "| CoT-SFT − atp | +30.0 ± 0.0 (2/2 seeds; +30.0, +30.0) | +30.0 ± 14.1 (2/2 seeds; +20.0, +40.0) |"
+    # without per-problem outcomes: the seeds' mean ± std, marked; the last column over both splits (+25, +35)
+    assert lines[2] == ("| CoT-SFT − atp | +30.0 ± 0.0 (seeds: +30.0, +30.0; no per-problem outcomes: no interval) | "
+                        "+30.0 ± 14.1 (seeds: +20.0, +40.0; no per-problem outcomes: no interval) | "
+                        "+30.0 ± 7.1 (seeds: +25.0, +35.0; no per-problem outcomes: no interval) |")
+    # with them: the bootstrap interval over problems and seeds; identical answers give exactly [0, 0]
+    per_seed = [{"p": {"a": right("1100")}, "q": {"a": right("1100")}}]
+    assert paired_table(per_seed, [("p", "q")], ["a"], {}).splitlines()[2] == (
+        "| p − q | +0.0 [+0.0, +0.0], p = 1 (seeds: +0.0) | +0.0 [+0.0, +0.0], p = 1 (seeds: +0.0) |")
 
 
 def test_run_cost_and_cost_columns(tmp_path):
@@ -75,9 +83,17 @@ def test_run_cost_and_cost_columns(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     # a run from before scheduled steps were logged is not flagged
     assert run_cost(tmp_path) == {"steps": 30, "minutes": 2.5, "best_step": 20, "scheduled_steps": None,
-                                  "stopped_early": False}
+                                  "stopped_early": False, "commit": None, "dirty": None}
     assert run_cost(tmp_path / "missing") == {"steps": None, "minutes": None, "best_step": None,
-                                              "scheduled_steps": None, "stopped_early": False}
+                                              "scheduled_steps": None, "stopped_early": False, "commit": None,
+                                              "dirty": None}
+    (tmp_path / "environment.json").write_text(json.dumps({"git": {"commit": "abcdef0123", "dirty": False}}))
+    assert run_cost(tmp_path)["commit"] == "abcdef0123"
+    # the compute line: every run's minutes summed, the commits they ran
+    costs = {"cot": [run_cost(tmp_path), {"minutes": 57.5, "commit": "1234567890", "dirty": True}],
+             "atp": {"minutes": None}}
+    assert compute_summary(costs) == "3 runs, 1.0 h of training wall time in all (one CPU thread each), " \
+        "commit 1234567+dirty, abcdef0"
     costs = {"cot": [{"steps": 30, "minutes": 2.0}, {"steps": 30, "minutes": 4.0}], "atp": [{"steps": None}]}
     table = results_table(aggregate(PER_SEED), PER_SEED, ["a", "b"], {"cot": "CoT-SFT"}, costs)
     assert table.splitlines()[0].endswith("| train steps | train min |")
@@ -96,7 +112,7 @@ def test_runs_cut_by_the_safety_stop_are_named(tmp_path):
     full, cut = run("full", 400, 400), run("cut", 250, 400)
     assert run_cost(full)["stopped_early"] is False
     assert run_cost(cut) == {"steps": 250, "minutes": 1.0, "best_step": 250, "scheduled_steps": 400,
-                             "stopped_early": True}
+                             "stopped_early": True, "commit": None, "dirty": None}
     assert stopped_early_note({"CoT-SFT": full}) == ""
     note = stopped_early_note({"CoT-SFT": full, "Coconut": cut})
     assert "Coconut (250 of 400 steps)" in note and "CoT-SFT" not in note and note.startswith("**Warning")
@@ -107,31 +123,60 @@ def held_out(summary: dict) -> dict:
     return {"split": "val_large", "held_out": True, **summary}
 
 
+def right(pattern: str, tok=8, lat=3):
+    """A result cell whose problems are right where `pattern` has a 1."""
+    return {**cell(pattern.count("1") / len(pattern), tok, lat), "correct": pattern}
+
+
+def rl_summary(rl: list[str], start: list[str]) -> dict:
+    """A held-out rl_vs_start_table summary of RL ("x") and its start ("s") with their per-problem outcomes."""
+    acc = [p.count("1") / len(p) for p in rl]
+    acc_s = [p.count("1") / len(p) for p in start]
+    gains = [a - b for a, b in zip(acc, acc_s)]
+    return held_out({"n_problems": len(rl[0]), "s": {"per_seed": acc_s, "std": 0.0, "correct": start},
+                     "x": {"per_seed": acc, "gains": gains, "mean_gain": sum(gains) / len(gains), "correct": rl}})
+
+
 def test_claim_verdict_by_hand():
-    # mean over splits a, b per seed: cot 0.4 / 0.6 at 46 tokens, atp 0.15 / 0.25 at 8.5 tokens
-    rl = held_out({"atp": {"std": 0.02}, "cot": {"mean_gain": 0.03, "gains": [0.02, 0.04]}})
-    text, facts = claim_verdict(PER_SEED, ["a", "b"], {"cot": "CoT"}, method="cot", baselines=("atp",),
-                                start="atp", rl_vs_start=rl, where="40 held-out problems")
-    # cot is ahead on both seeds (+25, +35) but spends more tokens (46 vs 8.5): the claim fails on tokens
-    assert facts["atp"]["diffs"] == pytest.approx([0.25, 0.35]) and facts["atp"]["tokens"] == pytest.approx(46)
-    assert not facts["atp"]["holds"] and facts["rl_over_start"]["holds"] and facts["holds"] is False
-    assert "+25.0, +35.0 points" in text and "46.0 vs 8.5" in text and text.startswith(
-        "The claim as a whole: **does not hold**")
-    assert ("CoT beats its SFT start on 40 held-out problems: **holds** (mean gain +3.00 points against a "
-            "seed-to-seed std of the start of 2.00)") in text
-    # atp against cot: fewer tokens, behind on every seed; its gain over a start equal to the start's std fails too
-    rl = held_out({"cot": {"std": 0.05}, "atp": {"mean_gain": 0.05, "gains": [0.05, 0.05]}})
-    _, facts = claim_verdict(PER_SEED, ["a", "b"], {}, method="atp", baselines=("cot", "absent"), start="cot",
-                             rl_vs_start=rl)
-    assert set(facts) == {"cot", "rl_over_start", "holds"}  # a baseline that did not run is left out
-    assert not facts["cot"]["holds"] and not facts["rl_over_start"]["holds"]  # gain must exceed the std
-    # ahead on every seed at no more tokens, and a held-out gain above the start's std: holds
-    per_seed = [{"x": {"a": cell(0.6, 8, 3)}, "y": {"a": cell(0.5, 8, 3)}},
-                {"x": {"a": cell(0.55, 8, 3)}, "y": {"a": cell(0.5, 9, 3)}}]
-    rl = held_out({"x": {"mean_gain": 0.03, "gains": [0.02, 0.04]}, "s": {"std": 0.01}})
-    text, facts = claim_verdict(per_seed, ["a"], {}, method="x", baselines=("y",), start="s", rl_vs_start=rl)
-    assert facts["holds"] is True and text.startswith("The claim as a whole: **holds**")
-    assert facts["rl_over_start"] == {"split": "val_large", "mean_gain": 0.03, "start_std": 0.01, "holds": True}
+    """A part holds only when the paired bootstrap interval over problems and seeds lies above 0 (and, against a
+    baseline, at no more tokens); without per-problem outcomes it is not judged."""
+    # x right on 20 problems per seed that y misses, nothing lost: every replicate is +10 points or more
+    x = [right("1" * 20 + "0" * 180), right("1" * 30 + "0" * 170)]
+    y = [right("0" * 200, tok=9), right("0" * 200)]
+    per_seed = [{"x": {"a": x[k]}, "y": {"a": y[k]}} for k in range(2)]
+    rl = rl_summary(["1" * 12 + "0" * 88] * 2, ["0" * 100] * 2)
+    text, facts = claim_verdict(per_seed, ["a"], {"x": "X"}, method="x", baselines=("y",), start="s",
+                                rl_vs_start=rl, where="100 held-out problems")
+    assert facts["y"]["interval"]["mean_difference"] == pytest.approx(0.125)  # (20 + 30) / 400
+    assert facts["y"]["interval"]["ci_low"] > 0 and facts["y"]["holds"] and facts["holds"] is True
+    assert facts["rl_over_start"]["mean_gain"] == pytest.approx(0.12) and facts["rl_over_start"]["holds"]
+    assert text.startswith("The claim as a whole: **holds**") and "+12.5 [" in text and "p < 1e-04" in text
+    assert "X beats its SFT start on 100 held-out problems: **holds** (gain in points, paired over every problem " \
+        "and seed, with its 95% interval: +12.00 [" in text
+    # the same accuracies at more tokens than the baseline: fails on tokens
+    per_seed[0]["x"]["a"] = right("1" * 20 + "0" * 180, tok=20)
+    _, facts = claim_verdict(per_seed, ["a"], {}, method="x", baselines=("y",), start="s", rl_vs_start=rl)
+    assert facts["y"]["interval"]["ci_low"] > 0 and not facts["y"]["holds"] and facts["holds"] is False
+    # identical answers: the interval is [0, 0], which does not exclude 0
+    same = [{"x": {"a": right("1100")}, "y": {"a": right("1100")}}]
+    _, facts = claim_verdict(same, ["a"], {}, method="x", baselines=("y",), start="s",
+                             rl_vs_start=rl_summary(["1100"], ["1100"]))
+    assert facts["y"]["interval"]["ci_low"] == facts["y"]["interval"]["ci_high"] == 0
+    assert not facts["y"]["holds"] and not facts["rl_over_start"]["holds"] and facts["holds"] is False
+    # ahead on the mean but by one problem of ten: the interval holds 0, so the part does not hold
+    one = [{"x": {"a": right("1" + "0" * 9)}, "y": {"a": right("0" * 10)}}]
+    _, facts = claim_verdict(one, ["a"], {}, method="x", baselines=("y",), start="s")
+    assert facts["y"]["interval"]["mean_difference"] == pytest.approx(0.1) and facts["y"]["interval"]["ci_low"] <= 0
+    assert facts["y"]["holds"] is False
+    # the problems of every split count: level on split a, right on all of b where y is wrong on all: 4 / 8
+    two = [{"x": {"a": right("1100"), "b": right("1111")}, "y": {"a": right("1100"), "b": right("0000")}}]
+    _, facts = claim_verdict(two, ["a", "b"], {}, method="x", baselines=("y",), start="s")
+    assert facts["y"]["interval"]["mean_difference"] == pytest.approx(0.5)
+    assert facts["y"]["interval"]["n_problems"] == 8
+    # ahead on every seed but without per-problem outcomes (an older results file): not judged
+    text, facts = claim_verdict(PER_SEED, ["a", "b"], {"cot": "CoT"}, method="cot", baselines=("atp",), start="atp")
+    assert facts["atp"]["holds"] is None and facts["atp"]["diffs"] == pytest.approx([0.25, 0.35])
+    assert facts["holds"] is None and "**not judged** (accuracy over the test splits, no per-problem outcomes" in text
 
 
 def test_rl_over_start_needs_held_out_problems():
@@ -141,39 +186,49 @@ def test_rl_over_start_needs_held_out_problems():
                 {"x": {"a": cell(0.55, 8, 3)}, "y": {"a": cell(0.5, 9, 3)}}]
     picked_on = {"split": "val", "held_out": False, "x": {"mean_gain": 0.03, "gains": [0.02, 0.04]},
                  "s": {"std": 0.01}}
+    per_seed = [{"x": {"a": right("1" * 10)}, "y": {"a": right("0" * 10)}},
+                {"x": {"a": right("1" * 10)}, "y": {"a": right("0" * 10, tok=9)}}]
     with pytest.raises(ValueError, match="held-out problems only, not on 'val'"):
         claim_verdict(per_seed, ["a"], {}, method="x", baselines=("y",), start="s", rl_vs_start=picked_on)
     with pytest.raises(ValueError, match="held-out"):  # a summary that does not say is not taken as held out
         claim_verdict(per_seed, ["a"], {}, method="x", baselines=("y",), start="s",
                       rl_vs_start={k: v for k, v in picked_on.items() if k != "held_out"})
     text, facts = claim_verdict(per_seed, ["a"], {"x": "X"}, method="x", baselines=("y",), start="s")
-    assert set(facts) == {"y", "holds"} and facts["y"]["holds"] and facts["holds"] is None
-    assert text.startswith("The claim as a whole: **not decided** here (RL against its start was not judged).")
+    assert set(facts) == {"y", "holds"} and facts["y"]["holds"] is True and facts["holds"] is None
+    assert text.startswith("The claim as a whole: **not decided** here (a part of it was not judged).")
     assert "- X beats its SFT start: **not judged** (no held-out problems" in text
     # a part that fails decides the whole even when RL's is not judged
-    per_seed[1]["x"]["a"] = cell(0.45, 8, 3)
+    per_seed = [{"x": {"a": right("1000")}, "y": {"a": right("1000")}}]
     assert claim_verdict(per_seed, ["a"], {}, method="x", baselines=("y",), start="s")[1]["holds"] is False
 
 
-def test_one_seed_is_judged_by_a_sign_test_on_the_held_out_flips():
-    """One seed has no seed-to-seed std, and "gain > 0" would pass a single flipped problem: the bar is then a
-    one-sided sign test over the held-out problems the two answer differently, p < 0.05."""
-    per_seed = [{"x": {"a": cell(0.6, 8, 3)}, "y": {"a": cell(0.5, 8, 3)}}]
+def test_one_seed_is_judged_by_the_interval_over_its_problems():
+    """One seed: the bootstrap resamples the problems alone. A few flips either way leave 0 inside the interval;
+    a large net gain does not. An older summary with only each seed's gained / lost counts is judged on the
+    differences rebuilt from them (the line says so)."""
+    per_seed = [{"x": {"a": right("1" * 6 + "0" * 4)}, "y": {"a": right("1" * 5 + "0" * 5)}}]
 
-    def verdict(gained, lost):
-        rl = held_out({"x": {"mean_gain": (gained - lost) / 500, "gains": [(gained - lost) / 500],
-                             "gained_lost": [(gained, lost)]}, "s": {"std": 0.0}})
-        return claim_verdict(per_seed, ["a"], {}, method="x", baselines=("y",), start="s", rl_vs_start=rl,
-                             where="500 held-out problems")
+    def verdict(gained, lost, n=500, counts_only=False):
+        rl = "1" * gained + "0" * lost + "0" * (n - gained - lost)
+        start = "0" * gained + "1" * lost + "0" * (n - gained - lost)
+        summary = rl_summary([rl], [start])
+        if counts_only:
+            for k in ("s", "x"):
+                summary[k].pop("correct")
+            summary["x"]["gained_lost"] = [(gained, lost)]
+        return claim_verdict(per_seed, ["a"], {}, method="x", baselines=("y",), start="s", rl_vs_start=summary,
+                             where=f"{n} held-out problems")
 
-    text, facts = verdict(3, 1)  # P(>= 3 of 4 fair flips) = 5 / 16
-    assert facts["rl_over_start"]["sign_p"] == pytest.approx(5 / 16) and not facts["rl_over_start"]["holds"]
-    assert "gain +0.40 points, +3 / -1 problems, p = 0.31" in text and not facts["holds"]
-    _, facts = verdict(5, 0)  # 1 / 32
-    assert facts["rl_over_start"]["sign_p"] == pytest.approx(1 / 32) and facts["rl_over_start"]["holds"]
-    assert facts["holds"] is True
-    _, facts = verdict(9, 3)  # (C(12,9) + C(12,10) + C(12,11) + C(12,12)) / 4096 = 299 / 4096 = 0.073
-    assert facts["rl_over_start"]["sign_p"] == pytest.approx(299 / 4096) and not facts["rl_over_start"]["holds"]
-    rl = held_out({"x": {"mean_gain": 0.01, "gains": [0.01]}, "s": {"std": 0.0}})  # no per-problem results
-    text, facts = claim_verdict(per_seed, ["a"], {}, method="x", baselines=("y",), start="s", rl_vs_start=rl)
-    assert "rl_over_start" not in facts and "**not judged** (one seed and no per-problem results)" in text
+    text, facts = verdict(3, 1)
+    assert facts["rl_over_start"]["mean_gain"] == pytest.approx(2 / 500) and not facts["rl_over_start"]["holds"]
+    assert facts["rl_over_start"]["interval"]["ci_low"] <= 0 < facts["rl_over_start"]["interval"]["ci_high"]
+    _, facts = verdict(30, 2)
+    assert facts["rl_over_start"]["interval"]["ci_low"] > 0 and facts["rl_over_start"]["holds"]
+    text, facts = verdict(30, 2, counts_only=True)
+    assert facts["rl_over_start"]["holds"] and "rebuilt from each seed's problems gained and lost" in text
+    assert facts["rl_over_start"]["mean_gain"] == pytest.approx(28 / 500)
+    summary = rl_summary(["1" * 30 + "0" * 470], ["0" * 500])
+    for k in ("s", "x"):
+        summary[k].pop("correct")
+    text, facts = claim_verdict(per_seed, ["a"], {}, method="x", baselines=("y",), start="s", rl_vs_start=summary)
+    assert "rl_over_start" not in facts and "**not judged** (no per-problem results)" in text

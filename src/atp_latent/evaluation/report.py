@@ -1,5 +1,10 @@
-"""Tables and plots for `atp-latent bench`: mean +- std over seeds, accuracy against # tokens, training
-curves, and the distribution of latents used."""
+"""Tables and plots for `atp-latent bench`: mean +- std over seeds, paired comparisons with a bootstrap interval over
+problems and seeds (evaluation/stats.py), accuracy against # tokens, training curves, and the distribution of
+latents used.
+
+A comparison "holds" only when the 95% interval of the paired difference excludes 0 (evaluation/stats.py); it needs
+which problems each run got right ("correct": a 0/1 string per split, kept by the bench since 2026-12-03); a results
+file without them gives no interval, and the comparison is "not judged"."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import json
 from pathlib import Path
 
 from atp_latent.evaluation.evaluate import mean_std
+from atp_latent.evaluation.stats import PairedBootstrapResult, paired_bootstrap
 from atp_latent.modeling.methods import METHODS
 
 METRICS = ("accuracy", "mean_tokens", "mean_latents", "mean_answer_tokens")
@@ -35,7 +41,7 @@ def mean_over_splits(results: dict[str, dict], per_seed: list[dict], job: str, s
 def run_cost(run: Path) -> dict:
     """What a finished run cost: optimizer (or RL) steps, wall minutes (summed over resumes), the step of its
     best validation accuracy, and whether the wall-clock safety stop cut it short of its scheduled steps, from
-    its metrics.jsonl."""
+    its metrics.jsonl; and the commit it ran (environment.json)."""
     steps = minutes = best_step = scheduled = None
     best = -1.0
     path = Path(run) / "metrics.jsonl"
@@ -45,8 +51,21 @@ def run_cost(run: Path) -> dict:
             steps, minutes, scheduled = m["step"], m.get("train/minutes"), m.get("train/scheduled_steps")
         if m.get("eval/val_accuracy", -1.0) > best:
             best, best_step = m["eval/val_accuracy"], m["step"]
+    env = Path(run) / "environment.json"
+    git = json.loads(env.read_text()).get("git") or {} if env.is_file() else {}
     return {"steps": steps, "minutes": minutes, "best_step": best_step, "scheduled_steps": scheduled,
-            "stopped_early": bool(scheduled and steps is not None and steps < scheduled)}
+            "stopped_early": bool(scheduled and steps is not None and steps < scheduled),
+            "commit": git.get("commit"), "dirty": git.get("dirty")}
+
+
+def compute_summary(costs: dict[str, list[dict]]) -> str:
+    """The compute a bench's runs took (the sum of their wall minutes, every job and seed) and the commit(s) they
+    ran, from run_cost per job and seed."""
+    every = [c for cs in costs.values() for c in (cs if isinstance(cs, list) else [cs])]
+    minutes = sum(c.get("minutes") or 0.0 for c in every)
+    commits = sorted({c["commit"][:7] + ("+dirty" if c.get("dirty") else "") for c in every if c.get("commit")})
+    made = f"commit {', '.join(commits)}" if commits else "commit not recorded (runs from before 2026-12-03)"
+    return f"{len(every)} runs, {minutes / 60:.1f} h of training wall time in all (one CPU thread each), {made}"
 
 
 def stopped_early_note(runs: dict[str, Path]) -> str:
@@ -92,6 +111,31 @@ def results_table(agg: dict, per_seed: list[dict], splits: list[str], labels: di
     return "\n".join(lines)
 
 
+def outcomes(per_seed: list[dict], job: str, splits: list[str]) -> list[list[int]] | None:
+    """Per seed, which problems `job` got right over `splits` (their files' order, one split after the other), or None
+    when a seed's results lack them."""
+    rows = []
+    for r in per_seed:
+        if job not in r or not all("correct" in r[job].get(s, {}) for s in splits):
+            return None
+        rows.append([int(c) for s in splits for c in r[job][s]["correct"]])
+    return rows
+
+
+def paired_interval(per_seed: list[dict], a: str, b: str, splits: list[str]) -> PairedBootstrapResult | None:
+    """a - b over the problems of `splits` and the seeds, paired problem by problem and seed by seed (same data,
+    same start): evaluation/stats.paired_bootstrap; None without per-problem outcomes."""
+    oa, ob = outcomes(per_seed, a, splits), outcomes(per_seed, b, splits)
+    return paired_bootstrap(oa, ob) if oa is not None and ob is not None else None
+
+
+def interval_text(res: PairedBootstrapResult, digits: int = 1) -> str:
+    """`+1.9 [-0.4, +4.3], p = 0.11` in points (p two-sided; 0 replicates on the far side: p < 1 / replicates)."""
+    f = f"+.{digits}f"
+    p = f"p = {res.p_value:.2g}" if res.p_value > 0 else f"p < {1 / res.n_replicates:.0e}"
+    return f"{100 * res.mean_difference:{f}} [{100 * res.ci_low:{f}}, {100 * res.ci_high:{f}}], {p}"
+
+
 def paired_comparison(per_seed: list[dict], a: str, b: str, split: str) -> dict:
     """Method a against method b on one split, seed by seed (same data, same start): the per-seed differences in
     accuracy, their mean and std, and on how many seeds a was strictly ahead."""
@@ -101,16 +145,25 @@ def paired_comparison(per_seed: list[dict], a: str, b: str, split: str) -> dict:
 
 
 def paired_table(per_seed: list[dict], pairs: list[tuple[str, str]], splits: list[str], labels: dict) -> str:
-    """One row per (a, b) pair: a - b in accuracy points per split as mean ± std over seeds, and wins/seeds."""
-    lines = ["| comparison | " + " | ".join(splits) + " |", "|" + "---|" * (len(splits) + 1)]
+    """One row per (a, b) pair: a - b in accuracy points per split and over every split's problems, with the 95%
+    bootstrap interval over problems and seeds and its two-sided p; each seed's difference after it. Without
+    per-problem outcomes: the seeds' mean ± std, marked as having no interval."""
+    lines = ["| comparison | " + " | ".join(splits) + " | all splits |", "|" + "---|" * (len(splits) + 2)]
     for a, b in pairs:
         if not all(a in r and b in r for r in per_seed):
             continue
         cells = []
-        for s in splits:
-            c = paired_comparison(per_seed, a, b, s)
-            per = ", ".join(f"{100 * d:+.1f}" for d in c["diffs"])
-            cells.append(f"{100 * c['mean']:+.1f} ± {100 * c['std']:.1f} ({c['wins']}/{c['seeds']} seeds; {per})")
+        for group in [[s] for s in splits] + [splits]:
+            res = paired_interval(per_seed, a, b, group)
+            per = ", ".join(f"{100 * sum(d[s]['accuracy'] - e[s]['accuracy'] for s in group) / len(group):+.1f}"
+                            for d, e in ((r[a], r[b]) for r in per_seed))
+            if res is not None:
+                cells.append(f"{interval_text(res)} (seeds: {per})")
+            else:
+                c = [paired_comparison(per_seed, a, b, s) for s in group]
+                mean = sum(x["mean"] for x in c) / len(c)
+                std = mean_std([sum(x["diffs"][k] for x in c) / len(c) for k in range(len(per_seed))])[1]
+                cells.append(f"{100 * mean:+.1f} ± {100 * std:.1f} (seeds: {per}; no per-problem outcomes: no interval)")
         lines.append(f"| {labels.get(a, a)} − {labels.get(b, b)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -119,15 +172,15 @@ def claim_verdict(per_seed: list[dict], splits: list[str], labels: dict, method:
                   baselines: tuple[str, ...] = ("simcot", "coconut"), start: str = "atp",
                   rl_vs_start: dict | None = None, where: str = "") -> tuple[str, dict]:
     """The paper's claim, tested on these numbers: `method` beats each baseline at no more tokens, and RL beats
-    its SFT start. "Beats a baseline": ahead on the mean accuracy over `splits` on every seed (paired: same data,
-    same CoT start), with no more tokens on average.
+    its SFT start. "Beats a baseline": the 95% bootstrap interval of the accuracy difference over every problem of
+    `splits` and every seed (paired: same data, same CoT start; evaluation/stats.py) lies above 0, with no more
+    tokens on average; without per-problem outcomes it is not judged.
 
     "Beats its start" is judged on held-out problems only (`rl_vs_start`: suite.rl_vs_start_table's summary of a
     split no run selected on, described by `where`): RL's best/ is picked on val with the start as its first
-    candidate, so on val the gain cannot be negative. The bar: the mean gain exceeds the start's seed-to-seed std;
-    with one seed, which has no std, a one-sided sign test over the problems the two answer differently
-    (training.rl.sign_test_p) at p < 0.05. Without a held-out summary that part is not judged, and the claim as a
-    whole is not decided (facts["holds"] None) unless another part fails. Returns markdown lines and the facts."""
+    candidate, so on val the gain cannot be negative. The same bar: the interval of the paired gain over problems
+    and seeds (suite.rl_gain_interval) lies above 0. A part that is not judged leaves the claim as a whole not
+    decided (facts["holds"] None) unless another part fails. Returns markdown lines and the facts."""
     def over_splits(r, job, key):
         return sum(r[job][s][key] for s in splits) / len(splits)
 
@@ -138,55 +191,50 @@ def claim_verdict(per_seed: list[dict], splits: list[str], labels: dict, method:
         diffs = [over_splits(r, method, "accuracy") - over_splits(r, b, "accuracy") for r in per_seed]
         tok_a = sum(over_splits(r, method, "mean_tokens") for r in per_seed) / len(per_seed)
         tok_b = sum(over_splits(r, b, "mean_tokens") for r in per_seed) / len(per_seed)
-        mean, std = mean_std(diffs)
-        holds = all(d > 0 for d in diffs) and tok_a <= tok_b
-        facts[b] = {"diffs": diffs, "mean": mean, "std": std, "tokens": tok_a, "baseline_tokens": tok_b,
-                    "holds": holds}
-        verdict = "holds" if holds else "does not hold"
+        res = paired_interval(per_seed, method, b, splits)
+        holds = None if res is None else bool(res.ci_low > 0 and tok_a <= tok_b)
+        facts[b] = {"diffs": diffs, "tokens": tok_a, "baseline_tokens": tok_b, "holds": holds,
+                    "interval": res.as_dict() if res is not None else None}
+        verdict = {True: "holds", False: "does not hold", None: "not judged"}[holds]
+        shown = (f"in points, paired over every problem and seed, with its 95% interval: {interval_text(res)}"
+                 if res is not None else "no per-problem outcomes in this results file, so no interval")
         lines.append(f"- {labels.get(method, method)} beats {labels.get(b, b)} at no more tokens: "
-                     f"**{verdict}** (mean accuracy over the test splits, paired per "
-                     f"seed: {', '.join(f'{100 * d:+.1f}' for d in diffs)} points, mean {100 * mean:+.1f} ± "
-                     f"{100 * std:.1f}; # tokens {tok_a:.1f} vs {tok_b:.1f})")
+                     f"**{verdict}** (accuracy over the test splits, {shown}; per seed "
+                     f"{', '.join(f'{100 * d:+.1f}' for d in diffs)}; # tokens {tok_a:.1f} vs {tok_b:.1f})")
     rl_line, rl_facts = _rl_over_start(rl_vs_start, labels.get(method, method), method, start, where)
     lines.append(rl_line)
     if rl_facts is not None:
         facts["rl_over_start"] = rl_facts
-    if not all(f["holds"] for f in facts.values()):
+    judged = [f["holds"] for f in facts.values()]
+    if any(h is False for h in judged):
         facts["holds"] = False
-    else:  # every judged part holds: the claim does when RL's part was judged
-        facts["holds"] = True if rl_facts is not None else None
+    else:  # no judged part fails: the claim holds when every part was judged
+        facts["holds"] = True if rl_facts is not None and all(h is True for h in judged) else None
     word = {True: "holds", False: "does not hold", None: "not decided"}[facts["holds"]]
     head = f"The claim as a whole: **{word}** here" + (
-        " (RL against its start was not judged)." if facts["holds"] is None else ".")
+        " (a part of it was not judged)." if facts["holds"] is None else ".")
     return "\n".join([head, "", *lines]), facts
 
 
 def _rl_over_start(summary: dict | None, label: str, method: str, start: str, where: str) -> tuple[str, dict | None]:
-    """claim_verdict's line on RL against its start, and its facts (None: not judged)."""
+    """claim_verdict's line on RL against its start, and its facts (None: not judged): the paired bootstrap interval
+    of the gain over the held-out problems and the seeds (suite.rl_gain_interval) must lie above 0."""
+    from atp_latent.suite import rl_gain_interval
+
     if summary is None or method not in summary or start not in summary:
         return (f"- {label} beats its SFT start: **not judged** (no held-out problems: RL's `best/` was picked on "
                 "val, so val cannot judge it; `--val-large N` draws N that no run selects on)"), None
     if not summary.get("held_out"):
         raise ValueError(f"RL against its start is judged on held-out problems only, not on {summary.get('split')!r}, "
                          "where RL's best/ was picked")
-    row, bar = summary[method], summary[start]["std"]
-    gain = row["mean_gain"]
-    facts = {"split": summary.get("split"), "mean_gain": gain, "start_std": bar}
-    if len(row["gains"]) > 1:
-        facts["holds"] = gain > bar
-        detail = f"mean gain {100 * gain:+.2f} points against a seed-to-seed std of the start of {100 * bar:.2f}"
-    elif row.get("gained_lost"):
-        from atp_latent.training.rl import sign_test_p
-
-        (gained, lost), = row["gained_lost"]
-        p = sign_test_p(gained, lost)
-        facts |= {"gained_lost": [gained, lost], "sign_p": p, "holds": p < 0.05}
-        detail = (f"one seed, so no seed-to-seed std: the bar is a one-sided sign test over the problems the two answer "
-                  f"differently, p < 0.05; gain {100 * gain:+.2f} points, +{gained} / -{lost} problems, p = {p:.2g}")
-    else:
-        return f"- {label} beats its SFT start: **not judged** (one seed and no per-problem results)", None
+    res, how = rl_gain_interval(summary, method, start)
+    if res is None:
+        return f"- {label} beats its SFT start: **not judged** (no per-problem results)", None
+    facts = {"split": summary.get("split"), "mean_gain": res.mean_difference, "interval": res.as_dict(),
+             "holds": bool(res.ci_low > 0)}
     verdict = "holds" if facts["holds"] else "does not hold"
-    return f"- {label} beats its SFT start on {where}: **{verdict}** ({detail})", facts
+    return (f"- {label} beats its SFT start on {where}: **{verdict}** (gain in points, paired over every problem and "
+            f"seed, with its 95% interval: {interval_text(res, 2)}{how})"), facts
 
 
 def plot_accuracy_vs_tokens(agg: dict, per_seed: list[dict], splits: list[str], labels: dict, path: Path) -> None:
