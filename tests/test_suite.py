@@ -508,7 +508,7 @@ def fake_bench(monkeypatch, tmp_path):
     def write_val_large(out, data_seed=0, n=5000):
         calls["val_large"].append((out.name, n))
 
-    monkeypatch.setattr(suite_mod, "write_data", lambda out, data_seed=0: None)
+    monkeypatch.setattr(suite_mod, "write_data", lambda out, data_seed=0, regime="default": None)
     monkeypatch.setattr(suite_mod, "write_new_style", lambda out, data_seed=0: None)
     monkeypatch.setattr(suite_mod, "write_fresh", lambda out, data_seed=0: None)
     monkeypatch.setattr(suite_mod, "write_val_large", write_val_large)
@@ -621,3 +621,34 @@ def test_committed_cpu_results_judge_rl_on_held_out_problems(tmp_path):
     rl = res["claim"]["rl_over_start"]
     assert rl["split"] == "val_large" and rl["mean_gain"] == pytest.approx(0.0, abs=1e-12) and rl["holds"] is False
     assert rl["interval"]["ci_low"] < 0 < rl["interval"]["ci_high"] and rl["interval"]["n_problems"] == 5000
+
+
+def test_seed_folders_keep_their_regime(tmp_path):
+    """write_data draws the regime's benchmark once; a folder drawn in another regime (or with another data seed)
+    is refused in one line; a folder written before a knob existed counts as having had its default."""
+    import dataclasses
+
+    from atp_latent.data.formats import load_records
+    from atp_latent.data.synthetic import CONFIG_NAME, valid_orders
+
+    small = {"n_train": 60, "n_val": 10, "n_test": 10, "n_ood": 10}
+    real = suite_mod.regime_config
+    suite_mod.regime_config = lambda regime, data_seed=0: dataclasses.replace(real(regime, data_seed), **small)
+    try:
+        suite_mod.write_data(tmp_path / "mp", 0, "many-plans")
+        assert all(len(valid_orders(p)) >= 2 for p in load_records(tmp_path / "mp" / "data" / "test.jsonl")[:5])
+        suite_mod.write_data(tmp_path / "mp", 0, "many-plans")  # kept
+        with pytest.raises(ValueError, match="regime 'default'"):
+            suite_mod.write_data(tmp_path / "mp", 0, "default")
+        suite_mod.write_data(tmp_path / "d", 0, "default")
+        with pytest.raises(ValueError, match="other settings"):
+            suite_mod.write_data(tmp_path / "d", 1, "default")
+        old = json.loads((tmp_path / "d" / "data" / CONFIG_NAME).read_text())
+        for knob in ("shapes", "min_orders"):  # as written before these knobs existed
+            old.pop(knob)
+        (tmp_path / "d" / "data" / CONFIG_NAME).write_text(json.dumps(old))
+        suite_mod.write_data(tmp_path / "d", 0, "default")
+    finally:
+        suite_mod.regime_config = real
+    with pytest.raises(ValueError, match="unknown regime 'wild'"):
+        suite_mod.regime_config("wild")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from atp_latent.data.synthetic import SynthConfig, write_benchmark
+from atp_latent.data.synthetic import CONFIG_NAME, REGIMES, SynthConfig, write_benchmark
 from atp_latent.modeling.methods import METHODS, is_rl
 
 TEST_SPLITS = ["test", "test_large", "test_long", "test_perturbed"]
@@ -268,10 +268,32 @@ def evaluate_jobs(jobs: list[str], out: Path, batch_size: int = 100) -> tuple[di
     return results, latents
 
 
-def write_data(out: Path, data_seed: int = 0) -> None:
-    """The synthetic benchmark every method of a seed folder shares (kept when already there)."""
-    if not (out / "data" / "train.jsonl").is_file():
-        write_benchmark(out / "data", SynthConfig(seed=data_seed))
+def regime_config(regime: str, data_seed: int = 0) -> SynthConfig:
+    """The synthetic benchmark of a named regime (data/synthetic.py REGIMES)."""
+    if regime == "default":
+        return SynthConfig(seed=data_seed)
+    if regime == "many-plans":
+        return SynthConfig.many_plans(seed=data_seed)
+    raise ValueError(f"unknown regime {regime!r} (known: {', '.join(REGIMES)})")
+
+
+def write_data(out: Path, data_seed: int = 0, regime: str = "default") -> None:
+    """The synthetic benchmark every method of a seed folder shares (kept when already there, if it was drawn with
+    the same settings: a seed folder never mixes regimes)."""
+    import dataclasses
+
+    cfg = regime_config(regime, data_seed)
+    written = out / "data" / CONFIG_NAME
+    if (out / "data" / "train.jsonl").is_file():
+        if written.is_file():  # a knob added after the data was written had its default then
+            default = json.loads(json.dumps(dataclasses.asdict(SynthConfig(seed=data_seed))))
+            have = default | json.loads(written.read_text())
+            want = json.loads(json.dumps(dataclasses.asdict(cfg)))
+            if {k: have.get(k) for k in want} != want:
+                raise ValueError(f"{out / 'data'} holds data drawn with other settings than regime {regime!r} "
+                                 f"(data seed {data_seed}); use another --out")
+        return
+    write_benchmark(out / "data", cfg)
 
 
 def write_new_style(out: Path, data_seed: int = 0, n_train: int = 4800, n_val: int = 200) -> None:
@@ -626,8 +648,9 @@ def run_bench(args) -> int:
     if getattr(args, "rollouts", None) is None:
         args.rollouts = default_rollouts
     seed_dirs = [out / f"seed-{seed}" for seed in range(args.seeds)]
+    regime = getattr(args, "regime", "default")
     for d in seed_dirs:
-        write_data(d, args.data_seed)
+        write_data(d, args.data_seed, regime)
         if any(j in NEW_STYLE_JOBS for j in suite.jobs):
             write_new_style(d, args.data_seed)
         if args.val_large and "atp_rl" in suite.jobs:
@@ -680,8 +703,9 @@ def run_bench(args) -> int:
                        + [f"--set {o}" for o in args.overrides]
                        + (["--val-large", str(args.val_large)] if args.val_large != default_val_large else [])
                        + (["--rollouts", str(args.rollouts)] if args.rollouts != default_rollouts else [])
-                       + (["--ablations"] if args.ablations else []) + ["--out", str(out)])
-    data = {"command": command, "suite": args.suite, "seeds": args.seeds, "val_large": args.val_large,
+                       + (["--ablations"] if args.ablations else [])
+                       + (["--regime", regime] if regime != "default" else []) + ["--out", str(out)])
+    data = {"command": command, "suite": args.suite, "regime": regime, "seeds": args.seeds, "val_large": args.val_large,
             "rollouts": args.rollouts, "splits": TEST_SPLITS, "mean": agg, "per_seed": per_seed, "costs": costs,
             "ablation_costs": ablation_costs, "rl_vs_start_val": rl_summary, "rl_vs_start_val_large": large_summary,
             "claim": None, "rollouts_val_large": rollouts_summary, "ablations_val": ablations,

@@ -346,3 +346,63 @@ def test_max_start_widens_only_what_a_step_starts_from():
     assert len(big_train) > 30  # two-digit numbers above 20 are written in training questions too
     for p in bench["test_large"]:
         assert p.steps in valid_orders(p)
+
+
+# ----- the many-valid-plans regime -----
+
+def test_tree_order_count_by_hand():
+    """n_orders is the hook-length count: a chain has 1 order; a root over two 2-step chains has 4! / (5 * 2 * 2) x
+    5 / 5 = 6; over a 2-step chain and one step, 3; over two single steps, 2."""
+    from atp_latent.data.synthetic import _Node
+
+    def step(left, right):
+        return _Node(0, "+", left, right)
+
+    leaf = _Node(1)
+    chain2 = step(step(leaf, leaf), leaf)
+    assert step(chain2, leaf).n_orders() == 1  # a chain of 3
+    assert step(chain2, chain2).n_orders() == 6
+    assert step(chain2, step(leaf, leaf)).n_orders() == 3
+    assert step(step(leaf, leaf), step(leaf, leaf)).n_orders() == 2
+    assert leaf.n_orders() == 1
+
+
+def test_labels_are_drawn_uniformly_among_the_valid_orders():
+    """Root over a 2-step chain (a1 -> a2) and one step b: 3 orders. Picking a ready step uniformly gives
+    [b, a1, a2] half the time; the uniform draw gives each order a third."""
+    import collections
+    import random
+
+    from atp_latent.data.synthetic import _Node, _random_topological_order, _uniform_topological_order
+
+    leaf = _Node(1)
+    a1 = _Node(0, "+", leaf, leaf, name="a1")
+    a2 = _Node(0, "+", a1, leaf, name="a2")
+    b = _Node(0, "+", leaf, leaf, name="b")
+    root = _Node(0, "+", a2, b, name="r")
+    rng = random.Random(0)
+    n = 6000
+    uniform = collections.Counter(tuple(x.name for x in _uniform_topological_order(root, rng)) for _ in range(n))
+    assert set(uniform) == {("a1", "a2", "b", "r"), ("a1", "b", "a2", "r"), ("b", "a1", "a2", "r")}
+    assert all(abs(c / n - 1 / 3) < 0.03 for c in uniform.values()), uniform
+    greedy = collections.Counter(tuple(x.name for x in _random_topological_order(root, rng)) for _ in range(n))
+    assert abs(greedy[("b", "a1", "a2", "r")] / n - 1 / 2) < 0.03  # the bias the uniform draw removes
+
+
+def test_many_plans_regime():
+    """Every problem has at least two valid step orders (and some in-distribution ones six or more), labels are
+    not in sentence order, 3-5 steps in distribution and 6-7 in test_long; bad knobs are refused."""
+    cfg = SynthConfig.many_plans(n_train=400, n_val=50, n_test=100, n_ood=60, seed=1)
+    data = generate_benchmark(cfg)
+    for split, problems in data.items():
+        counts = [len(valid_orders(p)) for p in problems]
+        assert sum(c >= 2 for c in counts) >= 0.97 * len(counts), split  # identical step strings may merge two
+        lo, hi = (6, 7) if split == "test_long" else (3, 5)
+        assert all(lo <= len(p.steps) <= hi for p in problems), split
+    assert sum(len(valid_orders(p)) >= 6 for p in data["test"]) >= 10
+    assert sum(not _in_text_order(p) for p in data["train"]) > 100
+    assert SynthConfig.many_plans().text_order is False
+    with pytest.raises(ValueError, match="shapes"):
+        SynthConfig(shapes=("star",))
+    with pytest.raises(ValueError, match="min_orders"):
+        SynthConfig(min_orders=0)

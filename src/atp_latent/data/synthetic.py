@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -70,16 +71,25 @@ class SynthConfig:
     n_ood: int = 500  # size of each OOD split (test_large, test_long, test_perturbed)
     distractor_prob: float = 1.0  # test_perturbed: chance of an irrelevant sentence (and of reordering: 0.5)
     # the recorded steps follow the order of their sentences, as in most GSM8K solutions (other valid orders
-    # remain valid: valid_orders); false: a valid order drawn at random, independently of the text
+    # remain valid: valid_orders); false: a valid order drawn uniformly among all of them, independently of the text
     text_order: bool = True
     noise_prob: float = 0.3  # every split but test_perturbed: chance of one irrelevant distractor sentence
     paraphrase_prob: float = 1.0  # test_perturbed ("phrases" style): chance of reworded sentences
     seed: int = 0
     style: str = "phrases"  # question wording, one of STYLES (see the module docstring)
+    shapes: tuple[str, ...] = ("chain", "balanced", "random")  # the step trees' shapes, drawn uniformly (SHAPES)
+    # a problem is drawn again until its steps have at least this many valid orders (topological orders of its
+    # tree): 2 keeps out every problem with a single plan
+    min_orders: int = 1
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
             raise ValueError(f"style must be one of {STYLES}, got {self.style!r}")
+        self.shapes = tuple(self.shapes)
+        if not self.shapes or any(sh not in SHAPES for sh in self.shapes):
+            raise ValueError(f"shapes must be a non-empty subset of {SHAPES}, got {self.shapes!r}")
+        if self.min_orders < 1:
+            raise ValueError(f"min_orders must be >= 1, got {self.min_orders}")
         if not 1 <= self.min_steps <= self.max_steps <= self.long_min_steps <= self.long_max_steps:
             raise ValueError("need 1 <= min_steps <= max_steps <= long_min_steps <= long_max_steps")
         if self.long_min_steps == self.max_steps and self.long_noise <= (1 if self.noise_prob > 0 else 0):
@@ -91,6 +101,15 @@ class SynthConfig:
             raise ValueError("need 1 <= max_operand <= max_value")
         if not self.max_operand < self.large_max_operand <= self.large_max_value:
             raise ValueError("need max_operand < large_max_operand <= large_max_value")
+
+    @classmethod
+    def many_plans(cls, **overrides) -> SynthConfig:
+        """The many-valid-plans regime: 3-5 steps on balanced or random trees with independent branches, every
+        problem with at least 2 valid step orders (up to 10 at 5 steps, more in test_long's 6-7), and each
+        training label one valid order drawn uniformly (text_order off): the premise that a question has several
+        equivalent CoT labels is on (docs/synthetic-benchmark.md)."""
+        return cls(**{"min_steps": 3, "max_steps": 5, "long_min_steps": 6, "long_max_steps": 7, "long_noise": 1,
+                      "text_order": False, "shapes": ("balanced", "random"), "min_orders": 2, **overrides})
 
     @classmethod
     def hard(cls, **overrides) -> SynthConfig:
@@ -168,6 +187,8 @@ PHRASE_ALT_TEMPLATES = {
 PHRASE_ALT_QUESTION = "What is the number of {objs} that {P} has?"
 DISTRACTOR_TEMPLATE = "{A} has {n} {obj}."
 SHAPES = ("chain", "balanced", "random")
+# named regimes of the benchmark (`atp-latent bench --regime`): the default and the many-valid-plans one
+REGIMES = ("default", "many-plans")
 # a problem with k steps has 2k+1 quantities, plus one name for a distractor
 _MAX_STEPS = (len(NAMES) - 2) // 2
 _COMMUTATIVE = {"+", "*"}
@@ -195,6 +216,15 @@ class _Node:
     def inner(self) -> list[_Node]:
         """Inner nodes (steps) in post-order: a canonical topological order."""
         return [] if self.op is None else self.left.inner() + self.right.inner() + [self]
+
+    def n_orders(self) -> int:
+        """How many topological orders its steps have: n! / prod over steps of their subtree's step count (the
+        hook-length formula for a tree)."""
+        sizes = [len(n.inner()) for n in self.inner()]
+        out = math.factorial(len(sizes))
+        for k in sizes:
+            out //= k
+        return out
 
 
 class _Reject(Exception):
@@ -304,6 +334,19 @@ def _random_topological_order(root: _Node, rng: random.Random) -> list[_Node]:
     return order
 
 
+def _uniform_topological_order(root: _Node, rng: random.Random) -> list[_Node]:
+    """A topological order of the steps drawn uniformly among all of them (picking uniformly among the ready steps,
+    as `_random_topological_order` does for sentences, favours orders that finish a short branch first): each
+    subtree's order drawn uniformly, the two interleaved uniformly, the root last; every order then has probability
+    1 / root.n_orders()."""
+    if root.op is None:
+        return []
+    left, right = _uniform_topological_order(root.left, rng), _uniform_topological_order(root.right, rng)
+    slots = set(rng.sample(range(len(left) + len(right)), len(left)))
+    li, ri = iter(left), iter(right)
+    return [next(li) if k in slots else next(ri) for k in range(len(left) + len(right))] + [root]
+
+
 def _step_string(n: _Node, rng: random.Random) -> str:
     a, b = n.left.value, n.right.value
     if n.op in _COMMUTATIVE and rng.random() < 0.5:
@@ -369,12 +412,14 @@ class _Draft:
         return " ".join((facts if facts is not None else self.facts) + self.rules + [self.final])
 
 
-def _tree(n_steps: int, max_operand: int, max_value: int, rng: random.Random, need_large: int, max_start: int = 0
-          ) -> _Node:
+def _tree(n_steps: int, max_operand: int, max_value: int, rng: random.Random, need_large: int, max_start: int = 0,
+          shapes: tuple[str, ...] = SHAPES, min_orders: int = 1) -> _Node:
     while True:
         try:
-            root = _grow(n_steps, rng.choice(SHAPES), max_operand, max_value, rng, max_start)
+            root = _grow(n_steps, rng.choice(shapes), max_operand, max_value, rng, max_start)
         except _Reject:
+            continue
+        if root.n_orders() < min_orders:
             continue
         # test_large: some operand above the training range, not counting numbers a step starts from
         if need_large and max((x.value for x in root.leaves() if not x.start), default=0) <= need_large:
@@ -384,11 +429,11 @@ def _tree(n_steps: int, max_operand: int, max_value: int, rng: random.Random, ne
 
 def _draft(
     style: str, n_steps: int, max_operand: int, max_value: int, rng: random.Random, need_large: int = 0,
-    text_order: bool = False, max_start: int = 0,
+    text_order: bool = False, max_start: int = 0, shapes: tuple[str, ...] = SHAPES, min_orders: int = 1,
 ) -> _Draft:
     """Draw one problem; need_large > 0 requires some stated number above it (test_large); text_order: the
     recorded steps follow the order of their sentences (otherwise another valid order drawn at random)."""
-    root = _tree(n_steps, max_operand, max_value, rng, need_large, max_start)
+    root = _tree(n_steps, max_operand, max_value, rng, need_large, max_start, shapes, min_orders)
     leaves, inner = root.leaves(), root.inner()
     if style == "named":
         names = rng.sample(NAMES, len(leaves) + len(inner) + 1)
@@ -399,7 +444,7 @@ def _draft(
             facts=[_fact(x.name, x.value, obj, rng) for x in leaves],
             rules=[_describe(n, obj[1], rng) for n in inner],
             final=rng.choice(QUESTION_TEMPLATES).format(objs=obj[1], C=root.name),
-            steps=[_step_string(n, rng) for n in (inner if text_order else _random_topological_order(root, rng))],
+            steps=[_step_string(n, rng) for n in (inner if text_order else _uniform_topological_order(root, rng))],
             answer=str(root.value),
             spare_name=names[-1],
             obj=obj,
@@ -416,7 +461,7 @@ def _draft(
         facts=[],
         rules=[n.text for n in rule_nodes],
         final=PHRASE_QUESTION.format(objs=obj[1], P=root.name),
-        steps=[_step_string(n, rng) for n in (rule_nodes if text_order else _random_topological_order(root, rng))],
+        steps=[_step_string(n, rng) for n in (rule_nodes if text_order else _uniform_topological_order(root, rng))],
         answer=str(root.value),
         spare_name=names[-1],
         obj=obj,
@@ -525,7 +570,7 @@ def generate_benchmark(cfg: SynthConfig | None = None) -> dict[str, list[Problem
         misses = 0
         while len(problems) < size:
             d = _draft(cfg.style, rng.randint(lo, hi), max_operand, max_value, rng, need_large, cfg.text_order,
-                       cfg.max_start)
+                       cfg.max_start, cfg.shapes, cfg.min_orders)
             plain = d.question()
             if split == "test_perturbed":
                 perturb = _perturb_named if cfg.style == "named" else _perturb_phrases
