@@ -250,9 +250,9 @@ def test_eval_rollout_latent_temperature(checkpoint):
 
 def test_eval_temperature_needs_rollout(checkpoint, capsys):
     data = checkpoint / "data" / "test_long.jsonl"
-    assert main(["eval", "--checkpoint", str(checkpoint / "run"), "--data", str(data), "--temperature", "1"]) == 2
+    assert main(["eval", "--checkpoint", str(checkpoint / "run"), "--data", str(data), "--temperature", "1"]) == 1
     assert "--temperature needs --rollout" in capsys.readouterr().err
-    assert main(["eval", "--checkpoint", str(checkpoint / "run"), "--data", str(data), "--latent-temperature", "2"]) == 2
+    assert main(["eval", "--checkpoint", str(checkpoint / "run"), "--data", str(data), "--latent-temperature", "2"]) == 1
     assert "--latent-temperature needs --rollout" in capsys.readouterr().err
 
 

@@ -1,4 +1,7 @@
-"""`atp-latent` command line: data, train, eval, explain, quickstart."""
+"""`atp-latent` command line: data, train, eval, explain, bench, quickstart, configs (docs/cli.md).
+
+Every bad command line, config, data file or path is one `error: ...` line on stderr and exit status BAD_INPUT.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,86 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from atp_latent.data.synthetic import REGIMES
+
+BAD_INPUT = 1  # the exit status of every `error: ...`: usage errors, bad configs, data, paths (docs/cli.md)
+# The packaged configs (configs/<tier>/*.yaml), the tiers in the order `atp-latent configs` lists them.
+CONFIG_TIERS = {
+    "quickstart": "the quickstart's jobs: synthetic data, a tiny Llama, CPU (atp-latent quickstart)",
+    "bench": "the CPU bench suite and its ablations (atp-latent bench --suite cpu)",
+    "gpu": "the GPU bench suite: the CPU bench one size up for one GPU (atp-latent bench --suite gpu)",
+    "paper": "the paper's recipe: LLaMA-3.2-1B-Instruct on GSM8k-Aug, one or more GPUs",
+    "accelerate": "accelerate launch --config_file files for several GPUs or machines (not train configs)",
+}
+
+
+class UsageError(ValueError):
+    """A bad command line: reported as one `error: ...` line, like every other bad input."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line, see main) instead of printing usage and exiting 2."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old option name: stores into its replacement's dest and says so in one line on stderr."""
+
+    def __init__(self, option_strings, dest, use: str, **kwargs):
+        self.use = use
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {parser.prog} {option_string} is deprecated, use {self.use}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def at_least(minimum: int):
+    """argparse type: an integer >= minimum."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def port(text: str) -> int:
+    """argparse type: a TCP port number."""
+    value = at_least(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number (1-65535), got {value}")
+    return value
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("atp-latent")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        from atp_latent import __version__
+
+        return __version__
 
 
 def torch_cuda() -> bool:
@@ -76,6 +159,8 @@ def _launch(args) -> int:
             skip = False
         elif a in ("--num-processes", "--port"):
             skip = True
+        elif args.command == "eval" and (a == "--seeds" or a.startswith("--seeds=")):
+            argv.append(a.replace("--seeds", "--samples", 1))  # the notice was given once, here
         elif not a.startswith(("--num-processes=", "--port=")):
             argv.append(a)
     # torch.distributed.run under the hood; on a machine without CUDA accelerate picks gloo (MULTI_CPU).
@@ -102,13 +187,14 @@ def cmd_eval(args) -> int:
     from atp_latent.training.runs import checkpoint_weights, run_dir_of, run_method
 
     if args.temperature is not None and (not args.rollout or args.temperature < 0):
-        print("atp-latent eval: --temperature needs --rollout and a value >= 0 (greedy evaluation decodes at "
-              f"temperature 0), got {args.temperature}", file=sys.stderr)
-        return 2
+        raise UsageError("atp-latent eval: --temperature needs --rollout and a value >= 0 (greedy evaluation "
+                         f"decodes at temperature 0), got {args.temperature}")
     if args.latent_temperature is not None and (not args.rollout or args.latent_temperature < 0):
-        print("atp-latent eval: --latent-temperature needs --rollout and a value >= 0, got "
-              f"{args.latent_temperature}", file=sys.stderr)
-        return 2
+        raise UsageError("atp-latent eval: --latent-temperature needs --rollout and a value >= 0, got "
+                         f"{args.latent_temperature}")
+    if args.samples > 1 and not (args.latent_sample or args.rollout):
+        raise UsageError(f"atp-latent eval: --samples {args.samples} needs --latent-sample or --rollout (the greedy "
+                         "evaluation gives the same answers every time)")
     if args.num_processes and args.num_processes > 1:
         return _launch(args)
     from accelerate import PartialState
@@ -131,7 +217,7 @@ def cmd_eval(args) -> int:
     run_label = run_method(run) or method
     max_new = args.max_new_tokens or default_max_new_tokens(model.spec.method)
     sampled = args.latent_sample or args.rollout
-    seeds = args.seeds if sampled else 1
+    seeds = args.samples if sampled else 1
     # --rollout samples all three parts as RL's rollouts do (z ~ N(mu, (k sigma)^2), the stop head, answer tokens).
     policy = (rollout_policy(args.temperature, args.latent_temperature) if args.rollout
               else dict(sample_latents=args.latent_sample))
@@ -194,7 +280,7 @@ def cmd_explain(args) -> int:
     from atp_latent.evaluation.explain import explain, format_explanation
 
     if not args.question and not args.data:
-        raise ValueError("explain needs --question TEXT or --data FILE")
+        raise UsageError("atp-latent explain: needs --question TEXT or --data FILE")
     device = _device(args.device)
     model, tok, builder = load_for_eval(args.checkpoint, device)
     if not model.spec.latent:
@@ -210,43 +296,179 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def bench_out(suite: str, out: str | None, regime: str = "default") -> str:
+    """Where `bench --suite SUITE` writes: --out, else results/SUITE (results/SUITE-REGIME for a regime other than
+    the default); never another suite's folder (its runs would be resumed with this suite's configs and its results
+    overwritten)."""
+    from atp_latent.suite import SUITES
+
+    if out is None:
+        return str(Path("results") / (suite if regime == "default" else f"{suite}-{regime}"))
+    for other in SUITES:
+        if other != suite and Path(out).resolve() == (Path("results") / other).resolve():
+            raise UsageError(f"atp-latent bench --suite {suite}: --out {out} is the {other} suite's folder "
+                             f"(the default is results/{suite})")
+    results = Path(out) / "results.json"
+    if results.is_file():
+        try:
+            data = json.loads(results.read_text())
+            words = str(data.get("command", "")).split()  # older files name the suite only in their command
+            other = data.get("suite") or (words[words.index("--suite") + 1] if "--suite" in words[:-1] else "cpu")
+        except (ValueError, AttributeError):
+            raise UsageError(f"atp-latent bench: {results} is not a bench's results.json") from None
+        if other != suite:
+            raise UsageError(f"atp-latent bench --suite {suite}: {out} holds the {other} suite's results "
+                             f"(the default is results/{suite})")
+    return out
+
+
+def check_overrides(suite_name: str, overrides: list[str], ablations: bool = False) -> None:
+    """Compose every job's config with the --set overrides: a bad one fails here, in one line, before any data is
+    written or any job starts (each job would fail on it in its own process)."""
+    from atp_latent.config import load_config
+    from atp_latent.suite import SUITES, config_path
+
+    suite = SUITES[suite_name]
+    for job in suite.jobs + (list(suite.ablations) if ablations else []):
+        load_config(str(config_path(suite, job)), overrides)
+
+
 def cmd_bench(args) -> int:
     from atp_latent.suite import run_bench
 
+    args.out = bench_out(args.suite, args.out, args.regime)
+    if args.overrides:
+        check_overrides(args.suite, args.overrides, args.ablations)
     return run_bench(args)
 
 
 def cmd_quickstart(args) -> int:
     from atp_latent.quickstart import run_quickstart
 
+    if args.overrides:
+        check_overrides("quickstart", args.overrides)
     return run_quickstart(args)
 
 
+def packaged_configs() -> dict[str, list[str]]:
+    """{tier: [config names without .yaml]} of configs/<tier>/*.yaml, tiers in CONFIG_TIERS's order."""
+    from importlib import resources
+
+    root = resources.files("atp_latent") / "configs"
+    found = {d.name: sorted(f.name[: -len(".yaml")] for f in d.iterdir() if f.name.endswith(".yaml"))
+             for d in root.iterdir() if d.is_dir()}
+    order = [t for t in CONFIG_TIERS if t in found] + sorted(set(found) - set(CONFIG_TIERS))
+    return {t: found[t] for t in order if found[t]}
+
+
+def packaged_config_path(name: str) -> Path:
+    """configs/TIER/NAME.yaml for `TIER/NAME` (with or without .yaml)."""
+    from importlib import resources
+
+    configs = packaged_configs()
+    tier, _, config = name.removesuffix(".yaml").partition("/")
+    if tier not in configs:
+        raise UsageError(f"atp-latent configs: no tier {tier!r} (tiers: {', '.join(configs)}); "
+                         "name a config as TIER/NAME")
+    if config not in configs[tier]:
+        raise UsageError(f"atp-latent configs: no config {config!r} in {tier} (atp-latent configs ls {tier} "
+                         "lists them)")
+    return Path(str(resources.files("atp_latent") / "configs" / tier / f"{config}.yaml"))
+
+
+def standalone_config(source: Path) -> str:
+    """The text of the config file `source` with its `defaults:` parents as absolute paths, so that a copy
+    elsewhere composes exactly as the original does (comments and layout kept)."""
+    from atp_latent.configtools import DEFAULTS_KEY, yaml_load
+
+    text = source.read_text()
+    data = yaml_load(text)
+    parents = data.get(DEFAULTS_KEY) if isinstance(data, dict) else None
+    if not parents:
+        return text
+    parents = [parents] if isinstance(parents, str) else parents
+    absolute = [str((source.parent / p).resolve()) for p in parents]
+    out, in_defaults = [], False
+    for line in text.splitlines(keepends=True):
+        if line.startswith(f"{DEFAULTS_KEY}:"):
+            out.append(f"{DEFAULTS_KEY}: {json.dumps(absolute if len(absolute) > 1 else absolute[0])}\n")
+            in_defaults = True
+        elif in_defaults and line.startswith((" ", "-", "\t")):
+            continue  # a block list of parents, replaced above
+        else:
+            in_defaults = False
+            out.append(line)
+    return "".join(out)
+
+
+def cmd_configs_ls(args) -> int:
+    configs = packaged_configs()
+    if args.tier is not None and args.tier not in configs:
+        raise UsageError(f"atp-latent configs ls: no tier {args.tier!r} (tiers: {', '.join(configs)})")
+    for tier, names in configs.items():
+        if args.tier in (None, tier):
+            print(f"{tier}: {CONFIG_TIERS[tier]}" if tier in CONFIG_TIERS else f"{tier}:")
+            for name in names:
+                print(f"  {tier}/{name}")
+    if args.tier is None:
+        print("\ncopy one out for editing: atp-latent configs cp TIER/NAME DEST")
+    return 0
+
+
+def cmd_configs_cp(args) -> int:
+    source = packaged_config_path(args.config)
+    dest = Path(args.dest)
+    if dest.is_dir():
+        dest = dest / source.name
+    if dest.exists():
+        raise FileExistsError(f"{dest} exists; not overwriting it (remove it or give another DEST)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tier = source.parent.name
+    header = f"# atp-latent {package_version()}: configs/{tier}/{source.name}"
+    text = standalone_config(source)
+    if text != source.read_text():
+        header += " (its defaults: name the installed package's files)"
+    with open(dest, "x") as f:  # "x": never over a file that appeared meanwhile either
+        f.write(f"{header}\n{text}")
+    print(f"copied {tier}/{source.stem} to {dest}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="atp-latent", description="Latent chain-of-thought reasoning (ATP-Latent).")
-    sub = p.add_subparsers(dest="command", required=True)
+    """The `atp-latent` parser: one subparser per subcommand (docs/cli.md describes them)."""
+    p = Parser(prog="atp-latent", description="Latent chain-of-thought reasoning (ATP-Latent).",
+               epilog="Every bad argument, config, data file or path: one 'error: ...' line on stderr, exit status "
+                      f"{BAD_INPUT}.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
+                   help="print the package version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="check data files or generate the synthetic benchmark")
-    dsub = data.add_subparsers(dest="data_command", required=True)
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     chk = dsub.add_parser("check", help="validate data files; one line per bad record; exit 1 on any error")
-    chk.add_argument("files", nargs="+")
+    chk.add_argument("files", nargs="+", metavar="FILE", help="a data file (.jsonl or .json; several allowed)")
     chk.set_defaults(func=cmd_data_check)
     syn = dsub.add_parser("synth", help="write the synthetic benchmark (train/val/test + 3 OOD test splits)")
-    syn.add_argument("--out", required=True)
-    syn.add_argument("--seed", type=int, default=0)
-    syn.add_argument("--difficulty", choices=["default", "hard"], default="default")
-    for name in ("n_train", "n_val", "n_test", "n_ood"):
-        syn.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=None)
+    syn.add_argument("--out", required=True, help="output folder (one .jsonl per split)")
+    syn.add_argument("--seed", type=int, default=0, help="random seed of the problems (default 0)")
+    syn.add_argument("--difficulty", choices=["default", "hard"], default="default",
+                     help="hard: operands up to 50 and values up to 500 (test_large: up to 999)")
+    for name, what in (("n_train", "train problems (default 100000)"), ("n_val", "val problems (default 300)"),
+                       ("n_test", "test problems (default 500)"),
+                       ("n_ood", "problems in each OOD split: test_large, test_long, test_perturbed (default 500)")):
+        syn.add_argument("--" + name.replace("_", "-"), dest=name, type=at_least(0), default=None, metavar="N",
+                         help=what)
     syn.set_defaults(func=cmd_data_synth)
 
     tr = sub.add_parser("train", help="train a method from a YAML config")
-    tr.add_argument("--config", help="YAML config (see configs/)")
+    tr.add_argument("--config", help="YAML config file (the packaged ones: atp-latent configs)")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
-    tr.add_argument("--output-dir")
-    tr.add_argument("--name")
+    tr.add_argument("--output-dir", help="where the run directory goes (overrides output_dir; default runs)")
+    tr.add_argument("--name", help="the run directory's name (overrides name; default the start time)")
     tr.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
-    tr.add_argument("--num-processes", type=int, default=None, help="launch N processes with accelerate")
-    tr.add_argument("--port", type=int, default=29533, help="rendezvous port for --num-processes")
+    tr.add_argument("--num-processes", type=at_least(1), default=None, metavar="N",
+                    help="launch N processes with accelerate")
+    tr.add_argument("--port", type=port, default=29533, help="rendezvous port for --num-processes (default 29533)")
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint on data files or benchmark names")
@@ -256,8 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(needs the hf extra) (repeatable)")
     ev.add_argument("--data-dir", default=None, help="where benchmark names resolve (default $ATP_DATA, else ../shared/data)")
     ev.add_argument("--out", default=None, help="results JSON (a .md table is written beside it)")
-    ev.add_argument("--batch-size", type=int, default=64)
-    ev.add_argument("--max-new-tokens", type=int, default=None)
+    ev.add_argument("--batch-size", type=at_least(1), default=64, metavar="N", help="problems per batch (default 64)")
+    ev.add_argument("--max-new-tokens", type=at_least(1), default=None, metavar="N",
+                    help="answer tokens to generate at most (default 16; 160 for CoT, whose answer writes the steps)")
     ev.add_argument("--latent-sample", action="store_true", help="sample latents instead of using mu")
     ev.add_argument("--rollout", action="store_true",
                     help="sample as RL's rollouts do: latents, the stop head and answer tokens (see --temperature)")
@@ -265,43 +488,56 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--latent-temperature", type=float, default=None, metavar="K",
                     help="with --rollout: sample z ~ N(mu, (K sigma)^2), as rl.latent_temperature does (1.0); "
                          "0: z = mu, as rl.latent_policy=mean rolls out")
-    ev.add_argument("--seeds", type=int, default=1,
+    ev.add_argument("--samples", type=at_least(1), default=1, metavar="N",
                     help="with --latent-sample or --rollout: N samples per problem; reports mean +- std and pass@k")
-    ev.add_argument("--limit", type=int, default=None, help="first N problems of each file")
+    ev.add_argument("--seeds", dest="samples", type=at_least(1), default=argparse.SUPPRESS, metavar="N",
+                    action=DeprecatedAlias, use="--samples", help="deprecated name of --samples")
+    ev.add_argument("--limit", type=at_least(1), default=None, metavar="N", help="first N problems of each file")
     ev.add_argument("--predictions", action="store_true",
-                    help="also write per-problem predictions (with --seeds N: every sample's, field `sample`)")
-    ev.add_argument("--device", default=None)
-    ev.add_argument("--num-processes", type=int, default=None, help="shard the problems over N processes")
-    ev.add_argument("--port", type=int, default=29534, help="rendezvous port for --num-processes")
+                    help="also write per-problem predictions (with --samples N: every sample's, field `sample`)")
+    ev.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:1 (default cuda if available)")
+    ev.add_argument("--num-processes", type=at_least(1), default=None, metavar="N",
+                    help="shard the problems over N processes")
+    ev.add_argument("--port", type=port, default=29534, help="rendezvous port for --num-processes (default 29534)")
     ev.set_defaults(func=cmd_eval)
 
     ex = sub.add_parser("explain", help="decode a trained model's latent plan to text, group by group")
-    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory of a latent method")
     ex.add_argument("--question", action="append", help="a question (repeatable)")
     ex.add_argument("--data", help="a data file or benchmark name")
-    ex.add_argument("--data-dir", default=None)
-    ex.add_argument("--n", type=int, default=5, help="with --data: the first N problems")
-    ex.add_argument("--device", default=None)
+    ex.add_argument("--data-dir", default=None,
+                    help="where benchmark names resolve (default $ATP_DATA, else ../shared/data)")
+    ex.add_argument("--n", type=at_least(1), default=5, metavar="N",
+                    help="with --data: the first N problems (default 5)")
+    ex.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:1 (default cuda if available)")
     ex.set_defaults(func=cmd_explain)
 
     bn = sub.add_parser("bench", help="train and compare every method the same way; tables and plots")
     bn.add_argument("--suite", default="cpu", choices=["cpu", "gpu"],
                     help="cpu: every method on the synthetic benchmark with a tiny Llama; gpu: the same one size up "
                          "(a larger model from scratch, bf16) for one GPU")
-    bn.add_argument("--seeds", type=int, default=1)
-    bn.add_argument("--out", default="results/cpu")
-    bn.add_argument("--data-seed", type=int, default=0, help="the synthetic data (shared by every seed)")
-    bn.add_argument("--scale", type=float, default=1.0,
+    bn.add_argument("--seeds", type=at_least(1), default=1, metavar="N",
+                    help="train every job with N seeds (training seeds 0..N-1, on the same data); default 1")
+    bn.add_argument("--out", default=None,
+                    help="output folder (default results/SUITE: results/cpu or results/gpu); never another suite's")
+    bn.add_argument("--data-seed", type=int, default=0,
+                    help="seed of the synthetic data, shared by every training seed (default 0)")
+    bn.add_argument("--regime", default="default", choices=list(REGIMES),
+                    help="the synthetic benchmark's regime: default, or many-plans (3-5 steps with independent "
+                         "branches, at least two valid step orders per problem, each training label a valid order "
+                         "drawn uniformly; default output results/SUITE-many-plans)")
+    bn.add_argument("--scale", type=positive_float, default=1.0,
                     help="make every job SCALE times as long (SFT epoch size and step cap, RL steps): a trial run; "
-                         "the protocol is 1")
+                         "the protocol is 1, the default")
     bn.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override for every job (repeatable), e.g. train.mixed_precision=bf16")
-    bn.add_argument("--slots", type=int, default=2, help="jobs trained at once (one CPU thread each)")
-    bn.add_argument("--val-large", type=int, default=None, metavar="N",
+    bn.add_argument("--slots", type=at_least(1), default=2, metavar="N",
+                    help="jobs trained at once (one CPU thread each; default 2)")
+    bn.add_argument("--val-large", type=at_least(0), default=None, metavar="N",
                     help="held-out in-distribution problems per seed on which RL is judged against its SFT start "
                          "(RL's best/ is picked on val, so val cannot judge it; 0: off, and that verdict is not "
                          "given; default 5000 for the cpu suite, 500 for the gpu suite)")
-    bn.add_argument("--rollouts", type=int, default=None, metavar="N",
+    bn.add_argument("--rollouts", type=at_least(0), default=None, metavar="N",
                     help="with --val-large: also sample N answers per problem from RL's rollout policy for the RL runs "
                          "and their start (accuracy, pass@N, groups with a signal; default 8, RL's group size, for the cpu suite and 0 "
                          "for the gpu suite; 0: off)")
@@ -311,19 +547,42 @@ def build_parser() -> argparse.ArgumentParser:
     bn.set_defaults(func=cmd_bench)
 
     qs = sub.add_parser("quickstart", help="the main job on the embedded default (synthetic data, tiny model, CPU)")
-    qs.add_argument("--out", default="quickstart", help="output folder")
-    qs.add_argument("--seed", type=int, default=0)
-    qs.add_argument("--scale", type=float, default=1.0,
-                    help="make every job SCALE times as long (a trial run; the protocol is 1)")
+    qs.add_argument("--out", default="quickstart", help="output folder (default quickstart)")
+    qs.add_argument("--seed", type=int, default=0, help="training seed of every job (default 0)")
+    qs.add_argument("--scale", type=positive_float, default=1.0,
+                    help="make every job SCALE times as long (a trial run; the protocol is 1, the default)")
     qs.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override for every job (repeatable)")
     qs.set_defaults(func=cmd_quickstart)
+
+    cf = sub.add_parser("configs", help="list the packaged configs by tier, or copy one out for editing",
+                        description="List the packaged configs by tier (ls, also with no COMMAND) or copy one out "
+                                    "for editing (cp).")
+    cf.set_defaults(func=cmd_configs_ls, tier=None)
+    csub = cf.add_subparsers(dest="configs_command", metavar="[COMMAND]")
+    ls = csub.add_parser("ls", help="list the packaged configs by tier (what `atp-latent configs` does)")
+    ls.add_argument("tier", nargs="?", default=None, metavar="TIER",
+                    help="only this tier (quickstart, bench, gpu, paper, accelerate)")
+    ls.set_defaults(func=cmd_configs_ls)
+    cp = csub.add_parser("cp", help="copy a packaged config out for editing; never over an existing file")
+    cp.add_argument("config", metavar="TIER/NAME", help="the config, as `atp-latent configs` lists it, e.g. bench/atp")
+    cp.add_argument("dest", metavar="DEST", help="the new file, or a folder to copy it into under its own name")
+    cp.set_defaults(func=cmd_configs_cp)
     return p
 
 
+def _error(message: str) -> int:
+    print(f"error: {message.splitlines()[0] if message.strip() else 'bad input'}", file=sys.stderr)
+    return BAD_INPUT
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        return _error(str(e))
+    args.argv = argv
     from atp_latent.progress import quiet_library_bars
 
     quiet_library_bars()  # outside a terminal: no Hugging Face bars in the logs (ours print short lines)
@@ -332,11 +591,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
+    except UsageError as e:
+        return _error(str(e))
     except (DataError, ConfigError, FileNotFoundError, FileExistsError, ValueError, FloatingPointError) as e:
         if os.environ.get("ATP_DEBUG"):
             raise
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 1
+        return _error(str(e) or type(e).__name__)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
