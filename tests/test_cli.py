@@ -210,7 +210,7 @@ def test_eval_rollout_policy_reports_pass_at_k(checkpoint, capsys):
     model, tok = LatentReasoner.from_pretrained(checkpoint / "run" / "final")
     problems = load_records(data)
     runs = [evaluate(model, builder_for(tok, model.spec), problems, max_new_tokens=3, sample_latents=True,
-                     stop_mode="sample", temperature=0.7, seed=s, progress=False)[1] for s in (0, 1)]
+                     stop_mode="sample", temperature=0.7, seed=s, progress=False, plans=True)[1] for s in (0, 1)]
     written = [json.loads(line) for line in out.with_suffix(".predictions.jsonl").read_text().splitlines()]
     for s in (0, 1):  # every sample's rows, in order
         assert [r["output"] for r in written if r["sample"] == s] == [r["output"] for r in runs[s]]
@@ -219,7 +219,15 @@ def test_eval_rollout_policy_reports_pass_at_k(checkpoint, capsys):
     assert got["pass_at_k"]["1"] == pytest.approx(got["accuracy"])
     assert got["accuracy"] == pytest.approx(sum(r["correct"] for rows in runs for r in rows) / (2 * len(problems)))
     assert got["pass_at_k"]["2"] == pytest.approx(either)
-    assert "pass@2" in capsys.readouterr().out
+    # the plans the samples' latents decode to, against each problem's valid step orders (evaluation/diversity.py)
+    from atp_latent.data.synthetic import valid_orders
+    from atp_latent.evaluation.diversity import ProblemRollouts, diversity_summary
+
+    expect = diversity_summary([ProblemRollouts(valid_orders(p), [(r[i]["plan"], r[i]["correct"]) for r in runs])
+                                for i, p in enumerate(problems)])
+    assert got["diversity"] == expect and expect["has_plans"] and expect["n_rollouts"] == 2
+    printed = capsys.readouterr().out
+    assert "pass@2" in printed and "test_long: plans valid " in printed
 
 
 def test_eval_rollout_latent_temperature(checkpoint):

@@ -221,6 +221,8 @@ def cmd_eval(args) -> int:
     # --rollout samples all three parts as RL's rollouts do (z ~ N(mu, (k sigma)^2), the stop head, answer tokens).
     policy = (rollout_policy(args.temperature, args.latent_temperature) if args.rollout
               else dict(sample_latents=args.latent_sample))
+    # --rollout with several samples of problems that have steps: which valid step orders the samples' plans follow
+    diverse = bool(args.rollout and seeds > 1)
     results, rows_out = {}, {}
     for name, all_problems in datasets:
         problems = all_problems[: args.limit]
@@ -228,7 +230,8 @@ def cmd_eval(args) -> int:
         runs, per_sample = [], []
         for seed in range(seeds):
             _, rows = evaluate(model, builder, shard, batch_size=args.batch_size, max_new_tokens=max_new,
-                               seed=seed, device=device, desc=name, progress=state.is_main_process, **policy)
+                               seed=seed, device=device, desc=name, progress=state.is_main_process,
+                               plans=diverse, **policy)
             if state.num_processes > 1:
                 rows = gather_object(rows)
             runs.append(summarize(rows).as_dict())
@@ -239,6 +242,8 @@ def cmd_eval(args) -> int:
         res["seeds"] = seeds
         if seeds > 1:  # the seeds are n samples of each problem: pass@k says how much sampling could find
             res["pass_at_k"] = pass_at_ks(right_counts(per_sample), seeds)
+        if diverse and all(p.steps for p in problems):
+            res["diversity"] = plan_diversity(problems, per_sample)
         results[name] = res
     table = markdown_table({run.name: results}, [n for n, _ in datasets], methods={run.name: run_label})
     if state.is_main_process:
@@ -246,6 +251,8 @@ def cmd_eval(args) -> int:
         for name, res in results.items():
             if "pass_at_k" in res:
                 print(f"{name}: " + ", ".join(f"pass@{k} {100 * v:.2f}" for k, v in res["pass_at_k"].items()))
+            if "diversity" in res:
+                print(f"{name}: {diversity_line(res['diversity'])}")
         if args.out:
             out = Path(args.out)
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -272,6 +279,37 @@ def cmd_eval(args) -> int:
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def plan_diversity(problems, per_sample: list[list[dict]]) -> dict:
+    """evaluation/diversity.py's summary of n samples of each problem: their plans against the problem's valid step
+    orders (data.synthetic.valid_orders), rows in the problems' order, one list per sample."""
+    from atp_latent.data.synthetic import valid_orders
+    from atp_latent.evaluation.diversity import ProblemRollouts, diversity_summary
+
+    by_question = [{r["question"]: r for r in rows} for rows in per_sample]  # gathered shards come in rank order
+    return diversity_summary([ProblemRollouts(valid_orders(p), [(rows[p.question].get("plan"), rows[p.question]["correct"])
+                                                                for rows in by_question])
+                              for p in problems])
+
+
+def diversity_line(d: dict) -> str:
+    """One line of a diversity summary (docs/metrics.md)."""
+    if not d.get("has_plans"):
+        return "plan diversity n/a (this method's latents have no readable plan)"
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+
+    def num(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    return (f"plans valid {pct(d['plan_validity'])} (valid and right {pct(d['valid_and_correct'])}, valid but wrong "
+            f"{pct(d['valid_but_wrong'])}, invalid {pct(d['invalid_plan'])}); coverage {num(d['coverage'])}; "
+            f"distinct right orders {num(d['distinct_correct_orders'])}; order entropy {num(d['order_entropy'])} "
+            f"({d['order_entropy_excluded']} problems excluded); Kendall distance {num(d['kendall_distance'])} "
+            f"({d['kendall_distance_excluded']} excluded); strict "
+            + ", ".join(f"pass@{k} {100 * v:.2f}" for k, v in (d.get("strict_pass_at_k") or {}).items()))
 
 
 def cmd_explain(args) -> int:

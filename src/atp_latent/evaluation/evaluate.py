@@ -45,12 +45,15 @@ def evaluate(
     device: torch.device | str = "cpu",
     progress: bool = True,
     desc: str = "eval",
+    plans: bool = False,
 ) -> tuple[EvalSummary, list[dict]]:
     """Answers for `problems`; returns the summary and one row per problem (in input order).
 
     Greedy by default (z = mu, the stop head's argmax, argmax tokens). `sample_latents`, `stop_mode="sample"` and
     `temperature` > 0 sample each part instead; all three together are RL's rollout policy (METHOD.md §8), whose
-    latents come from N(mu, (k sigma)^2) with k = `latent_temperature` (RL's `rl.latent_temperature`)."""
+    latents come from N(mu, (k sigma)^2) with k = `latent_temperature` (RL's `rl.latent_temperature`).
+    `plans`: each row also gets "plan", the steps its reasoning reads as (evaluation/plans.py; None where the method
+    has no readable plan)."""
     reasoner.eval()
     tok = builder.tok
     prompts = [builder.eval_prompt(p.question) for p in problems]
@@ -70,15 +73,24 @@ def evaluate(
             temperature=temperature, generator=gen, latent_temperature=latent_temperature,
         )
         n_active = state.n_active.tolist() if state.active.numel() else [0] * len(idx)
+        texts = [tok.decode(out.tokens[j, : int(out.lengths[j])].tolist(), skip_special_tokens=False)
+                 for j in range(len(idx))]
+        read = None
+        if plans:
+            from atp_latent.evaluation.plans import read_plans
+
+            read = read_plans(reasoner, state, texts, tok)
         for j, i in enumerate(idx):
             n_ans = int(out.lengths[j])
-            text = tok.decode(out.tokens[j, :n_ans].tolist(), skip_special_tokens=False)
+            text = texts[j]
             pred = extract_answer(END_LATENT + text)
             ok = answers_match(pred, problems[i].answer)
             correct += ok
             rows[i] = {"id": problems[i].id, "question": problems[i].question, "gold": problems[i].answer,
                        "output": text, "pred": pred, "correct": bool(ok), "latents": int(n_active[j]),
                        "answer_tokens": n_ans}
+            if read is not None:
+                rows[i]["plan"] = read[j]
         bar.update(len(idx))
         bar.set_postfix(acc=f"{correct / min(start + batch_size, len(order)):.3f}")
     bar.close()
