@@ -1,4 +1,4 @@
-"""Where GRPO's learning signal comes from on an ATP checkpoint, and whether it transfers (docs/benchmark.md).
+"""Where GRPO's learning signal comes from on an ATP checkpoint, and whether it transfers (docs/experiment-log.md).
 
 Three measurements, each on the trainer's own `rollout` / `grpo_update`, reward = accuracy only:
 

@@ -300,7 +300,7 @@ def write_new_style(out: Path, data_seed: int = 0, n_train: int = 4800, n_val: i
     """data/new_style/{train,val}.jsonl: questions in test_perturbed's style (reworded sentences, a distractor,
     half of them reordered), which no SFT run sees, drawn with data seed `data_seed` + 101 and kept only when their
     text is in none of the seed folder's splits. `atp_rl_new_style` trains on them: RL whose reward (the answer)
-    carries what SFT's targets did not (docs/benchmark.md). Kept when already there."""
+    carries what SFT's targets did not (docs/experiment-log.md). Kept when already there."""
     from atp_latent.data.formats import load_records, write_jsonl
     from atp_latent.data.synthetic import SPLITS, generate_benchmark
 
@@ -350,7 +350,7 @@ def write_val_large(out: Path, data_seed: int = 0, n: int = 5000) -> Path:
 def write_fresh(out: Path, data_seed: int = 0, n: int = 4800) -> Path:
     """data/fresh/train.jsonl: `n` in-distribution questions no SFT run saw (data seed `data_seed` + 303; disjoint
     from every split and from val_large). `atp_rl_fresh` runs atp_rl's recipe on these instead of the SFT questions,
-    to tell whether RL learns nothing only because SFT was trained on its questions (docs/benchmark.md). Kept when
+    to tell whether RL learns nothing only because SFT was trained on its questions (docs/experiment-log.md). Kept when
     there."""
     from atp_latent.data.formats import write_jsonl
 

@@ -15,7 +15,7 @@ Two question styles (SynthConfig.style):
   defined from other names ("Cal has as many marbles as Ava times Ben."), so each step needs several
   lookup hops.
 
-Calibration knobs (the defaults are the calibrated regime, see docs/benchmark.md): `text_order` records the
+Calibration knobs (the defaults are the calibrated regime, see docs/synthetic-benchmark.md): `text_order` records the
 steps in the order of their sentences (other valid orders stay valid, as in GSM8K solutions); `max_start` lets
 the number a '-' or '/' step starts from ("had 17 coins and gave away 8") go above max_operand, so that
 copying such numbers is learnt in training; `noise_prob` adds an irrelevant sentence to that share of
@@ -54,7 +54,7 @@ class SynthConfig:
     # test_long: at least max_steps steps, and longer than any training question: more steps, and/or
     # `long_noise` irrelevant sentences (training questions have at most one). The default, the deepest
     # training problems with three irrelevant sentences, is what a tiny model can partly solve: with one step
-    # more than in training it stops after max_steps steps (docs/benchmark.md)
+    # more than in training it stops after max_steps steps (docs/synthetic-benchmark.md)
     long_min_steps: int = 3
     long_max_steps: int = 3
     long_noise: int = 3
