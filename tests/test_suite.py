@@ -484,6 +484,22 @@ VAL_LARGE = [{"atp": "1" * 18 + "00", "atp_rl": "1" * 18 + "00"},  # 0.90 -> 0.9
              {"atp": "1" * 17 + "000", "atp_rl": "1" * 16 + "0000"}]  # 0.85 -> 0.80: +0 / -1
 
 
+def FAKE_DIVERSITY(job: str, k: int) -> dict:
+    """A diversity_curves summary over 40 problems: ATP's plans cover 3 of 4 valid orders, CoT's and SIM-CoT's 1
+    (at the same validity); No-CoT and Coconut have no readable plan."""
+    if job in ("nocot", "coconut", "codi", "icot", "colar"):
+        return {"n_problems": 40, "n_rollouts": k, "has_plans": False, "pass_at_k": {"1": 0.5, str(k): 0.6},
+                "plan_validity": None, "valid_and_correct": None, "valid_but_wrong": None, "invalid_plan": None,
+                "coverage": None, "distinct_correct_orders": None, "order_entropy": None, "kendall_distance": None,
+                "strict_pass_at_k": None}
+    cov = 0.75 if job.startswith("atp") else 0.25
+    return {"n_problems": 40, "n_rollouts": k, "has_plans": True, "pass_at_k": {"1": 0.5, str(k): 0.7},
+            "strict_pass_at_k": {"1": 0.4, str(k): 0.6}, "plan_validity": 0.9, "valid_and_correct": 0.5,
+            "valid_but_wrong": 0.4, "invalid_plan": 0.1, "coverage": cov, "distinct_correct_orders": 4 * cov,
+            "order_entropy": 0.5, "kendall_distance": 0.2, "coverage_at_k": {"1": 0.25, str(k): cov},
+            "per_problem": {"coverage": [cov] * 40, "validity": [0.9] * 40}}
+
+
 @pytest.fixture
 def fake_bench(monkeypatch, tmp_path):
     """run_bench with its training, data and evaluation replaced: per seed folder, the test splits give ATP RL a lead
@@ -518,12 +534,20 @@ def fake_bench(monkeypatch, tmp_path):
     for plot in ("plot_accuracy_vs_tokens", "plot_training_curves", "plot_latents"):
         monkeypatch.setattr(report_mod, plot, lambda *a, **k: None)
 
-    def run(suite, seeds, ablations=False, val_large=None):
+    def evaluate_diversity(jobs, out, samples=8, split="test", batch_size=100):
+        calls.setdefault("diversity", []).append((out.name, samples))
+        return {j: FAKE_DIVERSITY(j, samples) for j in jobs}
+
+    monkeypatch.setattr(suite_mod, "evaluate_diversity", evaluate_diversity)
+    monkeypatch.setattr(report_mod, "plot_diversity", lambda *a, **k: None)
+
+    def run(suite, seeds, ablations=False, val_large=None, regime="default"):
         out = tmp_path / suite
         for k in range(seeds):
             (out / f"seed-{k}").mkdir(parents=True, exist_ok=True)
         args = argparse.Namespace(suite=suite, seeds=seeds, out=str(out), data_seed=0, scale=1.0, overrides=[],
-                                  slots=2, val_large=val_large, rollouts=None, ablations=ablations)
+                                  slots=2, val_large=val_large, rollouts=None, ablations=ablations, regime=regime,
+                                  diversity=None)
         assert suite_mod.run_bench(args) == 0
         return out
 
@@ -652,3 +676,44 @@ def test_seed_folders_keep_their_regime(tmp_path):
         suite_mod.regime_config = real
     with pytest.raises(ValueError, match="unknown regime 'wild'"):
         suite_mod.regime_config("wild")
+
+
+def test_many_plans_bench_reports_diversity_and_the_premises_claims(fake_bench):
+    """--regime many-plans samples rollouts for the diversity table (8 by default) and RESULTS.md states claims
+    (a)-(d), each judged by a paired bootstrap: here ATP's plans cover more orders than CoT's and SIM-CoT's at the
+    same validity, so (b) holds; every method has the same accuracy on every split, so the gaps differ by exactly 0
+    and (d) does not hold."""
+    run, _, calls = fake_bench
+    out = run("cpu", seeds=2, regime="many-plans")
+    assert calls["diversity"] == [("seed-0", 8), ("seed-1", 8)]
+    res = json.loads((out / "results.json").read_text())
+    assert res["regime"] == "many-plans" and "--regime many-plans" in res["command"]
+    assert res["diversity"]["atp"][0]["coverage"] == 0.75 and len(res["diversity"]["cot"]) == 2
+    text = (out / "RESULTS.md").read_text()
+    table = text[text.index("## Reasoning-path diversity"):text.index("## The premise's claims")]
+    assert next(line for line in table.splitlines() if line.startswith("| Coconut |")).count("n/a") == 9  # pass@k is not a plan metric
+    assert "| ATP-Latent (SFT) | 90.0 ± 0.0 | 50.0 ± 0.0 | 40.0 ± 0.0 | 10.0 ± 0.0 | 0.750 ± 0.000 |" in table
+    claims = text[text.index("## The premise's claims"):]
+    assert "ATP-Latent (SFT)'s plans cover more valid orders than CoT-SFT's at no lower validity: **holds**" in claims
+    assert "SIM-CoT's at no lower validity: **holds** (coverage difference x 100: +50.0 [+50.0, +50.0]" in claims
+    assert "OOD gap is smaller than Coconut's: **does not hold** (its gap minus the other's, points: +0.0 [" in claims
+    assert "(a) ATP SFT beats Coconut and SIM-CoT" in claims and "(c) RL" in claims
+    # the default regime has no diversity section and samples nothing
+    calls.pop("diversity")
+    out = run("gpu", seeds=1)
+    assert "diversity" not in calls and "## Reasoning-path diversity" not in (out / "RESULTS.md").read_text()
+
+
+def test_diversity_curves_by_hand(monkeypatch):
+    """One problem with valid orders abc and bac; four rollouts: abc right, abc right, bac right, cba wrong. The first
+    k rollouts cover 1/1, 1/2 and 2/2 of min(|V|, k) orders; 3 of 4 plans are valid."""
+    from atp_latent.data import synthetic
+
+    monkeypatch.setattr(synthetic, "valid_orders", lambda p: [["a", "b", "c"], ["b", "a", "c"]])
+    samples = [[{"plan": ["a", "b", "c"], "correct": True}], [{"plan": ["a", "b", "c"], "correct": True}],
+               [{"plan": ["b", "a", "c"], "correct": True}], [{"plan": ["c", "b", "a"], "correct": False}]]
+    got = suite_mod.diversity_curves([Problem("q?", ["a", "b", "c"], "1")], samples)
+    assert got["coverage_at_k"] == {"1": 1.0, "2": 0.5, "4": 1.0}
+    assert got["per_problem"] == {"coverage": [1.0], "validity": [0.75]} and got["n_rollouts"] == 4
+    none = suite_mod.diversity_curves([Problem("q?", ["a"], "1")], [[{"plan": None, "correct": True}]] * 2)
+    assert not none["has_plans"] and "per_problem" not in none and none["pass_at_k"] == {"1": 1.0, "2": 1.0}

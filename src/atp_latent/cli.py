@@ -564,6 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the synthetic benchmark's regime: default, or many-plans (3-5 steps with independent "
                          "branches, at least two valid step orders per problem, each training label a valid order "
                          "drawn uniformly; default output results/SUITE-many-plans)")
+    bn.add_argument("--diversity", type=at_least(0), default=None, metavar="K",
+                    help="sample K rollouts of every test problem per method and report the plans' diversity (plan "
+                         "validity, coverage of the valid step orders, entropy, Kendall distance, pass@k); default 8 "
+                         "for --regime many-plans, 0 (off) otherwise")
     bn.add_argument("--scale", type=positive_float, default=1.0,
                     help="make every job SCALE times as long (SFT epoch size and step cap, RL steps): a trial run; "
                          "the protocol is 1, the default")

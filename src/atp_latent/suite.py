@@ -78,6 +78,8 @@ PAIRS = [("atp_rl", "simcot"), ("atp_rl", "coconut"), ("atp_rl", "icot"), ("atp_
 # does not say. RL's best/ is picked on val with its start as the first candidate, so RL is judged against its start
 # on these only. The GPU suite draws a few hundred and evaluates them greedily, to fit one device call.
 DEFAULT_VAL_LARGE = {"cpu": 5000, "gpu": 500}
+# Rollouts per test problem for the reasoning-path diversity tables, by regime (bench --diversity)
+DEFAULT_DIVERSITY = {"default": 0, "many-plans": 8}
 DEFAULT_ROLLOUTS = {"cpu": 8, "gpu": 0}
 
 
@@ -458,6 +460,59 @@ def evaluate_val(jobs: list[str], out: Path, samples: int = 3, batch_size: int =
     return rows
 
 
+def diversity_curves(problems, samples: list[list[dict]]) -> dict:
+    """The diversity of n sampled rollouts of each problem (samples[k][i]: sample k of problem i, with its "plan"):
+    evaluation/diversity.py's summary of all n, the coverage and (strict) pass@k of the first k for k = 1, 2, 4, ...
+    n, and each problem's coverage and plan validity at n (so two methods can be paired problem by problem)."""
+    from atp_latent.data.synthetic import valid_orders
+    from atp_latent.evaluation.diversity import ProblemRollouts, coverage, diversity_summary, plan_validity
+
+    orders = [valid_orders(p) for p in problems]
+
+    def at(k):
+        return [ProblemRollouts(v, [(s[i].get("plan"), s[i]["correct"]) for s in samples[:k]])
+                for i, v in enumerate(orders)]
+
+    n = len(samples)
+    ks = sorted({2 ** j for j in range(n.bit_length()) if 2 ** j <= n} | {n})
+    full = at(n)
+    out = diversity_summary(full)
+    if out["has_plans"]:
+        out["coverage_at_k"] = {str(k): diversity_summary(at(k))["coverage"] for k in ks}
+        out["per_problem"] = {"coverage": [coverage(*p) for p in full],
+                              "validity": [plan_validity(*p).validity for p in full]}
+    return out
+
+
+def evaluate_diversity(jobs: list[str], out: Path, samples: int = 8, split: str = "test", batch_size: int = 100
+                       ) -> dict:
+    """Reasoning-path diversity of each job on `split`: `samples` rollouts of every problem under RL's rollout policy,
+    the same for every method (latents sampled from the VAE head where there is one, the stop head sampled, answer
+    tokens at temperature 1.0; a method whose latents are deterministic, e.g. Coconut or SIM-CoT, varies only in its
+    answers, and CoT in the text it writes), each rollout's plan read by evaluation/plans.py (diversity_curves).
+    Cached beside each run."""
+    from atp_latent.data.formats import load_records
+    from atp_latent.evaluation.evaluate import default_max_new_tokens, evaluate, load_for_eval, rollout_policy
+    from atp_latent.progress import quiet_library_bars
+
+    quiet_library_bars()
+    problems = load_records(out / "data" / f"{split}.jsonl")
+
+    def run_job(job):
+        model, _, builder = load_for_eval(out / "runs" / job)
+        max_new = default_max_new_tokens(model.spec.method)
+        runs = [evaluate(model, builder, problems, batch_size=batch_size, max_new_tokens=max_new, seed=k,
+                         progress=False, plans=True, **rollout_policy())[1] for k in range(samples)]
+        return diversity_curves(problems, runs)
+
+    rows = {}
+    for job in jobs:
+        rows[job] = _cached(out / "runs" / job, f"{split}_diversity.json", run_job, job,
+                            valid=lambda v: v.get("n_rollouts") == samples and v.get("n_problems") == len(problems))
+        print(f"  {split} diversity {_label(job)}: coverage {rows[job].get('coverage')}", flush=True)
+    return rows
+
+
 def rollout_summary(samples: list[list[dict]]) -> dict:
     """n samples of each problem from RL's rollout policy (samples[k][i]: sample k of problem i): their accuracy
     (pass@1), pass@k, and the share of problems whose n answers are not all right or all wrong, i.e. the share of
@@ -681,6 +736,13 @@ def run_bench(args) -> int:
         large_summary = rl_vs_start_table(large_rows, digits=2, split="val_large", held_out=True)[1]
         rollouts_summary = {j: [r[j]["rollout"] for r in large_rows] for j in start_and_rl
                             if all("rollout" in r.get(j, {}) for r in large_rows)} or None
+    diversity = None
+    if getattr(args, "diversity", None) is None:
+        args.diversity = DEFAULT_DIVERSITY.get(regime, 0)
+    if args.diversity:
+        print(f"sampling {args.diversity} rollouts of every test problem for the plans' diversity", flush=True)
+        per = [evaluate_diversity(suite.jobs, d, samples=args.diversity) for d in seed_dirs]
+        diversity = {j: [p[j] for p in per] for j in suite.jobs}
     ablations = ablations_large = None
     if args.ablations:
         print("evaluating seed 0 and the ablations on the val split", flush=True)
@@ -698,17 +760,23 @@ def run_bench(args) -> int:
     curves.update({j: [seed_dirs[0] / "runs" / j] for j in (suite.ablations if args.ablations else ())})
     plot_training_curves(curves, LABELS, out / "training_curves.png")
     plot_latents(latents, LABELS, out / "latents_used.png")
+    if diversity:
+        from atp_latent.evaluation.report import plot_diversity
+
+        plot_diversity({j: v for j, v in diversity.items()}, LABELS, out / "diversity.png")
     command = " ".join(["atp-latent", "bench", "--suite", args.suite, "--seeds", str(args.seeds)]
                        + (["--scale", str(args.scale)] if args.scale != 1.0 else [])
                        + [f"--set {o}" for o in args.overrides]
                        + (["--val-large", str(args.val_large)] if args.val_large != default_val_large else [])
                        + (["--rollouts", str(args.rollouts)] if args.rollouts != default_rollouts else [])
                        + (["--ablations"] if args.ablations else [])
-                       + (["--regime", regime] if regime != "default" else []) + ["--out", str(out)])
+                       + (["--regime", regime] if regime != "default" else [])
+                       + (["--diversity", str(args.diversity)]
+                          if args.diversity != DEFAULT_DIVERSITY.get(regime, 0) else []) + ["--out", str(out)])
     data = {"command": command, "suite": args.suite, "regime": regime, "seeds": args.seeds, "val_large": args.val_large,
             "rollouts": args.rollouts, "splits": TEST_SPLITS, "mean": agg, "per_seed": per_seed, "costs": costs,
             "ablation_costs": ablation_costs, "rl_vs_start_val": rl_summary, "rl_vs_start_val_large": large_summary,
-            "claim": None, "rollouts_val_large": rollouts_summary, "ablations_val": ablations,
+            "claim": None, "rollouts_val_large": rollouts_summary, "diversity": diversity, "ablations_val": ablations,
             "ablations_val_large": ablations_large}
     minutes = (time.time() - t0) / 60
     took = f"{minutes:.0f} min on this machine"
@@ -801,6 +869,8 @@ def bench_report(data: dict, took: str) -> tuple[str, dict]:
     warning = _stopped_early(data)
     if warning:
         text += f"\n{warning}\n"
+    if data.get("diversity"):
+        text += "\n" + diversity_report(data, large, where)
     ablations, ablations_large = data.get("ablations_val"), data.get("ablations_val_large")
     if ablations:
         picked = picked_on_val(ablations)
@@ -815,6 +885,40 @@ def bench_report(data: dict, took: str) -> tuple[str, dict]:
                  "RL run's checkpoint was picked on val, none on these), against their start:\n\n"
                  + gain_table(ablations_large) + "\n")
     return text, claim
+
+
+def diversity_report(data: dict, large: dict | None, where: str) -> str:
+    """The many-valid-plans sections of RESULTS.md: the diversity table and the four claims it tests, each judged by
+    a paired bootstrap over problems and seeds (docs/metrics.md)."""
+    from atp_latent.evaluation.report import (
+        beats_at_no_more_tokens,
+        coverage_claim,
+        diversity_table,
+        ood_gap_claim,
+        rl_over_start,
+    )
+
+    div, per_seed = data["diversity"], data["per_seed"]
+    k = next(iter(div.values()))[0]["n_rollouts"]
+    a, _ = beats_at_no_more_tokens(per_seed, TEST_SPLITS, LABELS, "atp", ("coconut", "simcot"))
+    b, _ = coverage_claim(div, LABELS, "atp", ("cot", "simcot"))
+    c = [rl_over_start(large, _label(j), j, "atp", where)[0] for j in ("atp_rl", "atp_rl_coherence")
+         if large and j in large]
+    d, _ = ood_gap_claim(per_seed, LABELS, "atp", tuple(j for j in ("cot", "coconut", "simcot")
+                                                         if all(j in r for r in per_seed)))
+    return (f"## Reasoning-path diversity on `test`\n\n{k} rollouts of every test problem per method and seed, under "
+            "RL's rollout policy for every method (latents sampled from the VAE head where there is one, the stop "
+            "head sampled, answer tokens at temperature 1.0: CoT varies in the steps it writes, Coconut and SIM-CoT "
+            "only in their answers, since their latents are deterministic). A plan is CoT's written steps or the step "
+            "decoder's reading of the latent groups (n/a: no readable plan); it is valid when it is one of the "
+            "problem's valid step orders. Definitions: docs/metrics.md. Mean ± std over seeds; plot "
+            f"`diversity.png`.\n\n{diversity_table(div, LABELS)}\n\n"
+            "## The premise's claims in this regime\n\n(a) ATP SFT beats Coconut and SIM-CoT on accuracy at no more "
+            "tokens:\n" + "\n".join(a) + "\n\n(b) ATP's sampled plans are more diverse than CoT's and SIM-CoT's at "
+            "equal validity:\n" + "\n".join(b) + "\n\n(c) RL, and RL with the coherence reward alone, improve on "
+            "their SFT start on problems no run selected on:\n" + ("\n".join(c) or "- not judged (no held-out "
+            "problems)") + "\n\n(d) ATP's OOD gap (test minus the three OOD splits) is smaller than the others':\n"
+            + ("\n".join(d) or "- not judged (no per-problem outcomes)") + "\n")
 
 
 def write_report(out: Path | str) -> Path:

@@ -115,3 +115,18 @@ def test_false_positive_rate_under_the_null():
         if r.p_value < 0.04:
             assert verdict(r, "A > B" if r.mean_difference > 0 else "A < B") == "holds"
     assert fired / 200 < 0.10
+
+
+def test_gap_difference_by_hand():
+    """(A - B) in distribution minus (A - B) out of it: A level with B on the first set and 10 of 20 problems ahead on
+    the second gives -0.5 exactly; identical sets give [0, 0]; a large consistent effect excludes 0."""
+    from atp_latent.evaluation.stats import paired_gap_bootstrap
+
+    same = [[1, 0, 1, 0]] * 2
+    a_out, b_out = [[1] * 10 + [0] * 10] * 2, [[0] * 20] * 2
+    res = paired_gap_bootstrap(same, same, a_out, b_out, n_replicates=2000)
+    assert res.mean_difference == pytest.approx(-0.5) and res.ci_high < 0 and res.n_problems == 24
+    res = paired_gap_bootstrap(same, same, same, same, n_replicates=500)
+    assert res.mean_difference == 0 and res.ci_low == res.ci_high == 0
+    with pytest.raises(ValueError, match="different seeds"):
+        paired_gap_bootstrap(same, same, [[1, 0]], [[0, 0]])

@@ -181,6 +181,26 @@ def claim_verdict(per_seed: list[dict], splits: list[str], labels: dict, method:
     candidate, so on val the gain cannot be negative. The same bar: the interval of the paired gain over problems
     and seeds (suite.rl_gain_interval) lies above 0. A part that is not judged leaves the claim as a whole not
     decided (facts["holds"] None) unless another part fails. Returns markdown lines and the facts."""
+    lines, facts = beats_at_no_more_tokens(per_seed, splits, labels, method, baselines)
+    rl_line, rl_facts = rl_over_start(rl_vs_start, labels.get(method, method), method, start, where)
+    lines.append(rl_line)
+    if rl_facts is not None:
+        facts["rl_over_start"] = rl_facts
+    judged = [f["holds"] for f in facts.values()]
+    if any(h is False for h in judged):
+        facts["holds"] = False
+    else:  # no judged part fails: the claim holds when every part was judged
+        facts["holds"] = True if rl_facts is not None and all(h is True for h in judged) else None
+    word = {True: "holds", False: "does not hold", None: "not decided"}[facts["holds"]]
+    head = f"The claim as a whole: **{word}** here" + (
+        " (a part of it was not judged)." if facts["holds"] is None else ".")
+    return "\n".join([head, "", *lines]), facts
+
+
+def beats_at_no_more_tokens(per_seed: list[dict], splits: list[str], labels: dict, method: str,
+                            baselines: tuple[str, ...]) -> tuple[list[str], dict]:
+    """claim_verdict's lines on `method` against each baseline that ran (the bootstrap interval of the accuracy
+    difference over every problem of `splits` and every seed above 0, at no more tokens), and their facts."""
     def over_splits(r, job, key):
         return sum(r[job][s][key] for s in splits) / len(splits)
 
@@ -201,22 +221,10 @@ def claim_verdict(per_seed: list[dict], splits: list[str], labels: dict, method:
         lines.append(f"- {labels.get(method, method)} beats {labels.get(b, b)} at no more tokens: "
                      f"**{verdict}** (accuracy over the test splits, {shown}; per seed "
                      f"{', '.join(f'{100 * d:+.1f}' for d in diffs)}; # tokens {tok_a:.1f} vs {tok_b:.1f})")
-    rl_line, rl_facts = _rl_over_start(rl_vs_start, labels.get(method, method), method, start, where)
-    lines.append(rl_line)
-    if rl_facts is not None:
-        facts["rl_over_start"] = rl_facts
-    judged = [f["holds"] for f in facts.values()]
-    if any(h is False for h in judged):
-        facts["holds"] = False
-    else:  # no judged part fails: the claim holds when every part was judged
-        facts["holds"] = True if rl_facts is not None and all(h is True for h in judged) else None
-    word = {True: "holds", False: "does not hold", None: "not decided"}[facts["holds"]]
-    head = f"The claim as a whole: **{word}** here" + (
-        " (a part of it was not judged)." if facts["holds"] is None else ".")
-    return "\n".join([head, "", *lines]), facts
+    return lines, facts
 
 
-def _rl_over_start(summary: dict | None, label: str, method: str, start: str, where: str) -> tuple[str, dict | None]:
+def rl_over_start(summary: dict | None, label: str, method: str, start: str, where: str) -> tuple[str, dict | None]:
     """claim_verdict's line on RL against its start, and its facts (None: not judged): the paired bootstrap interval
     of the gain over the held-out problems and the seeds (suite.rl_gain_interval) must lie above 0."""
     from atp_latent.suite import rl_gain_interval
@@ -314,6 +322,107 @@ def plot_latents(latents: dict[str, list[int]], labels: dict, path: Path) -> Non
     ax.set_xlabel("latents used per problem (test splits)")
     ax.set_ylabel("share of problems")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----- the many-valid-plans regime: reasoning-path diversity and its claims -----
+
+def diversity_table(div: dict[str, list[dict]], labels: dict) -> str:
+    """Per method (div[job]: one suite.diversity_curves summary per seed), mean ± std over seeds of plan validity,
+    its breakdown, coverage, distinct right orders, order entropy, Kendall distance, and pass@1 / pass@K / strict
+    pass@K; "n/a" for a method without a readable plan."""
+    def cell(xs, pct=True):
+        if any(x is None for x in xs):
+            return "n/a"
+        m, sd = mean_std([100 * x if pct else x for x in xs])
+        return f"{m:.1f} ± {sd:.1f}" if pct else f"{m:.3f} ± {sd:.3f}"
+
+    first = next(iter(div.values()))[0]
+    k = str(first["n_rollouts"])
+    lines = [f"| method | plan valid | valid, right | valid, wrong | invalid | coverage | distinct right orders | "
+             f"order entropy | Kendall distance | pass@1 | pass@{k} | strict pass@{k} |", "|" + "---|" * 12]
+    for job, seeds in div.items():
+        def get(key, sub=None, seeds=seeds):
+            return [(s.get(key) or {}).get(sub) if sub else s.get(key) for s in seeds]
+        lines.append(f"| {labels.get(job, job)} | {cell(get('plan_validity'))} | {cell(get('valid_and_correct'))} | "
+                     f"{cell(get('valid_but_wrong'))} | {cell(get('invalid_plan'))} | {cell(get('coverage'), False)} | "
+                     f"{cell(get('distinct_correct_orders'), False)} | {cell(get('order_entropy'), False)} | "
+                     f"{cell(get('kendall_distance'), False)} | {cell(get('pass_at_k', '1'))} | "
+                     f"{cell(get('pass_at_k', k))} | {cell(get('strict_pass_at_k', k))} |")
+    return "\n".join(lines)
+
+
+def coverage_claim(div: dict[str, list[dict]], labels: dict, method: str = "atp",
+                   others: tuple[str, ...] = ("cot", "simcot")) -> tuple[list[str], dict]:
+    """"`method`'s sampled plans cover more valid orders than each other method's at equal validity": per problem
+    and seed, coverage paired by the bootstrap (its interval above 0), and plan validity not lower (its interval
+    not below 0). Returns markdown lines and facts."""
+    from atp_latent.evaluation.stats import paired_bootstrap
+
+    lines, facts = [], {}
+    for o in others:
+        if method not in div or o not in div:
+            continue
+        a, b = div[method], div[o]
+        if not all("per_problem" in s for s in a + b):
+            lines.append(f"- {labels.get(method, method)}'s plans cover more valid orders than "
+                         f"{labels.get(o, o)}'s: **not judged** (one of them has no readable plan)")
+            facts[o] = {"holds": None}
+            continue
+        cov = paired_bootstrap([s["per_problem"]["coverage"] for s in a], [s["per_problem"]["coverage"] for s in b])
+        val = paired_bootstrap([s["per_problem"]["validity"] for s in a], [s["per_problem"]["validity"] for s in b])
+        holds = bool(cov.ci_low > 0 and val.ci_high >= 0)
+        facts[o] = {"coverage": cov.as_dict(), "validity": val.as_dict(), "holds": holds}
+        lines.append(f"- {labels.get(method, method)}'s plans cover more valid orders than {labels.get(o, o)}'s at no "
+                     f"lower validity: **{'holds' if holds else 'does not hold'}** (coverage difference x 100: "
+                     f"{interval_text(cov)}; plan validity difference, points: {interval_text(val)})")
+    return lines, facts
+
+
+def ood_gap_claim(per_seed: list[dict], labels: dict, method: str = "atp", others: tuple[str, ...] = (),
+                  in_split: str = "test", ood: tuple[str, ...] = ("test_large", "test_long", "test_perturbed")
+                  ) -> tuple[list[str], dict]:
+    """"`method`'s OOD gap (in-distribution minus OOD accuracy) is smaller than each other method's": the difference
+    of gaps by stats.paired_gap_bootstrap (seeds shared, each problem set resampled on its own), its interval below
+    0. Needs per-problem outcomes."""
+    from atp_latent.evaluation.stats import paired_gap_bootstrap
+
+    lines, facts = [], {}
+    for o in others:
+        pieces = [outcomes(per_seed, j, s) for j, s in ((method, [in_split]), (o, [in_split]), (method, list(ood)),
+                                                         (o, list(ood)))]
+        if any(p is None for p in pieces):
+            continue
+        res = paired_gap_bootstrap(*pieces)
+        holds = bool(res.ci_high < 0)
+        facts[o] = {"interval": res.as_dict(), "holds": holds}
+        lines.append(f"- {labels.get(method, method)}'s OOD gap is smaller than {labels.get(o, o)}'s: "
+                     f"**{'holds' if holds else 'does not hold'}** (its gap minus the other's, points: "
+                     f"{interval_text(res)})")
+    return lines, facts
+
+
+def plot_diversity(div: dict[str, list[dict]], labels: dict, path: Path) -> None:
+    """Coverage and pass@k against the number of sampled rollouts K (mean over seeds), one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for job, seeds in div.items():
+        ks = sorted(int(k) for k in seeds[0]["pass_at_k"])
+        passk = [sum(s["pass_at_k"][str(k)] for s in seeds) / len(seeds) for k in ks]
+        axes[1].plot(ks, [100 * v for v in passk], marker="o", label=labels.get(job, job))
+        if seeds[0].get("coverage_at_k"):
+            cov = [sum(s["coverage_at_k"][str(k)] for s in seeds) / len(seeds) for k in ks]
+            axes[0].plot(ks, cov, marker="o", label=labels.get(job, job))
+    axes[0].set(xscale="log", xlabel="K rollouts", ylabel="coverage of valid orders", title="plan coverage")
+    axes[1].set(xscale="log", xlabel="K rollouts", ylabel="pass@K (%)", title="pass@K")
+    for ax in axes:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
