@@ -541,13 +541,13 @@ def fake_bench(monkeypatch, tmp_path):
     monkeypatch.setattr(suite_mod, "evaluate_diversity", evaluate_diversity)
     monkeypatch.setattr(report_mod, "plot_diversity", lambda *a, **k: None)
 
-    def run(suite, seeds, ablations=False, val_large=None, regime="default"):
+    def run(suite, seeds, ablations=False, val_large=None, regime="default", jobs=None):
         out = tmp_path / suite
         for k in range(seeds):
             (out / f"seed-{k}").mkdir(parents=True, exist_ok=True)
         args = argparse.Namespace(suite=suite, seeds=seeds, out=str(out), data_seed=0, scale=1.0, overrides=[],
                                   slots=2, val_large=val_large, rollouts=None, ablations=ablations, regime=regime,
-                                  diversity=None)
+                                  diversity=None, jobs=jobs)
         assert suite_mod.run_bench(args) == 0
         return out
 
@@ -717,3 +717,17 @@ def test_diversity_curves_by_hand(monkeypatch):
     assert got["per_problem"] == {"coverage": [1.0], "validity": [0.75]} and got["n_rollouts"] == 4
     none = suite_mod.diversity_curves([Problem("q?", ["a"], "1")], [[{"plan": None, "correct": True}]] * 2)
     assert not none["has_plans"] and "per_problem" not in none and none["pass_at_k"] == {"1": 1.0, "2": 1.0}
+
+
+def test_jobs_subset_keeps_what_they_start_from(fake_bench, capsys):
+    """bench --jobs: the listed jobs and their starts (transitively), in the suite's phase order; an unknown job is
+    refused naming the suite's jobs."""
+    sub = suite_mod.subset(SUITES["cpu"], ["colar_rl", "nocot"])
+    assert sub.jobs == ["cot", "nocot", "colar", "colar_rl"]
+    assert suite_mod.with_starts(["atp_rl"]) == ["cot", "atp", "atp_rl"]
+    with pytest.raises(ValueError, match="has no job 'magic'"):
+        suite_mod.subset(SUITES["cpu"], ["magic"])
+    run, _, _ = fake_bench
+    out = run("gpu", seeds=1, jobs=["codi"])
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["per_seed"][0]) == {"cot", "codi"} and "--jobs codi" in res["command"]

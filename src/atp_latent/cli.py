@@ -564,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the synthetic benchmark's regime: default, or many-plans (3-5 steps with independent "
                          "branches, at least two valid step orders per problem, each training label a valid order "
                          "drawn uniformly; default output results/SUITE-many-plans)")
+    bn.add_argument("--jobs", type=lambda v: [j for j in v.split(",") if j], default=None, metavar="J1,J2,...",
+                    help="train and report only these jobs of the suite and the jobs they start from (e.g. "
+                         "--jobs atp_rl,simcot,coconut); default every job")
     bn.add_argument("--diversity", type=at_least(0), default=None, metavar="K",
                     help="sample K rollouts of every test problem per method and report the plans' diversity (plan "
                          "validity, coverage of the valid step orders, entropy, Kendall distance, pass@k); default 8 "

@@ -99,17 +99,44 @@ SUITES = {
     "quickstart": Suite("quickstart", (("cot", "nocot"), ("atp", "coconut"), ("atp_rl",))),
     # the CPU bench also runs RL where its reward knows more than SFT did (write_new_style)
     # and the Table-1 baselines iCoT, CODI, SIM-CoT on CODI and CoLaR (from CoT-SFT, the latent rows' steps), and
-    # CoLaR-RL (from CoLaR, ATP-RL's steps). The GPU suite leaves them out:
-    # its training must fit one device call (configs/gpu/{icot,codi}.yaml run them by hand).
+    # CoLaR-RL (from CoLaR, ATP-RL's steps).
     "cpu": Suite("bench", _ALL[:-1] + (("atp_rl_coherence", "atp_rl_new_style", "atp_rl_new_style_dynamic"),
                                        ("icot", "codi", "simcot_codi", "colar"), ("colar_rl",)),
                  ablations=("atp_no_kl", "atp_no_stop", "atp_no_decoder", "atp_no_decoder_no_kl", "atp_no_vae",
                             "atp_no_decoder_no_vae", "atp_no_decoder_no_kl_no_stop", "atp_no_decoder_no_kl_stop_detached",
                             "atp_no_decoder_no_vae_stop_detached", "atp_rl_no_coherence", "atp_rl_long", *RL_KNOBS,
                             "atp_rl_fresh")),
-    # one size up for one GPU: a larger model from scratch, same data and protocol (configs/gpu/)
-    "gpu": Suite("gpu", _ALL),
+    # one size up for one GPU: a larger model from scratch, same data and protocol (configs/gpu/), the Table-1
+    # baselines included; `--jobs` trains a part of it (e.g. the paper's comparison alone in a short GPU session)
+    "gpu": Suite("gpu", _ALL + (("icot", "codi", "simcot_codi", "colar"), ("colar_rl",))),
 }
+
+
+def with_starts(jobs: list[str]) -> list[str]:
+    """`jobs` and every job they start from (STARTS, transitively), in the order given, starts first."""
+    out: list[str] = []
+
+    def add(job):
+        if job in out:
+            return
+        if STARTS.get(job):
+            add(STARTS[job])
+        out.append(job)
+
+    for job in jobs:
+        add(job)
+    return out
+
+
+def subset(suite: Suite, jobs: list[str]) -> Suite:
+    """The suite restricted to `jobs` and what they start from (bench --jobs); unknown jobs are refused in one line."""
+    unknown = [j for j in jobs if j not in suite.jobs]
+    if unknown:
+        raise ValueError(f"suite {suite.name!r} has no job {', '.join(map(repr, unknown))} "
+                         f"(its jobs: {', '.join(suite.jobs)})")
+    keep = set(with_starts(jobs))
+    phases = tuple(p for p in (tuple(j for j in phase if j in keep) for phase in suite.phases) if p)
+    return Suite(suite.name, phases, suite.ablations)
 
 
 def config_path(suite: Suite, job: str) -> Path:
@@ -291,7 +318,8 @@ def write_data(out: Path, data_seed: int = 0, regime: str = "default") -> None:
             default = json.loads(json.dumps(dataclasses.asdict(SynthConfig(seed=data_seed))))
             have = default | json.loads(written.read_text())
             want = json.loads(json.dumps(dataclasses.asdict(cfg)))
-            if {k: have.get(k) for k in want} != want:
+            sizes = ("n_train", "n_val", "n_test", "n_ood")  # a smaller draw of the same regime is the same regime
+            if {k: have.get(k) for k in want if k not in sizes} != {k: v for k, v in want.items() if k not in sizes}:
                 raise ValueError(f"{out / 'data'} holds data drawn with other settings than regime {regime!r} "
                                  f"(data seed {data_seed}); use another --out")
         return
@@ -693,6 +721,8 @@ def run_bench(args) -> int:
     if args.suite not in SUITES:
         raise ValueError(f"unknown suite {args.suite!r} (known: {', '.join(SUITES)})")
     suite, out = SUITES[args.suite], Path(args.out)
+    if getattr(args, "jobs", None):
+        suite = subset(suite, args.jobs)
     if args.ablations and not suite.ablations:
         raise ValueError(f"suite {args.suite!r} has no ablations")
     t0 = time.time()
@@ -726,8 +756,8 @@ def run_bench(args) -> int:
             latents[j] += lat[j]
     print("evaluating the RL runs and their SFT start on the val split (where RL's best/ was picked)", flush=True)
     start_and_rl = [j for j in ("atp", "atp_rl", "atp_rl_coherence") if j in suite.jobs]
-    val_rows = [evaluate_val(start_and_rl, d) for d in seed_dirs]
-    rl_summary = rl_vs_start_table(val_rows, split="val", held_out=False)[1]
+    val_rows = [evaluate_val(start_and_rl, d) for d in seed_dirs] if "atp" in start_and_rl else []
+    rl_summary = rl_vs_start_table(val_rows, split="val", held_out=False)[1] if val_rows else None
     large_summary = rollouts_summary = None
     if args.val_large and "atp_rl" in suite.jobs:
         print(f"evaluating the same on {args.val_large} held-out in-distribution problems (val_large)", flush=True)
@@ -770,6 +800,7 @@ def run_bench(args) -> int:
                        + (["--val-large", str(args.val_large)] if args.val_large != default_val_large else [])
                        + (["--rollouts", str(args.rollouts)] if args.rollouts != default_rollouts else [])
                        + (["--ablations"] if args.ablations else [])
+                       + (["--jobs", ",".join(args.jobs)] if getattr(args, "jobs", None) else [])
                        + (["--regime", regime] if regime != "default" else [])
                        + (["--diversity", str(args.diversity)]
                           if args.diversity != DEFAULT_DIVERSITY.get(regime, 0) else []) + ["--out", str(out)])
@@ -827,7 +858,7 @@ def bench_report(data: dict, took: str) -> tuple[str, dict]:
     per_seed, seeds = data["per_seed"], data["seeds"]
     table = results_table(data["mean"], per_seed, TEST_SPLITS, LABELS, data["costs"])
     paired = paired_table(per_seed, PAIRS, TEST_SPLITS, LABELS)
-    val = {"held_out": False, "split": "val"} | data["rl_vs_start_val"]  # older files: no split fields
+    val = {"held_out": False, "split": "val"} | data["rl_vs_start_val"] if data.get("rl_vs_start_val") else None
     large = data.get("rl_vs_start_val_large")
     large = {"held_out": True, "split": "val_large", "n_problems": val_large} | large if large else None
     where = f"{val_large} fresh in-distribution problems (`val_large`, held out: no run selected on them)"
@@ -848,10 +879,10 @@ def bench_report(data: dict, took: str) -> tuple[str, dict]:
             "problem of a split and every seed, its 95% interval from a bootstrap that resamples seeds and problems, "
             "and the two-sided p (docs/metrics.md); then each seed's difference. A difference is shown to hold only "
             f"when its interval excludes 0.\n\n{paired}\n\n"
-            "RL against its SFT start on the val split (greedy). This is the selection split: each RL run's `best/` "
-            "was picked on these problems with the start as its first candidate, so its gain here cannot be "
-            "negative; shown for reference, it judges nothing (the verdict columns read \"selection split\"):\n\n"
-            f"{rl_vs_start_markdown(val)}\n\n"
+            + ("RL against its SFT start on the val split (greedy). This is the selection split: each RL run's "
+               "`best/` was picked on these problems with the start as its first candidate, so its gain here cannot "
+               "be negative; shown for reference, it judges nothing (the verdict columns read \"selection split\")"
+               f":\n\n{rl_vs_start_markdown(val)}\n\n" if val else "")
             + (f"The same on {val_large} fresh in-distribution problems (`data/val_large.jsonl` of each seed "
                "folder: drawn like val, in none of the splits, used for no checkpoint selection), where RL is "
                f"judged against its start (one problem = {100 / val_large:.2f} points; the gain's 95% interval from "
