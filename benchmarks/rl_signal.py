@@ -32,7 +32,7 @@ from atp_latent.progress import quiet_library_bars
 from atp_latent.training.rl import freeze_for_rl, group_advantages, grpo_update, rollout
 from atp_latent.training.runs import run_dir_of
 
-RL_CONFIG = "src/atp_latent/configs/bench/atp_rl.yaml"
+RL_CONFIG = "src/atp_latent/configs/cpu/atp_rl.yaml"
 
 
 def rl_config(k: float, T: float, lr: float = 2e-5, extra: tuple[str, ...] = ()):

@@ -177,7 +177,7 @@ def listing(out: str) -> dict[str, list[str]]:
 def test_configs_lists_every_packaged_config_by_tier(capsys):
     assert main(["configs"]) == 0
     tiers = listing(capsys.readouterr().out)
-    assert list(tiers) == ["quickstart", "bench", "gpu", "paper", "accelerate"]
+    assert list(tiers) == ["quickstart", "cpu", "gpu", "paper", "accelerate"]
     for tier, names in tiers.items():
         assert names == [f"{tier}/{name}" for name in sorted(p.stem for p in (CONFIGS / tier).glob("*.yaml"))]
     assert main(["configs", "ls", "paper"]) == 0
@@ -194,7 +194,7 @@ def test_configs_cp_copies_a_config_that_composes_as_the_packaged_one(tmp_path, 
         assert load_yaml_dict(dest) == load_yaml_dict(source), source
     assert main(["configs", "cp", "gpu/atp.yaml", str(tmp_path)]) == 0  # into a folder, under its own name
     text = (tmp_path / "atp.yaml").read_text()
-    assert text.startswith("# atp-latent ") and str(CONFIGS / "bench" / "atp.yaml") in text
+    assert text.startswith("# atp-latent ") and str(CONFIGS / "cpu" / "atp.yaml") in text
     assert "# GPU suite" in text  # the original's comments are kept
     capsys.readouterr()
 
@@ -202,14 +202,14 @@ def test_configs_cp_copies_a_config_that_composes_as_the_packaged_one(tmp_path, 
 def test_configs_cp_never_overwrites(tmp_path, capsys):
     dest = tmp_path / "mine.yaml"
     dest.write_text("keep: me\n")
-    assert main(["configs", "cp", "bench/atp", str(dest)]) == BAD_INPUT
+    assert main(["configs", "cp", "cpu/atp", str(dest)]) == BAD_INPUT
     assert "exists; not overwriting" in one_error_line(capsys)
     assert dest.read_text() == "keep: me\n"
     (tmp_path / "atp.yaml").write_text("keep: me too\n")
-    assert main(["configs", "cp", "bench/atp", str(tmp_path)]) == BAD_INPUT  # nor under a folder
+    assert main(["configs", "cp", "cpu/atp", str(tmp_path)]) == BAD_INPUT  # nor under a folder
     assert "exists" in one_error_line(capsys)
     assert (tmp_path / "atp.yaml").read_text() == "keep: me too\n"
-    for name, expect in (("bench/nope", "no config 'nope' in bench"), ("nope/atp", "no tier 'nope'"),
+    for name, expect in (("cpu/nope", "no config 'nope' in cpu"), ("nope/atp", "no tier 'nope'"),
                          ("../cli", "no tier '..'")):
         assert main(["configs", "cp", name, str(tmp_path / "x.yaml")]) == BAD_INPUT
         assert expect in one_error_line(capsys)

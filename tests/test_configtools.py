@@ -366,12 +366,12 @@ def test_shipped_configs_load(name):
 
 def test_shipped_config_values():
     assert load_config(str(CONFIGS / "paper" / "atp_rl.yaml")).rl.lr == pytest.approx(1e-6)
-    assert load_config(str(CONFIGS / "bench" / "atp_rl_low_lr.yaml")).rl.lr == pytest.approx(1e-5)
+    assert load_config(str(CONFIGS / "cpu" / "atp_rl_low_lr.yaml")).rl.lr == pytest.approx(1e-5)
     assert load_config(str(CONFIGS / "paper" / "atp.yaml")).train.mixed_precision == "bf16"
-    bench = load_config(str(CONFIGS / "bench" / "atp_no_kl.yaml"))
+    bench = load_config(str(CONFIGS / "cpu" / "atp_no_kl.yaml"))
     assert bench.method.beta_kl == 0.0 and bench.train.epochs == 13 and bench.curriculum.max_latent_stage == 3
     # the bench's protocol: every latent method and SFT ablation runs the same curriculum and optimizer steps
-    latent = [load_config(str(p)) for p in sorted((CONFIGS / "bench").glob("*.yaml"))
+    latent = [load_config(str(p)) for p in sorted((CONFIGS / "cpu").glob("*.yaml"))
               if load_config(str(p)).method.name in ("atp", "coconut", "simcot")]
     assert len(latent) >= 7
     assert {(c.train.epochs, c.data.epoch_size, c.optim.batch_size, c.curriculum.epochs_per_stage,

@@ -17,7 +17,7 @@ BAD_INPUT = 1  # the exit status of every `error: ...`: usage errors, bad config
 # The packaged configs (configs/<tier>/*.yaml), the tiers in the order `atp-latent configs` lists them.
 CONFIG_TIERS = {
     "quickstart": "the quickstart's jobs: synthetic data, a tiny Llama, CPU (atp-latent quickstart)",
-    "bench": "the CPU bench suite and its ablations (atp-latent bench --suite cpu)",
+    "cpu": "the CPU bench suite and its ablations (atp-latent bench --suite cpu)",
     "gpu": "the GPU bench suite: the CPU bench one size up for one GPU (atp-latent bench --suite gpu)",
     "paper": "the paper's recipe: LLaMA-3.2-1B-Instruct on GSM8k-Aug, one or more GPUs",
     "accelerate": "accelerate launch --config_file files for several GPUs or machines (not train configs)",
@@ -610,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only this tier (quickstart, bench, gpu, paper, accelerate)")
     ls.set_defaults(func=cmd_configs_ls)
     cp = csub.add_parser("cp", help="copy a packaged config out for editing; never over an existing file")
-    cp.add_argument("config", metavar="TIER/NAME", help="the config, as `atp-latent configs` lists it, e.g. bench/atp")
+    cp.add_argument("config", metavar="TIER/NAME", help="the config, as `atp-latent configs` lists it, e.g. cpu/atp")
     cp.add_argument("dest", metavar="DEST", help="the new file, or a folder to copy it into under its own name")
     cp.set_defaults(func=cmd_configs_cp)
     return p

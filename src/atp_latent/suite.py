@@ -100,7 +100,7 @@ SUITES = {
     # the CPU bench also runs RL where its reward knows more than SFT did (write_new_style)
     # and the Table-1 baselines iCoT, CODI, SIM-CoT on CODI and CoLaR (from CoT-SFT, the latent rows' steps), and
     # CoLaR-RL (from CoLaR, ATP-RL's steps).
-    "cpu": Suite("bench", _ALL[:-1] + (("atp_rl_coherence", "atp_rl_new_style", "atp_rl_new_style_dynamic"),
+    "cpu": Suite("cpu", _ALL[:-1] + (("atp_rl_coherence", "atp_rl_new_style", "atp_rl_new_style_dynamic"),
                                        ("icot", "codi", "simcot_codi", "colar"), ("colar_rl",)),
                  ablations=("atp_no_kl", "atp_no_stop", "atp_no_decoder", "atp_no_decoder_no_kl", "atp_no_vae",
                             "atp_no_decoder_no_vae", "atp_no_decoder_no_kl_no_stop", "atp_no_decoder_no_kl_stop_detached",

@@ -19,7 +19,7 @@ from atp_latent.modeling.tokenizer import build_word_tokenizer
 from atp_latent.suite import LABELS, STARTS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "src" / "atp_latent" / "configs"
-TIERS = ("quickstart", "bench", "gpu", "paper")
+TIERS = ("quickstart", "cpu", "gpu", "paper")
 
 # What ReasonerSpec.for_method gave before the registry: (use_vae, use_stop_head, use_decoder), latent,
 # long answers (eval.cot_max_new_tokens), label, suite start.
@@ -40,7 +40,7 @@ def test_registry_is_the_methods_with_configs():
              for tier in TIERS for path in sorted((CONFIGS / tier).glob("*.yaml"))}
     assert names == set(CONFIG_NAMES) == set(METHODS) | set(RL_METHODS)
     for name in METHODS:  # every method runs in the quickstart and the CPU bench
-        for tier in ("quickstart", "bench"):
+        for tier in ("quickstart", "cpu"):
             assert load_config(str(CONFIGS / tier / f"{name}.yaml"), []).method.name == name
     assert REASONER_METHODS == tuple(METHODS) and set(METHODS) == set(EXPECTED)  # EXPECTED: written by hand
     assert RL_METHODS == {"atp-rl": "atp", "colar-rl": "colar"} and is_rl("atp-rl") and not is_rl("atp")
