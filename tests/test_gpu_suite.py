@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from atp_latent.data.synthetic import SynthConfig, write_benchmark
-from atp_latent.suite import SUITES
+from atp_latent.jobs import SUITES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,14 +110,14 @@ def test_gpu_suite_stops_itself_before_the_device_deadline_and_packs_its_runs(tm
 def test_gpu_suite_judges_rl_on_a_few_hundred_held_out_problems():
     """The GPU suite draws held-out problems by default (RL's best/ is picked on val), few enough to evaluate
     greedily within its device call: no rollouts."""
-    from atp_latent.suite import DEFAULT_ROLLOUTS, DEFAULT_VAL_LARGE
+    from atp_latent.jobs import DEFAULT_ROLLOUTS, DEFAULT_VAL_LARGE
 
     assert 200 <= DEFAULT_VAL_LARGE["gpu"] <= 1000 and DEFAULT_ROLLOUTS["gpu"] == 0
 
 
 def test_gpu_configs_are_one_size_up():
     from atp_latent.config import load_config
-    from atp_latent.suite import config_path
+    from atp_latent.jobs import config_path
 
     for job in SUITES["gpu"].jobs:
         gpu, cpu = (load_config(str(config_path(SUITES[s], job))) for s in ("gpu", "cpu"))
@@ -127,7 +127,7 @@ def test_gpu_configs_are_one_size_up():
     # The paper's comparison alone (`bench --suite gpu --jobs ...`: phases of at most two jobs, each bounded by its
     # safety stop) trains within 6.5 minutes, so with its evaluation it fits one device call beside the GPU check in a
     # 15-minute lease; the whole suite adds the Table-1 baselines.
-    from atp_latent.suite import subset
+    from atp_latent.jobs import subset
 
     paper = subset(SUITES["gpu"], ["atp_rl", "atp_rl_coherence", "coconut", "simcot", "nocot"])
     assert set(paper.jobs) == {"cot", "nocot", "atp", "coconut", "simcot", "atp_rl", "atp_rl_coherence"}

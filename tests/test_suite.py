@@ -6,10 +6,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from atp_latent import bench_results as results_mod
+from atp_latent import jobs as jobs_mod
+from atp_latent import scheduler as scheduler_mod
 from atp_latent import suite as suite_mod
 from atp_latent.config import load_config
 from atp_latent.data.records import Problem
-from atp_latent.suite import STARTS, SUITES, config_path, train_jobs
+from atp_latent.jobs import STARTS, SUITES, config_path
+from atp_latent.scheduler import train_jobs
 
 # polls a fake job needs before it finishes: 2, or more for these (so that not every job ends in lockstep)
 SLOW_JOBS = {"atp_rl_new_style": 5}
@@ -54,8 +58,8 @@ def fake_jobs(monkeypatch, tmp_path):
         log.write_text(f"training {job}\nboom\n")
         return FakeJob(out / "runs" / job, log, 1 if job in failing else 0, events), log
 
-    monkeypatch.setattr(suite_mod, "_start_job", start)
-    monkeypatch.setattr(suite_mod.time, "sleep", lambda s: None)
+    monkeypatch.setattr(scheduler_mod, "_start_job", start)
+    monkeypatch.setattr(scheduler_mod.time, "sleep", lambda s: None)
     return events, failing
 
 
@@ -84,7 +88,7 @@ def test_every_bench_config_loads():
     # every GRPO knob has its ablation row, each differing from atp_rl in that knob only
     base = load_config(str(config_path(s, "atp_rl"))).rl
     changed = {}
-    for job in suite_mod.RL_KNOBS:
+    for job in jobs_mod.RL_KNOBS:
         knob = load_config(str(config_path(s, job))).rl
         changed[job] = {f for f in vars(base) if getattr(base, f) != getattr(knob, f)}
     assert changed == {"atp_rl_low_lr": {"lr"}, "atp_rl_high_lr": {"lr"}, "atp_rl_cosine": {"lr_schedule", "warmup_steps"},
@@ -143,7 +147,7 @@ def test_ablation_table_rows():
                     "sampled_accuracy_std": 0.02, "by_steps": {"2": {"n": 4, "accuracy": 0.25, "latents": 2.0},
                                                                "3": {"n": 4, "accuracy": 0.0, "latents": 2.5}}},
             "cot": {"accuracy": 0.4, "mean_tokens": 42.0, "mean_latents": 0.0}}
-    lines = suite_mod.ablation_table(rows).splitlines()
+    lines = results_mod.ablation_table(rows).splitlines()
     assert lines[2] == "| ATP-Latent (SFT) | 12.5 | 10.0 ± 2.0 | 9.5 | 3.2 | 2: 25.0 (2.00); 3: 0.0 (2.50) |"
     assert lines[3] == "| CoT-SFT | 40.0 | - | 42.0 | 0.0 | - |"
 
@@ -217,7 +221,7 @@ def test_rl_vs_start_by_hand():
                 for j, c in (("atp", start), ("atp_rl", rl), ("atp_rl_coherence", coh))}
 
     rows = [row(40, 10, 1, 2), row(44, 3, 0, 0), row(42, 7, 0, 0)]
-    table, summary = suite_mod.rl_vs_start_table(rows, split="val_large", held_out=True)
+    table, summary = results_mod.rl_vs_start_table(rows, split="val_large", held_out=True)
     assert summary["atp"]["mean"] == pytest.approx(0.42) and summary["atp"]["std"] == pytest.approx(0.02)
     assert summary["atp_rl"]["gains"] == pytest.approx([0.10, 0.03, 0.07])
     assert summary["atp_rl"]["mean_gain"] == pytest.approx(0.2 / 3) and summary["n_problems"] == 100
@@ -226,15 +230,15 @@ def test_rl_vs_start_by_hand():
     # RL only gains: every replicate is above 0 (p < 1e-4); coherence: -1 of 300, the interval straddles 0
     assert lines[3].startswith("| ATP-Latent (RL) | 50.0, 47.0, 49.0 | 48.7 ± 1.5 | +10.0, +3.0, +7.0 | +6.7 [")
     assert lines[3].endswith(" | yes | +10 / -0, +3 / -0, +7 / -0 |")  # its lower end above 0
-    res, _ = suite_mod.rl_gain_interval(summary, "atp_rl_coherence")
+    res, _ = results_mod.rl_gain_interval(summary, "atp_rl_coherence")
     assert res.mean_difference == pytest.approx(-1 / 300) and res.ci_low < 0 < res.ci_high
     assert lines[4].endswith("| no | +1 / -2, +0 / -0, +0 / -0 |")
     # on the split best/ was picked on: no verdict
-    table, _ = suite_mod.rl_vs_start_table(rows, split="val", held_out=False)
+    table, _ = results_mod.rl_vs_start_table(rows, split="val", held_out=False)
     assert table.splitlines()[3].endswith("| selection split | +10 / -0, +3 / -0, +7 / -0 |")
     # without per-problem outcomes: the mean gain, no interval, no verdict
     bare = [{j: {"accuracy": v["accuracy"]} for j, v in r.items()} for r in rows]
-    table, _ = suite_mod.rl_vs_start_table(bare, split="val_large", held_out=True)
+    table, _ = results_mod.rl_vs_start_table(bare, split="val_large", held_out=True)
     assert table.splitlines()[3].endswith("| +6.7 (no per-problem outcomes) | - | - |")
 
 
@@ -246,26 +250,26 @@ def test_rl_gain_interval_from_counts_when_outcomes_were_not_kept():
     start = ["0" * n, "0" * n]
     full = {"n_problems": n, "atp": {"correct": start}, "atp_rl": {"correct": rl}}
     counts = {"n_problems": n, "atp": {}, "atp_rl": {"gained_lost": [(12, 0), (12, 0)]}}
-    exact, note = suite_mod.rl_gain_interval(full, "atp_rl")
-    rebuilt, note_counts = suite_mod.rl_gain_interval(counts, "atp_rl")
+    exact, note = results_mod.rl_gain_interval(full, "atp_rl")
+    rebuilt, note_counts = results_mod.rl_gain_interval(counts, "atp_rl")
     assert note == "" and "rebuilt" in note_counts
     assert exact.mean_difference == rebuilt.mean_difference == pytest.approx(0.06)
     assert rebuilt.ci_high - rebuilt.ci_low > exact.ci_high - exact.ci_low
-    assert suite_mod.rl_gain_interval({"atp": {}, "atp_rl": {"gained_lost": [(1, 0)]}}, "atp_rl") == (None, "")
+    assert results_mod.rl_gain_interval({"atp": {}, "atp_rl": {"gained_lost": [(1, 0)]}}, "atp_rl") == (None, "")
 
 
 def test_scale_stretches_steps_not_minutes_only(tmp_path):
     """--scale F: RL steps, the SFT epoch size and step cap, and the safety stop all scale by F."""
     s = SUITES["quickstart"]
     cot, rl, atp = (load_config(str(config_path(s, j))) for j in ("cot", "atp_rl", "atp"))
-    sets = dict(x.split("=", 1) for x in suite_mod._scaled(config_path(s, "atp_rl"), [], 0.5))
+    sets = dict(x.split("=", 1) for x in scheduler_mod._scaled(config_path(s, "atp_rl"), [], 0.5))
     assert int(sets["rl.steps"]) == round(rl.rl.steps * 0.5)
-    sets = dict(x.split("=", 1) for x in suite_mod._scaled(config_path(s, "atp"), [], 0.5))
+    sets = dict(x.split("=", 1) for x in scheduler_mod._scaled(config_path(s, "atp"), [], 0.5))
     assert int(sets["data.epoch_size"]) == round(atp.data.epoch_size * 0.5)
     if atp.train.max_minutes:
         assert float(sets["train.max_minutes"]) == pytest.approx(atp.train.max_minutes * 0.5, abs=1e-3)
     # the overrides given with --set are applied first: a step cap set there is what gets scaled
-    sets = dict(x.split("=", 1) for x in suite_mod._scaled(config_path(s, "cot"), ["train.max_steps=100"], 2.0))
+    sets = dict(x.split("=", 1) for x in scheduler_mod._scaled(config_path(s, "cot"), ["train.max_steps=100"], 2.0))
     assert sets["train.max_steps"] == "200"
     assert cot.method.name == "cot"
 
@@ -333,9 +337,9 @@ def test_jobs_start_on_their_own_data(tmp_path, monkeypatch):
         started[args[args.index("--name") + 1]] = dict(a.split("=", 1) for a in args if a.startswith("data."))
         return None
 
-    monkeypatch.setattr(suite_mod.subprocess, "Popen", popen)
+    monkeypatch.setattr(scheduler_mod.subprocess, "Popen", popen)
     for job in ("atp_rl", "atp_rl_new_style", "atp_rl_new_style_dynamic"):
-        suite_mod._start_job(SUITES["cpu"], job, tmp_path, 0, 1.0, [])
+        scheduler_mod._start_job(SUITES["cpu"], job, tmp_path, 0, 1.0, [])
     assert started["atp_rl"] == {"data.train": str(tmp_path / "data" / "train.jsonl"),
                                  "data.val": str(tmp_path / "data" / "val.jsonl")}
     for job in ("atp_rl_new_style", "atp_rl_new_style_dynamic"):
@@ -350,7 +354,7 @@ def test_jobs_start_on_their_own_data(tmp_path, monkeypatch):
 def test_gain_table_by_hand():
     rows = {"atp": {"accuracy": 0.5, "correct": "1100"}, "atp_rl_cosine": {"accuracy": 0.75, "correct": "1011"},
             "atp_rl_kl": {"accuracy": 0.5, "correct": "1100"}}
-    lines = suite_mod.gain_table(rows).splitlines()
+    lines = results_mod.gain_table(rows).splitlines()
     assert lines[2] == "| ATP-Latent (SFT) | 50.00 | - | - |"
     assert lines[3] == "| ATP RL, warmup + cosine lr | 75.00 | +25.00 | +2 / -1 |"
     assert lines[4] == "| ATP RL, KL to start 0.1 | 50.00 | +0.00 | +0 / -0 |"
@@ -375,12 +379,12 @@ def test_rollout_table_by_hand():
 
     rows = [{"atp": row(0.98, 0.96, 0.99, 0.10), "atp_rl": {"accuracy": 0.97}},
             {"atp": row(0.96, 0.94, 0.99, 0.14), "atp_rl": {"accuracy": 0.96}}]
-    lines = suite_mod.rollout_table(rows).splitlines()
+    lines = results_mod.rollout_table(rows).splitlines()
     assert lines[0].startswith("| model | greedy | rollouts: accuracy (pass@1) | pass@8 | groups of 8 with a signal")
     assert len(lines) == 3  # atp_rl has no rollouts: no row
     # means 97, 95, 99, 12; sample std of two values a, b is |a - b| / sqrt(2)
     assert lines[2] == "| ATP-Latent (SFT) | 97.00 ± 1.41 | 95.00 ± 1.41 | 99.00 ± 0.00 | 12.00 ± 2.83 |"
-    assert suite_mod.rollout_table([{"atp": {"accuracy": 0.9}}]) == ""
+    assert results_mod.rollout_table([{"atp": {"accuracy": 0.9}}]) == ""
 
 
 def test_evaluate_val_samples_rl_rollouts_and_caches_them(tmp_path, monkeypatch):
@@ -449,9 +453,9 @@ def test_fresh_questions_are_in_distribution_and_unseen(tmp_path):
     assert suite_mod.write_fresh(again, data_seed=5, n=80).read_bytes() == \
         (out / "data" / "fresh" / "train.jsonl").read_bytes()
     mp = pytest.MonkeyPatch()
-    mp.setattr(suite_mod.subprocess, "Popen", popen)
+    mp.setattr(scheduler_mod.subprocess, "Popen", popen)
     try:
-        suite_mod._start_job(SUITES["cpu"], "atp_rl_fresh", out, 0, 1.0, [])
+        scheduler_mod._start_job(SUITES["cpu"], "atp_rl_fresh", out, 0, 1.0, [])
     finally:
         mp.undo()
     assert started == {"data.train": str(out / "data" / "fresh" / "train.jsonl"),
@@ -627,7 +631,7 @@ def test_ablation_rows_picked_on_val_are_labelled(fake_bench):
 
 def test_committed_cpu_results_judge_rl_on_held_out_problems(tmp_path):
     """results/cpu/RESULTS.md is what write_report renders from results.json (regenerate with `python -m
-    atp_latent.suite results/cpu`), and its RL verdict rests on val_large alone: gains -0.02, +0.14, -0.12 points
+    atp_latent.bench_results results/cpu`), and its RL verdict rests on val_large alone: gains -0.02, +0.14, -0.12 points
     (mean 0.00), whose interval (rebuilt from each seed's gained and lost problems) holds 0."""
     import json
     import shutil
@@ -635,7 +639,7 @@ def test_committed_cpu_results_judge_rl_on_held_out_problems(tmp_path):
     committed = Path(__file__).resolve().parents[1] / "results" / "cpu"
     for name in ("results.json", "NOTES.md"):
         shutil.copy(committed / name, tmp_path / name)
-    suite_mod.write_report(tmp_path)
+    results_mod.write_report(tmp_path)
     assert (tmp_path / "RESULTS.md").read_text().replace(str(tmp_path), "results/cpu") == \
         (committed / "RESULTS.md").read_text()
     res = json.loads((committed / "results.json").read_text())
@@ -722,11 +726,11 @@ def test_diversity_curves_by_hand(monkeypatch):
 def test_jobs_subset_keeps_what_they_start_from(fake_bench, capsys):
     """bench --jobs: the listed jobs and their starts (transitively), in the suite's phase order; an unknown job is
     refused naming the suite's jobs."""
-    sub = suite_mod.subset(SUITES["cpu"], ["colar_rl", "nocot"])
+    sub = jobs_mod.subset(SUITES["cpu"], ["colar_rl", "nocot"])
     assert sub.jobs == ["cot", "nocot", "colar", "colar_rl"]
-    assert suite_mod.with_starts(["atp_rl"]) == ["cot", "atp", "atp_rl"]
+    assert jobs_mod.with_starts(["atp_rl"]) == ["cot", "atp", "atp_rl"]
     with pytest.raises(ValueError, match="has no job 'magic'"):
-        suite_mod.subset(SUITES["cpu"], ["magic"])
+        jobs_mod.subset(SUITES["cpu"], ["magic"])
     run, _, _ = fake_bench
     out = run("gpu", seeds=1, jobs=["codi"])
     res = json.loads((out / "results.json").read_text())

@@ -338,7 +338,7 @@ def bench_out(suite: str, out: str | None, regime: str = "default") -> str:
     """Where `bench --suite SUITE` writes: --out, else results/SUITE (results/SUITE-REGIME for a regime other than
     the default); never another suite's folder (its runs would be resumed with this suite's configs and its results
     overwritten)."""
-    from atp_latent.suite import SUITES
+    from atp_latent.jobs import SUITES
 
     if out is None:
         return str(Path("results") / (suite if regime == "default" else f"{suite}-{regime}"))
@@ -364,7 +364,7 @@ def check_overrides(suite_name: str, overrides: list[str], ablations: bool = Fal
     """Compose every job's config with the --set overrides: a bad one fails here, in one line, before any data is
     written or any job starts (each job would fail on it in its own process)."""
     from atp_latent.config import load_config
-    from atp_latent.suite import SUITES, config_path
+    from atp_latent.jobs import SUITES, config_path
 
     suite = SUITES[suite_name]
     for job in suite.jobs + (list(suite.ablations) if ablations else []):

@@ -227,7 +227,7 @@ def beats_at_no_more_tokens(per_seed: list[dict], splits: list[str], labels: dic
 def rl_over_start(summary: dict | None, label: str, method: str, start: str, where: str) -> tuple[str, dict | None]:
     """claim_verdict's line on RL against its start, and its facts (None: not judged): the paired bootstrap interval
     of the gain over the held-out problems and the seeds (suite.rl_gain_interval) must lie above 0."""
-    from atp_latent.suite import rl_gain_interval
+    from atp_latent.bench_results import rl_gain_interval
 
     if summary is None or method not in summary or start not in summary:
         return (f"- {label} beats its SFT start: **not judged** (no held-out problems: RL's `best/` was picked on "

@@ -5,4 +5,4 @@ from atp_latent.modeling.methods.definition import MethodDef
 
 METHOD = MethodDef(name="atp", label="ATP-Latent (SFT)", chain="curriculum", latent=True, long_answers=False,
                    spec_defaults={"use_vae": True, "use_stop_head": True, "use_decoder": True},
-                   starts_from="cot", rl_name="atp-rl")
+                   starts_from="cot", rl_name="atp-rl", rl_label="ATP-Latent (RL)")

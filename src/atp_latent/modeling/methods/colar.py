@@ -10,4 +10,5 @@ checkpoints is `colar-rl`: the stop is scored as the first answer token and cont
 from atp_latent.modeling.methods.definition import MethodDef
 
 METHOD = MethodDef(name="colar", label="CoLaR", chain="compressed", latent=True, long_answers=False,
-                   spec_defaults={"use_vae": True, "lm_head_stop": True}, starts_from="cot", rl_name="colar-rl")
+                   spec_defaults={"use_vae": True, "lm_head_stop": True}, starts_from="cot", rl_name="colar-rl",
+                   rl_label="CoLaR-RL")

@@ -31,6 +31,7 @@ class MethodDef:
     spec_defaults: dict[str, object] = field(default_factory=dict)  # ReasonerSpec fields it turns on
     starts_from: str | None = None  # the suite job whose best checkpoint it is trained from (None: scratch)
     rl_name: str | None = None  # the `method.name` of GRPO on a checkpoint of this method (e.g. atp-rl)
+    rl_label: str | None = None  # how tables name that RL (its bench job is rl_name with "_" for "-": atp_rl)
 
     def __post_init__(self):
         if (self.chain in LATENT_CHAINS) != self.latent:

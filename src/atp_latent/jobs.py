@@ -1,0 +1,153 @@
+"""The bench's jobs and suites: what each job is called, what it starts from and trains on, and which run together.
+
+A job is one config per suite folder (configs/<suite>/<job>.yaml) and one entry of JOBS. A method's own job (named
+after it) and its RL job (its MethodDef.rl_name with "_" for "-", e.g. atp_rl) take their label and start from the
+method's MethodDef (modeling/methods/), so adding a method adds no entry here; every other job (a configuration of
+methods, an RL variant, an ablation) is one `Job` below. A suite lists its jobs in priority order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from atp_latent.modeling.methods import METHODS
+
+TEST_SPLITS = ["test", "test_large", "test_long", "test_perturbed"]
+
+
+# Held-out problems per seed folder (write_val_large; 0: none) and RL-policy rollouts of each, when the command line
+# does not say. RL's best/ is picked on val with its start as the first candidate, so RL is judged against its start
+# on these only. The GPU suite draws a few hundred and evaluates them greedily, to fit one device call.
+DEFAULT_VAL_LARGE = {"cpu": 5000, "gpu": 500}
+# Rollouts per test problem for the reasoning-path diversity tables, by regime (bench --diversity)
+DEFAULT_DIVERSITY = {"default": 0, "many-plans": 8}
+DEFAULT_ROLLOUTS = {"cpu": 8, "gpu": 0}
+
+
+@dataclass(frozen=True)
+class Job:
+    label: str  # how tables and plots name it
+    start: str | None = None  # the job whose best validation checkpoint it starts from (None: from scratch)
+    data: tuple[str, str] | None = None  # (train, val) under the seed folder's data/ (None: train.jsonl, val.jsonl)
+
+
+RL_KNOBS = ("atp_rl_low_lr", "atp_rl_high_lr", "atp_rl_cosine", "atp_rl_group16", "atp_rl_dynamic",
+            "atp_rl_dynamic8", "atp_rl_token_norm", "atp_rl_kl", "atp_rl_logratio_mean", "atp_rl_latent_temp",
+            "atp_rl_heads_only", "atp_rl_answer_temp05", "atp_rl_dynamic8_temp05", "atp_rl_latent_mean",
+            "atp_rl_dynamic8_temp05_latent_mean")
+
+NEW_STYLE_JOBS = ("atp_rl_new_style", "atp_rl_new_style_dynamic")  # RL on questions in test_perturbed's style
+
+JOBS: dict[str, Job] = {
+    **{name: Job(m.label, m.starts_from) for name, m in METHODS.items()},
+    **{m.rl_name.replace("-", "_"): Job(m.rl_label or m.rl_name, name) for name, m in METHODS.items() if m.rl_name},
+    "atp_rl_coherence": Job("ATP-Latent (RL, coherence only)", "atp"),
+    "simcot_codi": Job("SIM-CoT on CODI", "cot"),
+    "atp_no_kl": Job("ATP SFT, no KL (beta_kl=0)", "cot"),
+    "atp_no_stop": Job("ATP SFT, no stop head", "cot"),
+    "atp_no_decoder": Job("ATP SFT, no decoder", "cot"),
+    "atp_no_decoder_no_kl": Job("ATP SFT, no decoder, no KL", "cot"),
+    "atp_no_decoder_no_vae": Job("ATP SFT, no decoder, no VAE (Coconut + stop head)", "cot"),
+    "atp_no_decoder_no_kl_no_stop": Job("ATP SFT, VAE head only (no decoder, KL, stop head)", "cot"),
+    "atp_no_decoder_no_kl_stop_detached": Job("ATP SFT, no decoder, no KL, stop loss kept from the LM", "cot"),
+    "atp_no_decoder_no_vae_stop_detached": Job("Coconut + stop head, stop loss kept from the LM", "cot"),
+    "atp_rl_no_coherence": Job("ATP RL, coherence weight 0", "atp"),
+    "atp_rl_long": Job("ATP RL, twice the steps", "atp"),
+    "atp_no_vae": Job("ATP SFT, no VAE (z = hidden state)", "cot"),
+    "atp_rl_low_lr": Job("ATP RL, lr 1e-5", "atp"),
+    "atp_rl_high_lr": Job("ATP RL, lr 1e-4", "atp"),
+    "atp_rl_dynamic": Job("ATP RL, dynamic sampling", "atp"),
+    "atp_rl_dynamic8": Job("ATP RL, dynamic sampling, 8x questions", "atp"),
+    "atp_rl_answer_temp05": Job("ATP RL, answer temperature 0.5", "atp"),
+    "atp_rl_dynamic8_temp05": Job("ATP RL, dynamic sampling, 8x questions, answer temperature 0.5", "atp"),
+    "atp_rl_latent_mean": Job("ATP RL, latents at their mean (no Gaussian term)", "atp"),
+    "atp_rl_dynamic8_temp05_latent_mean": Job("ATP RL, dynamic sampling, 8x questions, answer T 0.5, latents at mean", "atp"),
+    "atp_rl_token_norm": Job("ATP RL, token-level loss norm", "atp"),
+    "atp_rl_kl": Job("ATP RL, KL to start 0.1", "atp"),
+    "atp_rl_logratio_mean": Job("ATP RL, per-dim latent log-ratio", "atp"),
+    "atp_rl_cosine": Job("ATP RL, warmup + cosine lr", "atp"),
+    "atp_rl_group16": Job("ATP RL, 16 rollouts per question", "atp"),
+    "atp_rl_latent_temp": Job("ATP RL, latent exploration x3", "atp"),
+    "atp_rl_heads_only": Job("ATP RL, heads only", "atp"),
+    "atp_rl_fresh": Job("ATP RL on fresh in-distribution questions", "atp", data=("fresh/train.jsonl", "val.jsonl")),
+    "atp_rl_new_style": Job("ATP-Latent (RL on new-style questions)", "atp", data=("new_style/train.jsonl", "new_style/val.jsonl")),
+    "atp_rl_new_style_dynamic": Job("ATP-Latent (RL on new-style questions, dynamic sampling)", "atp", data=("new_style/train.jsonl", "new_style/val.jsonl")),
+}
+LABELS = {name: job.label for name, job in JOBS.items()}
+STARTS = {name: job.start for name, job in JOBS.items() if job.start}
+JOB_DATA = {name: job.data for name, job in JOBS.items() if job.data}
+
+
+# The bench's paired comparisons (first minus second, seed by seed)
+PAIRS = [("atp_rl", "simcot"), ("atp_rl", "coconut"), ("atp_rl", "icot"), ("atp_rl", "codi"),
+         ("atp_rl", "simcot_codi"), ("atp_rl", "colar"), ("atp_rl", "colar_rl"), ("atp_rl", "atp"),
+         ("colar_rl", "colar"),
+         ("atp", "simcot"),
+         ("atp_rl_coherence", "atp"), ("atp_rl_new_style", "atp"), ("atp_rl_new_style_dynamic", "atp")]
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str  # the configs/<name>/ folder
+    phases: tuple[tuple[str, ...], ...]  # the jobs, in priority order (a phase's jobs are independent)
+    ablations: tuple[str, ...] = ()  # extra jobs for seed 0, evaluated on the val split only
+
+    @property
+    def jobs(self) -> list[str]:
+        return [j for phase in self.phases for j in phase]
+
+
+_ALL = (("cot", "nocot"), ("atp", "coconut"), ("simcot", "atp_rl"), ("atp_rl_coherence",))
+SUITES = {
+    "quickstart": Suite("quickstart", (("cot", "nocot"), ("atp", "coconut"), ("atp_rl",))),
+    # the CPU bench also runs RL where its reward knows more than SFT did (write_new_style)
+    # and the Table-1 baselines iCoT, CODI, SIM-CoT on CODI and CoLaR (from CoT-SFT, the latent rows' steps), and
+    # CoLaR-RL (from CoLaR, ATP-RL's steps).
+    "cpu": Suite("cpu", _ALL[:-1] + (("atp_rl_coherence", "atp_rl_new_style", "atp_rl_new_style_dynamic"),
+                                       ("icot", "codi", "simcot_codi", "colar"), ("colar_rl",)),
+                 ablations=("atp_no_kl", "atp_no_stop", "atp_no_decoder", "atp_no_decoder_no_kl", "atp_no_vae",
+                            "atp_no_decoder_no_vae", "atp_no_decoder_no_kl_no_stop", "atp_no_decoder_no_kl_stop_detached",
+                            "atp_no_decoder_no_vae_stop_detached", "atp_rl_no_coherence", "atp_rl_long", *RL_KNOBS,
+                            "atp_rl_fresh")),
+    # one size up for one GPU: a larger model from scratch, same data and protocol (configs/gpu/), the Table-1
+    # baselines included; `--jobs` trains a part of it (e.g. the paper's comparison alone in a short GPU session)
+    "gpu": Suite("gpu", _ALL + (("icot", "codi", "simcot_codi", "colar"), ("colar_rl",))),
+}
+
+
+def with_starts(jobs: list[str]) -> list[str]:
+    """`jobs` and every job they start from (STARTS, transitively), in the order given, starts first."""
+    out: list[str] = []
+
+    def add(job):
+        if job in out:
+            return
+        if STARTS.get(job):
+            add(STARTS[job])
+        out.append(job)
+
+    for job in jobs:
+        add(job)
+    return out
+
+
+def subset(suite: Suite, jobs: list[str]) -> Suite:
+    """The suite restricted to `jobs` and what they start from (bench --jobs); unknown jobs are refused in one line."""
+    unknown = [j for j in jobs if j not in suite.jobs]
+    if unknown:
+        raise ValueError(f"suite {suite.name!r} has no job {', '.join(map(repr, unknown))} "
+                         f"(its jobs: {', '.join(suite.jobs)})")
+    keep = set(with_starts(jobs))
+    phases = tuple(p for p in (tuple(j for j in phase if j in keep) for phase in suite.phases) if p)
+    return Suite(suite.name, phases, suite.ablations)
+
+
+def config_path(suite: Suite, job: str) -> Path:
+    return Path(str(resources.files("atp_latent") / "configs" / suite.name / f"{job}.yaml"))
+
+
+def _label(job: str) -> str:
+    return LABELS.get(job, job)
+
