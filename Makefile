@@ -19,11 +19,11 @@ quickstart: $(BIN)/atp-latent
 	$(BIN)/atp-latent quickstart $(ARGS)
 
 test: $(BIN)/atp-latent
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks gpu
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/atp-latent
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks gpu
 
 clean-venv:
 	rm -rf $(VENV)

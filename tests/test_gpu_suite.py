@@ -1,70 +1,92 @@
-"""`atp-latent bench --suite gpu` end to end on CPU at tiny shapes: the entry point, configs (bf16 autocast
-included) and schedule a GPU run uses, with --set overrides that shrink the model and the runs."""
+"""The GPU scripts in gpu/, run on CPU: the smoke check (gpu/smoke.sh --cpu) and `atp-latent bench --suite gpu`
+(gpu/suite.sh --cpu) end to end at tiny shapes (the entry points, configs, bf16 autocast and schedule a GPU run
+uses, with --set overrides that shrink the model and the runs); what they write into --out; the time limit;
+the dependency folder (gpu/deps.sh, --deps) on a Python that lacks omegaconf."""
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import time
+import venv
+import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from atp_latent.data.synthetic import SynthConfig, write_benchmark
 from atp_latent.jobs import SUITES
 
 ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
 
 TINY = ["model.preset=llama-tiny", "optim.batch_size=8", "data.epoch_size=16", "data.max_val=8",
         "eval.batch_size=8", "train.max_minutes=null", "train.max_steps=null", "train.epochs=5",
         "rl.steps=2", "rl.questions_per_step=2", "rl.group_size=2", "rl.minibatch_size=4", "rl.val_every=1",
         "rl.checkpoint_every=1"]
+SUMMARIES = ["RESULTS.md", "results.json", "accuracy_vs_tokens.png", "training_curves.png", "latents_used.png"]
+SMOKE_CHECKS = ["paper_model", "paper_config", "sft_run", "sft_memory_flat", "sft_throughput", "rl_grpo_step"]
+
+
+def suite_args(*extra):
+    args = ["bash", "gpu/suite.sh", "--cpu", *extra]
+    for s in TINY:
+        args += ["--set", s]
+    return args
+
+
+def small_data(runs: Path) -> None:
+    write_benchmark(runs / "seed-0" / "data", SynthConfig(seed=0, n_train=64, n_val=8, n_test=8, n_ood=8))
+
+
+def packed(path: Path) -> set[str]:
+    with tarfile.open(path) as tar:
+        return set(tar.getnames())
 
 
 def test_gpu_suite_runs_every_method_on_cpu_at_tiny_shapes(tmp_path):
-    out = tmp_path / "gpu"
-    write_benchmark(out / "seed-0" / "data", SynthConfig(seed=0, n_train=64, n_val=8, n_test=8, n_ood=8))
-    back = tmp_path / "back"  # what the device tool brings back ($OUT): the summaries, not the runs
-    back.mkdir()
-    # as a lent GPU session runs it, with the held-out split shrunk from the suite's default (DEFAULT_VAL_LARGE)
-    args = ["bash", "benchmarks/device_session.sh", "suite", "--val-large", "40"]
-    for s in TINY:
-        args += ["--set", s]
-    env = {**os.environ, "OUT": str(back), "GPU_BENCH_OUT": str(out), "PYTHON": sys.executable}
-    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    runs, out = tmp_path / "runs", tmp_path / "out"  # the runs (checkpoints) apart from the summaries
+    small_data(runs)
+    # with the held-out split shrunk from the suite's default (DEFAULT_VAL_LARGE)
+    proc = subprocess.run(suite_args("--out", str(out), "--runs", str(runs), "--val-large", "40"),
+                          capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert sorted(p.name for p in back.iterdir()) == sorted(
-        ["RESULTS.md", "results.json", "accuracy_vs_tokens.png", "training_curves.png", "latents_used.png", "bench.log",
-         "runs.tar.gz"] + (["gpu.csv"] if shutil.which("nvidia-smi") else []))
-    assert len(list(back.iterdir())) <= 8  # what the device tool brings back
-    with tarfile.open(back / "runs.tar.gz") as tar:  # every run's small files, for a suite cut off before RESULTS.md
-        packed = set(tar.getnames())
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        SUMMARIES + ["bench.log", "runs.tar.gz"] + (["gpu.csv"] if shutil.which("nvidia-smi") else []))
+    names = packed(out / "runs.tar.gz")  # every run's small files, for a suite cut off before RESULTS.md
+    assert names == small_files(runs)
     for job in SUITES["gpu"].jobs:
-        assert {f"./seed-0/runs/{job}/{f}" for f in ("config.yaml", "metrics.jsonl", "test_eval.json")} <= packed
-        assert f"./seed-0/logs/{job}.log" in packed
-    assert not any("/best/" in n or "/checkpoints/" in n or n.endswith(".safetensors") for n in packed)
-    assert (back / "RESULTS.md").read_text() == (out / "RESULTS.md").read_text()
-    assert "GPU suite wall time:" in (back / "bench.log").read_text()
-    res = json.loads((out / "results.json").read_text())
+        assert {f"./seed-0/runs/{job}/{f}" for f in ("config.yaml", "metrics.jsonl", "test_eval.json")} <= names
+        assert f"./seed-0/logs/{job}.log" in names
+    assert not any("/best/" in n or "/checkpoints/" in n or n.endswith(".safetensors") for n in names)
+    assert (out / "RESULTS.md").read_text() == (runs / "RESULTS.md").read_text()
+    log = (out / "bench.log").read_text()
+    assert log.startswith("# python ") and "cuda False" in log.splitlines()[0]
+    assert "GPU suite wall time:" in log and "s on cpu" in log
+    res = json.loads((runs / "results.json").read_text())
     jobs = SUITES["gpu"].jobs
     assert set(res["mean"]) == set(jobs) and len(jobs) == 12  # the paper comparison and the Table-1 baselines
     for job in jobs:
-        cfg = yaml.safe_load((out / "seed-0" / "runs" / job / "config.yaml").read_text())
+        cfg = yaml.safe_load((runs / "seed-0" / "runs" / job / "config.yaml").read_text())
         assert cfg["train"]["mixed_precision"] == "bf16" and cfg["optim"]["batch_size"] == 8
         assert res["costs"][job][0]["steps"] >= 1
-    cot = yaml.safe_load((out / "seed-0" / "runs" / "cot" / "config.yaml").read_text())
+    cot = yaml.safe_load((runs / "seed-0" / "runs" / "cot" / "config.yaml").read_text())
     assert cot["model"]["preset"] == "llama-tiny"
     # the GPU configs themselves: the larger model, bf16, 4x the CPU batch
-    gpu = yaml.safe_load((out / "seed-0" / "runs" / "atp" / "config.yaml").read_text())
+    gpu = yaml.safe_load((runs / "seed-0" / "runs" / "atp" / "config.yaml").read_text())
     assert gpu["method"]["name"] == "atp" and gpu["model"]["init_from"].endswith("cot/best/model")
     text = (out / "RESULTS.md").read_text()
     assert text.startswith("# GPU benchmark") and "ATP-Latent (RL) − SIM-CoT" in text
     assert "RL against its SFT start" in text
     # RL against its start on the fresh in-distribution sample: the gain is what the flipped problems make it
     assert "The same on 40 fresh in-distribution problems" in text
-    assert len((out / "seed-0" / "data" / "val_large.jsonl").read_text().splitlines()) == 40
+    assert len((runs / "seed-0" / "data" / "val_large.jsonl").read_text().splitlines()) == 40
     large = res["rl_vs_start_val_large"]
     for job in ("atp_rl", "atp_rl_coherence"):
         (gained, lost), = large[job]["gained_lost"]
@@ -84,32 +106,162 @@ def test_gpu_suite_runs_every_method_on_cpu_at_tiny_shapes(tmp_path):
     assert res["claim"]["holds"] == (False if False in judged else (True if all(judged) else None))
 
 
-def test_gpu_suite_stops_itself_before_the_device_deadline_and_packs_its_runs(tmp_path):
-    """DEADLINE_S (the device call's timeout_s): the suite stops 30 s before it, exits 124, and what it trained so
-    far comes back in runs.tar.gz (a call the device tool kills runs nothing after the kill)."""
+def test_gpu_suite_stops_itself_before_its_time_limit_and_packs_its_runs(tmp_path):
+    """--time-limit T: the suite is stopped 30 s before T (counted from the script's start), the script exits 124
+    within T, and what the suite trained so far is packed in runs.tar.gz. One folder: the runs beside the
+    summaries."""
     out = tmp_path / "gpu"
-    write_benchmark(out / "seed-0" / "data", SynthConfig(seed=0, n_train=64, n_val=8, n_test=8, n_ood=8))
-    back = tmp_path / "back"
-    back.mkdir()
-    args = ["bash", "benchmarks/device_session.sh", "suite"]
-    for s in TINY:
-        args += ["--set", s]
-    env = {**os.environ, "OUT": str(back), "GPU_BENCH_OUT": str(out), "PYTHON": sys.executable}
-    bad = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env | {"DEADLINE_S": "9 min"})
-    assert bad.returncode == 2 and "DEADLINE_S must be a number of seconds" in bad.stderr
-    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env | {"DEADLINE_S": "45"},
-                          timeout=120)
+    small_data(out)
+    bad = subprocess.run(suite_args("--out", str(out), "--time-limit", "9 min"), capture_output=True, text=True,
+                         cwd=ROOT, env=ENV)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--time-limit must be above 40 s" in bad.stderr
+    assert not out.joinpath("bench.log").exists()  # refused before anything ran
+    t = time.monotonic()
+    proc = subprocess.run(suite_args("--out", str(out), "--time-limit", "45"), capture_output=True, text=True,
+                          cwd=ROOT, env=ENV, timeout=120)
+    took = time.monotonic() - t
     assert proc.returncode == 124, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "the suite was stopped at DEADLINE_S - 30 s" in (back / "bench.log").read_text()
-    assert not (back / "RESULTS.md").exists()
-    with tarfile.open(back / "runs.tar.gz") as tar:
-        packed = set(tar.getnames())
-    assert {"./seed-0/logs/cot.log", "./seed-0/runs/cot/config.yaml"} <= packed
+    assert took < 45, took
+    assert "stopped 30 s before --time-limit 45 s" in (out / "bench.log").read_text()
+    assert not (out / "RESULTS.md").exists()
+    # every small file the stopped jobs left, the first job's training log at least
+    assert packed(out / "runs.tar.gz") == small_files(out) and "./seed-0/logs/cot.log" in small_files(out)
+
+
+def small_files(runs: Path) -> set[str]:
+    """The run files runs.tar.gz is to hold: the training logs and each run's config, environment, metrics and
+    cached evaluations (not its checkpoints)."""
+    keep = {"config.yaml", "environment.json", "metrics.jsonl"}
+    logs = {f"./{p.relative_to(runs)}" for p in runs.glob("seed-*/logs/*.log")}
+    return logs | {f"./{p.relative_to(runs)}" for p in runs.glob("seed-*/runs/*/*")
+                   if p.is_file() and (p.name in keep or p.name.endswith("_eval.json"))}
+
+
+def test_gpu_suite_passes_ctrl_c_on_to_its_jobs_and_packs_its_runs(tmp_path):
+    """The suite runs in its own process group (so that the time limit stops its jobs too): an interrupt of the
+    script reaches the suite and its training jobs, and what they wrote is still packed."""
+    out = tmp_path / "gpu"
+    small_data(out)
+    proc = subprocess.Popen(suite_args("--out", str(out)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=ROOT, env=ENV)
+    try:
+        log = out / "seed-0" / "logs" / "cot.log"
+        for _ in range(240):  # the first job has started training
+            if log.is_file() and (out / "seed-0" / "runs" / "cot" / "config.yaml").is_file():
+                break
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) != 0
+        # no process of this suite is left running (none names its folder on its command line)
+        assert not suite_processes(out), [read_cmdline(p) for p in suite_processes(out)]
+    finally:  # a failure leaves no suite running
+        if proc.poll() is None:
+            proc.kill()
+        for p in suite_processes(out):
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(p.name), signal.SIGKILL)
+    assert "GPU suite wall time:" in (out / "bench.log").read_text()
+    assert packed(out / "runs.tar.gz") == small_files(out)
+    assert {"./seed-0/logs/cot.log", "./seed-0/runs/cot/config.yaml"} <= small_files(out)
+
+
+def suite_processes(out: Path) -> list[Path]:
+    return [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(out) in read_cmdline(p)]
+
+
+def read_cmdline(p: Path) -> str:
+    try:
+        return (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible here")
+@pytest.mark.parametrize("script", ["smoke.sh", "suite.sh"])
+def test_gpu_scripts_refuse_to_run_without_a_gpu_unless_told_cpu(tmp_path, script):
+    proc = subprocess.run(["bash", f"gpu/{script}", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          cwd=ROOT, env=ENV)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [proc.stderr.strip()] and "sees no CUDA device" in proc.stderr
+    assert "pass --cpu" in proc.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def python_without_omegaconf(tmp_path_factory):
+    """A Python like the one running the tests whose site-packages lack omegaconf (and this package): a GPU
+    machine's image without it. A virtual environment whose site-packages link to this one's, omegaconf left out."""
+    home = tmp_path_factory.mktemp("bare-python")
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(home)
+    python = home / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    for entry in Path(torch.__file__).resolve().parents[1].iterdir():
+        if not entry.name.startswith(("omegaconf", "atp_latent", "__editable__")):
+            (site / entry.name).symlink_to(entry)
+    assert subprocess.run([str(python), "-c", "import omegaconf"], capture_output=True).returncode == 1
+    return str(python)
+
+
+def test_missing_dependency_is_one_error_line_and_a_deps_folder_supplies_it(tmp_path, python_without_omegaconf):
+    env = {**ENV, "PYTHON": python_without_omegaconf}
+    for script in ("smoke.sh", "suite.sh"):
+        proc = subprocess.run(["bash", f"gpu/{script}", "--cpu", "--out", str(tmp_path / "out")],
+                              capture_output=True, text=True, cwd=ROOT, env=env)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr  # one line
+        assert f"gpu/{script}: error: {python_without_omegaconf} lacks omegaconf" in proc.stderr
+        assert "--deps DIR" in proc.stderr and "bash gpu/deps.sh DIR omegaconf" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    # a folder of pure-Python wheels (here omegaconf zipped from this Python's copy) works as --deps too
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    pkg = Path(__import__("omegaconf").__file__).parent
+    with zipfile.ZipFile(wheels / "omegaconf-2.4.0-py3-none-any.whl", "w") as whl:
+        for f in pkg.rglob("*.py"):
+            whl.write(f, f.relative_to(pkg.parent))
+    proc = subprocess.run(["bash", "gpu/suite.sh", "--cpu", "--check", "--deps", str(wheels)],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("# python 3.") and python_without_omegaconf in proc.stdout
+    missing = subprocess.run(["bash", "gpu/suite.sh", "--cpu", "--deps", str(tmp_path / "nowhere")],
+                             capture_output=True, text=True, cwd=ROOT, env=env)
+    assert missing.returncode == 2 and "--deps " + str(tmp_path / "nowhere") + ": no such folder" in missing.stderr
+
+
+def test_gpu_smoke_cpu_with_a_deps_folder(tmp_path, python_without_omegaconf):
+    """The GPU smoke check at CPU shapes on a Python without omegaconf, given it in a folder made by gpu/deps.sh:
+    the paper configs through sft.train and rl.train_rl, every check PASS, one timing line per SFT epoch and one for
+    the RL step; SMOKE.md and smoke.log in --out."""
+    deps = tmp_path / "deps"
+    made = subprocess.run(["bash", "gpu/deps.sh", str(deps)], capture_output=True, text=True, cwd=ROOT, env=ENV)
+    assert made.returncode == 0, made.stderr
+    assert (deps / "omegaconf" / "__init__.py").is_file() and not list(deps.rglob("__pycache__"))
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", "gpu/smoke.sh", "--cpu", "--deps", str(deps), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, env={**ENV, "PYTHON": python_without_omegaconf},
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("# python ") and python_without_omegaconf in lines[0]
+    checks = [line.split() for line in lines if line.startswith("CHECK ")]
+    assert [c[1] for c in checks] == SMOKE_CHECKS, lines
+    assert all(c[2] == "PASS" for c in checks), "\n".join(lines)
+    assert "first_ratio_dev=0" in next(" ".join(c) for c in checks if c[1] == "rl_grpo_step")
+    assert [line.split()[2] for line in lines if line.startswith("TIME sft epoch=")] == ["epoch=1", "epoch=2", "epoch=3"]
+    assert any(line.startswith("TIME rl step step_seconds=") for line in lines)
+    assert any(line.startswith("SUMMARY PASS 6/6") for line in lines)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["SMOKE.md", "smoke.log"] + (["gpu.csv"] if shutil.which("nvidia-smi") else []))
+    log = (out / "smoke.log").read_text().splitlines()
+    assert all(line in log for line in lines)  # stdout, and stderr besides
+    md = (out / "SMOKE.md").read_text()
+    assert "- device: cpu" in md and "transformers" in md and "`bash gpu/smoke.sh --cpu --out " in md
+    assert all(" ".join(c) in md for c in checks)
 
 
 def test_gpu_suite_judges_rl_on_a_few_hundred_held_out_problems():
     """The GPU suite draws held-out problems by default (RL's best/ is picked on val), few enough to evaluate
-    greedily within its device call: no rollouts."""
+    greedily in seconds beside the test splits: no rollouts."""
     from atp_latent.jobs import DEFAULT_ROLLOUTS, DEFAULT_VAL_LARGE
 
     assert 200 <= DEFAULT_VAL_LARGE["gpu"] <= 1000 and DEFAULT_ROLLOUTS["gpu"] == 0
@@ -125,8 +277,8 @@ def test_gpu_configs_are_one_size_up():
         assert gpu.method == cpu.method and gpu.curriculum == cpu.curriculum and gpu.rl == cpu.rl
         assert gpu.train.max_minutes and gpu.train.max_minutes <= 2.5
     # The paper's comparison alone (`bench --suite gpu --jobs ...`: phases of at most two jobs, each bounded by its
-    # safety stop) trains within 6.5 minutes, so with its evaluation it fits one device call beside the GPU check in a
-    # 15-minute lease; the whole suite adds the Table-1 baselines.
+    # safety stop) trains within 6.5 minutes, so with its evaluation it runs beside the GPU check (gpu/smoke.sh) within
+    # 15 minutes of GPU time; the whole suite adds the Table-1 baselines.
     from atp_latent.jobs import subset
 
     paper = subset(SUITES["gpu"], ["atp_rl", "atp_rl_coherence", "coconut", "simcot", "nocot"])

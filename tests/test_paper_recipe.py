@@ -5,7 +5,7 @@ autocast, optim.reset_each_epoch, the separate trainable step decoder, c = 2.
 The model is a tiny LLaMA saved with save_pretrained and loaded through model.name_or_path (the real-checkpoint
 path). ATP SFT runs 3 epochs and keeps epoch-3/, which the RL configs start from (model.init_from); GRPO runs on 2
 processes (gloo), the coherence-only variant on one; `atp-latent eval` scores the RL run's final/. The baselines'
-configs (cot, icot, coconut, simcot, codi) run a step or two each. The GPU-scale version is benchmarks/gpu_smoke.py.
+configs (cot, icot, coconut, simcot, codi) run a step or two each. The GPU-scale version is gpu/smoke.py.
 """
 
 import gc

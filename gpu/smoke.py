@@ -1,12 +1,13 @@
 """GPU smoke check of the paper recipe at the paper's scale, through the real training entry points.
 
-One script, one GPU (H100, 80 GB), under 10 minutes. Configs are the paper's (src/atp_latent/configs/paper/atp.yaml
-and atp_rl.yaml, loaded with `load_config`) with short-run overrides only (data files, epoch length, epochs,
-checkpointing, run folder), so fp32 master weights with bf16 autocast, `optim.reset_each_epoch`, the separate
-trainable step decoder, batch 32 and c = 2 are what runs. The model is a randomly initialised LLaMA-3.2-1B-shaped LM
-(16 layers, d = 2048, 128256-token vocabulary; no weights are downloaded) with a word-level tokenizer built on the
-synthetic benchmark; both are saved with save_pretrained (in bf16, as the real checkpoint is stored) and the SFT run
-loads them through `model.name_or_path`, the real-checkpoint path (`load_pretrained`).
+Run it through gpu/smoke.sh (options: --out, --deps, --python, --cpu, --check); one GPU (H100, 80 GB), under 10
+minutes. Configs are the paper's (src/atp_latent/configs/paper/atp.yaml and atp_rl.yaml, loaded with
+`load_config`) with short-run overrides only (data files, epoch length, epochs, checkpointing, run folder), so fp32
+master weights with bf16 autocast, `optim.reset_each_epoch`, the separate trainable step decoder, batch 32 and c = 2
+are what runs. The model is a randomly initialised LLaMA-3.2-1B-shaped LM (16 layers, d = 2048, 128256-token
+vocabulary; no weights are downloaded) with a word-level tokenizer built on the synthetic benchmark; both are saved
+with save_pretrained (in bf16, as the real checkpoint is stored) and the SFT run loads them through
+`model.name_or_path`, the real-checkpoint path (`load_pretrained`).
 
 Checks, one line each (`CHECK <name> PASS|FAIL key=value ...`); the exit code is 1 if any fails:
   paper_model      SFT's final/ holds the LM it loaded: 16 layers, d = 2048, 128256 rows (the latent tokens are
@@ -33,7 +34,7 @@ deleted once SFT has loaded it, and RL runs without validation, which would keep
 train.save_checkpoints) and RL final/ (~10 GB).
 
 `--cpu` hides any GPU and runs the same checks at small shapes (llama-tiny, batch 4, one step per epoch, 4 latent slots, 2 questions
-x 4 rollouts, 4-token answers) in well under a minute: what CI runs (tests/test_benchmarks.py). `--out DIR` also
+x 4 rollouts, 4-token answers) in well under a minute: what CI runs (tests/test_gpu_suite.py). `--out DIR` also
 writes the summary to DIR/SMOKE.md (device, versions, command, every line).
 """
 
@@ -309,7 +310,7 @@ def main() -> int:
     from atp_latent.training.rl import train_rl
     from atp_latent.training.sft import train
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="gpu_smoke-"))
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="gpu-smoke-"))
     try:
         built, err = run_phase(report, "build", lambda: write_inputs(work, shape, vocab))
         if err:
@@ -368,7 +369,7 @@ def finish(report: Report, args, header: tuple[str, str]) -> int:
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        command = " ".join(["bash benchmarks/gpu_smoke.sh", *sys.argv[1:]])
+        command = " ".join(["bash gpu/smoke.sh", *sys.argv[1:]])
         text = "\n".join([
             "# GPU smoke check of the paper recipe", "",
             f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
@@ -377,7 +378,7 @@ def finish(report: Report, args, header: tuple[str, str]) -> int:
             f"- torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}",
             f"- command: `{command}`",
             f"- result: {summary.removeprefix('SUMMARY ')}", "",
-            "What each check means: see the docstring of benchmarks/gpu_smoke.py.", "",
+            "What each check means: see the docstring of gpu/smoke.py.", "",
             "```", *report.lines, summary, "```", "",
         ])
         (out / "SMOKE.md").write_text(text)
