@@ -172,7 +172,7 @@ def _launch(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from atp_latent.evaluation.benchmarks import load_named
+    from atp_latent.evaluation.datasets import load_named
     from atp_latent.evaluation.evaluate import (
         default_max_new_tokens,
         evaluate,
@@ -313,7 +313,7 @@ def diversity_line(d: dict) -> str:
 
 
 def cmd_explain(args) -> int:
-    from atp_latent.evaluation.benchmarks import load_named
+    from atp_latent.evaluation.datasets import load_named
     from atp_latent.evaluation.evaluate import load_for_eval
     from atp_latent.evaluation.explain import explain, format_explanation
 

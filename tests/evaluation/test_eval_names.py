@@ -11,7 +11,7 @@ from atp_latent.cli import main
 from atp_latent.config import load_config
 from atp_latent.configtools import save_yaml
 from atp_latent.data.synthetic import SynthConfig, write_benchmark
-from atp_latent.evaluation.benchmarks import load_named, resolve_data
+from atp_latent.evaluation.datasets import load_named, resolve_data
 from atp_latent.evaluation.evaluate import markdown_table
 from atp_latent.modeling.factory import build_tiny_model
 from atp_latent.modeling.reasoner import LatentReasoner, ReasonerSpec

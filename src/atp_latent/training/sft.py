@@ -26,7 +26,7 @@ from atp_latent.configtools import to_dict
 from atp_latent.data.internalize import RemovalSchedule
 from atp_latent.data.records import Problem
 from atp_latent.data.sequences import Curriculum, SequenceBuilder, collate, sample_stage
-from atp_latent.evaluation.benchmarks import load_data
+from atp_latent.evaluation.datasets import load_data
 from atp_latent.evaluation.evaluate import evaluate
 from atp_latent.modeling.factory import build_tiny_model, load_pretrained
 from atp_latent.modeling.lora import add_lora_to_reasoner

@@ -1,4 +1,4 @@
-"""Real benchmarks by name, resolved in a data directory (option, else $ATP_DATA, else ../shared/data), and
+"""Evaluation datasets (GSM8K, GSM-Hard, SVAMP, MultiArith, GSM8k-Aug) by name, resolved in a data directory (option, else $ATP_DATA, else ../shared/data), and
 Hugging Face datasets written `hf:NAME[:SPLIT]` (with the optional `datasets` package: the `hf` extra)."""
 
 from __future__ import annotations
