@@ -1,20 +1,28 @@
 """One GRPO step (rollout + advantages + minibatch updates) against the bare forward/backward passes it needs.
 
 Run:  .venv/bin/python benchmarks/rl_step.py [--questions 16] [--group-size 8] [--minibatch 16] [--threads 1]
+      .venv/bin/python benchmarks/rl_step.py --paper-shape --threads 1   (about 2.5 minutes on one core)
+      [--correct-share 1.0] [--coherence-max-tokens 16]
 
-Setup: the default tiny model (random weights), a word tokenizer built from the synthetic train questions,
-method "atp" with c=2 and max_latent_stage=4 (8 latent slots), reasoner in eval mode, decoder frozen, AdamW
-over the parameters that require grad, an `accelerate.Accelerator(cpu=True)` as in `train_rl`. The stop
-head is forced never to stop (last layer zeroed, bias (+5, -5)), so every trajectory fills all 8 slots; a
-random model rarely samples eos, so answers run the full --max-new-tokens (both checked and printed). A
-random model earns equal rewards within a group (zero advantages), so after timing `group_advantages` the
-update uses a fixed seeded random advantage vector instead, and every minibatch update does real work.
-Model and optimizer state and both generators are restored before every timed step, so each repeat runs
-the same trajectories.
+Setup: the tiny model (random weights; --preset), a word tokenizer built from the synthetic train questions,
+method "atp" with c=2 and max_latent_stage=4 (8 latent slots), its separate step decoder, reasoner in eval
+mode, decoder frozen, AdamW over the parameters that require grad, an `accelerate.Accelerator(cpu=True)` as in
+`train_rl`. --paper-shape: the paper's RL shape (configs/paper/atp_rl.yaml, atp.yaml) on the llama-small
+preset: c=2, max_latent_stage=10 (20 latent slots, 10 groups per rollout), 16 answer tokens and
+rl.coherence_max_tokens 16 (its default), 16 questions x 8 rollouts, minibatch 16. The stop head is forced
+never to stop (last layer zeroed, bias (+20, -20)), so every trajectory fills all its slots; a random model
+rarely samples eos, so answers run the full --max-new-tokens, and a random decoder's plans run to the
+--coherence-max-tokens cap (all checked and printed). A random model answers nothing right, so the accuracy
+reward is a fixed seeded pattern with --correct-share of the rollouts right (`script_accuracy`; default 1.0:
+under the full reward only right answers' plans are decoded, so every plan is, the decode's worst case). The
+update uses a fixed seeded random advantage vector rather than the rewards' advantages (timed all the same),
+so every minibatch update does real work whatever the rewards. Model and optimizer state and both generators
+are restored before every timed step, so each repeat runs the same trajectories.
 
 Figures (ms per RL step; the engine pieces are timed inside the real calls by wrapping the reasoner's
 methods and `rl.decode_plans`, so they add up to the step):
-  engine   `rollout` (fill_latents + generate + decode_plans + rewards), `group_advantages`, `grpo_update`
+  engine   `rollout` (fill_latents + generate + decode_plans, the coherence reward's plan decode + rewards),
+           `group_advantages`, `grpo_update`
            (old log-probs per minibatch under no_grad, then per minibatch: score with grad, surrogate
            losses, backward, grad clipping, optimizer step).
   bare     the same backbone passes with inputs prepared beforehand from the engine's own trajectories
@@ -32,16 +40,21 @@ methods and `rl.decode_plans`, so they add up to the step):
            last layer's outputs at the prefix and latent columns, so autograd prunes that part of the graph
            and the passes-only backward is much cheaper than the engine's. The passes-only ratio (the last
            line) is therefore an upper bound on the overhead; `overhead counting the heads` is the tighter one.
-Checks printed first: every slot active, answer length, and that the bare passes reproduce the engine's
+Checks printed first: every slot active, answer length, the rollouts counted right and the groups decoded
+(of all active groups, their tokens, how many wrote eos), and that the bare passes reproduce the engine's
 answer log-probs (rollout) and the answer and latent log-probs of `score` (float noise only).
 
-The last line is `overhead_vs_bare_passes=<x>` (engine step time / bare time). Prints figures; asserts nothing.
+The last two lines are `coherence_decode_share=<x>` (engine decode_plans time / engine step time; the paper
+names the coherence reward's cost as a limitation, target <= 0.10 at the paper's shape) and
+`overhead_vs_bare_passes=<x>` (engine step time / bare time), the latter last; with --paper-shape the share is
+last. Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import time
 import warnings
 from collections import defaultdict
@@ -62,20 +75,47 @@ from atp_latent.modeling.tokenizer import build_word_tokenizer
 from atp_latent.training.rl import group_advantages, grpo_update, rollout
 
 OVERHEAD_TARGET = 1.5
+COHERENCE_SHARE_TARGET = 0.10  # the coherence decode's share of an RL step at the paper's shape
+TINY_SHAPE = dict(questions=16, group_size=8, minibatch=16, max_new_tokens=16, preset="llama-tiny",
+                  latents_per_step=2, max_latent_stage=4, repeats=3, correct_share=1.0)
+PAPER_SHAPE = TINY_SHAPE | dict(preset="llama-small", max_latent_stage=10, repeats=2)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--questions", type=int, default=16, help="B, questions per RL step")
-    p.add_argument("--group-size", type=int, default=8, help="G, rollouts per question")
-    p.add_argument("--minibatch", type=int, default=16, help="GRPO minibatch size")
-    p.add_argument("--max-new-tokens", type=int, default=16, help="answer tokens (and coherence-decode tokens)")
-    p.add_argument("--preset", default="llama-tiny")
+    p.add_argument("--questions", type=int, default=None, help="B, questions per RL step (16)")
+    p.add_argument("--group-size", type=int, default=None, help="G, rollouts per question (8)")
+    p.add_argument("--minibatch", type=int, default=None, help="GRPO minibatch size (16)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer tokens and rl.coherence_max_tokens, the plan decode's tokens per group (16)")
+    p.add_argument("--preset", default=None, help="model preset (llama-tiny; --paper-shape: llama-small)")
+    p.add_argument("--latents-per-step", type=int, default=None, help="c (2)")
+    p.add_argument("--max-latent-stage", type=int, default=None,
+                   help="latent slots = c x this (4; --paper-shape: 10)")
+    p.add_argument("--coherence-max-tokens", type=int, default=None,
+                   help="rl.coherence_max_tokens (default --max-new-tokens). A random decoder rarely writes eos, so "
+                        "its plans run to this cap: a lower cap stands for a trained decoder whose steps end at "
+                        "eos after that many tokens (a group stops costing once it has written eos)")
+    p.add_argument("--correct-share", type=float, default=None,
+                   help="share of the rollouts counted right (1.0): a random model answers none right, so the "
+                        "accuracy reward is replaced by a fixed seeded pattern; under the full reward only the "
+                        "plans of right answers are decoded, so 1.0 is the decode's worst case")
+    p.add_argument("--paper-shape", action="store_true",
+                   help="the paper's RL shape (configs/paper/atp_rl.yaml) on a CPU preset: llama-small, c=2, "
+                        "max_latent_stage=10 (20 slots), 16 answer and plan tokens, 16 questions x 8 rollouts, "
+                        "minibatch 16, 2 repeats (options given explicitly still win); the last line is then the "
+                        "coherence decode's share of the RL step")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="timed repeats of engine step and bare passes (interleaved); the fastest of each is kept")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed repeats of engine step and bare passes (interleaved); the fastest of each is kept (3)")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for k, v in (PAPER_SHAPE if args.paper_shape else TINY_SHAPE).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.coherence_max_tokens is None:
+        args.coherence_max_tokens = args.max_new_tokens
+    return args
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -86,20 +126,35 @@ def build(args):
     tok = build_word_tokenizer([p.question for p in bench["train"]])
     set_seed(args.seed)  # python, numpy and torch
     lm = build_tiny_model(args.preset, tok, seed=args.seed)
-    spec = ReasonerSpec.for_method("atp", latents_per_step=2, max_latent_stage=4)
+    spec = ReasonerSpec.for_method("atp", latents_per_step=args.latents_per_step, max_latent_stage=args.max_latent_stage)
     reasoner = LatentReasoner(lm, spec).eval()
-    with torch.no_grad():  # never stop: logits (continue=+5, stop=-5) whatever z is
+    with torch.no_grad():  # never stop: logits (continue=+20, stop=-20) whatever z is
         last = reasoner.stop_head.mlp[2]
         last.weight.zero_()
-        last.bias.copy_(torch.tensor([5.0, -5.0]))
+        last.bias.copy_(torch.tensor([20.0, -20.0]))
     if reasoner.decoder is not None:
         reasoner.decoder.requires_grad_(False)  # frozen, as in train_rl
     builder = builder_for(tok, spec)
     problems = [bench["train"][i % len(bench["train"])] for i in range(args.questions)]
     cfg = load_config(None, [f"rl.questions_per_step={args.questions}", f"rl.group_size={args.group_size}",
                              f"rl.minibatch_size={args.minibatch}", f"rl.max_new_tokens={args.max_new_tokens}",
-                             f"rl.coherence_max_tokens={args.max_new_tokens}", f"train.seed={args.seed}"])
+                             f"rl.coherence_max_tokens={args.coherence_max_tokens}", f"train.seed={args.seed}"])
     return tok, reasoner, builder, problems, cfg
+
+
+def script_accuracy(n: int, share: float, seed: int) -> torch.Tensor:
+    """Replace `rl.accuracy_reward` (a random model answers nothing right) by a fixed pattern: round(share * n)
+    seeded rollouts of the n are right, the same ones at every step. `rollout` calls it once per rollout, in
+    order, so the i-th call of each step answers for rollout i. Returns the pattern ([n] bool)."""
+    right = torch.zeros(n, dtype=torch.bool)
+    right[torch.randperm(n, generator=torch.Generator().manual_seed(seed + 3))[: round(share * n)]] = True
+    calls = itertools.count()
+
+    def accuracy(pred, gold) -> float:
+        return float(right[next(calls) % n])
+
+    rl_mod.accuracy_reward = accuracy
+    return right
 
 
 class Clock:
@@ -195,14 +250,16 @@ def run_cached_passes(lm, prepared, prefix_head: bool = False, collect: bool = F
     return outs if collect else None
 
 
-def prepare_decode(raw: LatentReasoner, z, active, n_tokens, decoded):
-    """Coherence decoding: the decoder's prefix pass over the c latent inputs of each of the N active groups
-    (+ lm_head on its last column: the first token), then one single-column pass per further decoded token
-    (+ lm_head), `n_tokens` tokens in all (as many as the real decode produced)."""
+def prepare_decode(raw: LatentReasoner, z, rows, groups, n_tokens, decoded):
+    """Coherence decoding: the decoder's prefix pass over the c latent inputs of each of the N decoded groups
+    (the active groups of the rollouts whose coherence counts, as `decode_plans` picks them) (+ lm_head on its
+    last column: the first token), then one single-column pass per further decoded token (+ lm_head),
+    `n_tokens` tokens in all (as many as the real decode produced; every group runs them all, while the engine
+    drops a group once it has written eos: the checks line counts those). None when no group is decoded."""
+    if rows.numel() == 0:
+        return raw.step_decoder, None
     dec = raw.step_decoder
     c = raw.spec.latents_per_step
-    starts = active[:, ::c]
-    rows, groups = starts.nonzero(as_tuple=True)
     zg = raw.decoder_inputs(z, rows, groups)
     N = zg.shape[0]
     table = dec.get_input_embeddings()
@@ -279,7 +336,8 @@ def run_bare(lm, prepared, optimizer, adv, heads=None):
                 if t % c == 0:
                     stop_head(h)
     t1 = time.perf_counter()
-    run_cached_passes(dec, decode_prep, prefix_head=True)
+    if decode_prep is not None:
+        run_cached_passes(dec, decode_prep, prefix_head=True)
     t2 = time.perf_counter()
     with torch.no_grad():
         for mb in scoring:
@@ -311,6 +369,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     set_seed(args.seed)  # python, numpy and torch
     tok, reasoner, builder, problems, cfg = build(args)
+    right = script_accuracy(args.questions * args.group_size, args.correct_share, args.seed)
     accelerator = Accelerator(cpu=True)
     params = [p for p in reasoner.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay)
@@ -342,13 +401,18 @@ def main(argv=None) -> None:
     # ---- bare inputs from the engine's own trajectories ----
     gen_tokens = batch["rl_tokens"]
     rollout_prep = prepare_rollout(lm, batch, gen_tokens, builder.end_id)
+    c = raw.spec.latents_per_step
+    w = rl_mod.reward_weights(cfg)
+    needed = torch.tensor([rl_mod.coherence_matters(a, w, cfg.rl.reward == "coherence_only")
+                           for a in traj.terms["acc"].tolist()], dtype=torch.bool)
+    rows, groups = (batch["rl_active"][:, ::c] & needed[:, None]).nonzero(as_tuple=True)
     with torch.no_grad():
-        c = raw.spec.latents_per_step
-        rows, groups = batch["rl_active"][:, ::c].nonzero(as_tuple=True)
         decoded = raw.decode_groups(raw.decoder_inputs(batch["rl_z"], rows, groups), tok.eos_token_id,
-                                    tok.pad_token_id, cfg.rl.coherence_max_tokens)
+                                    tok.pad_token_id, cfg.rl.coherence_max_tokens) if rows.numel() else \
+            torch.zeros(0, 0, dtype=torch.long)
     n_dec = decoded.shape[1]
-    decode_prep = prepare_decode(raw, batch["rl_z"], batch["rl_active"], n_dec, decoded)
+    ended = int((decoded == tok.eos_token_id).any(-1).sum())
+    decode_prep = prepare_decode(raw, batch["rl_z"], rows, groups, n_dec, decoded)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed + 7))
     chunks = [perm[i : i + args.minibatch] for i in range(0, n, args.minibatch)]
     scoring = prepare_scoring(lm, batch, chunks)
@@ -372,13 +436,17 @@ def main(argv=None) -> None:
 
     no_eos = int(((gen_tokens != tok.eos_token_id) & batch["rl_token_mask"]).sum(-1).eq(T).sum())
     all_active = bool(batch["rl_active"].all()) and L == builder.cur.eval_slots
-    n_groups = int(rows.numel())
+    n_groups, all_groups = int(rows.numel()), int(batch["rl_active"][:, ::c].sum())
     print(f"preset={args.preset} vocab={len(tok)} threads={torch.get_num_threads()} B={args.questions} "
           f"G={args.group_size} rows={n} minibatch={args.minibatch} ({len(chunks)} minibatches) latent_slots={L} "
           f"max_new_tokens={T} repeats={args.repeats}")
     print(f"checks: all {L} slots active in every row: {all_active}; answer gen passes: {gen_tokens.shape[1]} "
-          f"(rows without eos: {no_eos}/{n}); coherence decode: {n_groups} groups x "
-          f"{n_dec} tokens; first-update ratio deviation {stats.get('first_ratio_dev', float('nan')):.1e}")
+          f"(rows without eos: {no_eos}/{n}); first-update ratio deviation "
+          f"{stats.get('first_ratio_dev', float('nan')):.1e}")
+    print(f"checks: rollouts counted right {int(right.sum())}/{n} (as scripted: "
+          f"{torch.equal(traj.terms['acc'].bool(), right)}; reward {cfg.rl.reward}); coherence decode: "
+          f"{n_groups} of {all_groups} active groups x {n_dec} tokens (cap {cfg.rl.coherence_max_tokens}), "
+          f"{ended} of them wrote eos (the engine stops their cost there)")
     print(f"checks: max |bare - engine| answer log-prob in the rollout {dev_roll:.1e}; "
           f"in scoring (answer and latent terms, +heads) {dev_score:.1e}")
 
@@ -434,7 +502,13 @@ def main(argv=None) -> None:
     overhead = e["total"] / b["total"]
     print(f"overhead counting the heads as model compute: {e['total'] / bh['total']:.3f}")
     print(f"target overhead <= {OVERHEAD_TARGET:g}: {'met' if overhead <= OVERHEAD_TARGET else 'NOT met'}")
-    print(f"overhead_vs_bare_passes={overhead:.3f}")
+    share = plans / e["total"]
+    lines = [f"overhead_vs_bare_passes={overhead:.3f}", f"coherence_decode_share={share:.3f}"]
+    verdict = f"{'met' if share <= COHERENCE_SHARE_TARGET else 'NOT met'}" if args.paper_shape else "see --paper-shape"
+    print(f"coherence decode (decode_plans) share of the RL step: {100 * share:.1f}% ({n_groups} groups); target at "
+          f"the paper's shape <= {100 * COHERENCE_SHARE_TARGET:g}%: {verdict}")
+    for line in (lines if args.paper_shape else lines[::-1]):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -326,27 +326,43 @@ class LatentReasoner(nn.Module):
     @torch.no_grad()
     def decode_groups(self, zg: torch.Tensor, eos_id: int, pad_id: int, max_new_tokens: int = 16,
                       text_embed: nn.Module | None = None) -> torch.Tensor:
-        """Greedy text of each latent group zg [N, c, d] through the step decoder, batched and KV-cached.
+        """Greedy text of each latent group zg [N, c, d] through the step decoder, batched and KV-cached:
+        [N, T] ids, pad after each row's eos, T <= max(max_new_tokens, 1) (decoding ends once every row has
+        written eos). Rows that have written eos leave the batch and the cache (every group is decoded alone, so
+        this changes nothing for the others), so ended groups stop costing: once the passes they would still take
+        add up to a quarter of a batch pass, about what copying the cache without them costs.
 
         Generated tokens are fed back through the table the decoder was trained with: the base model's
         (METHOD.md §6), or `text_embed`, e.g. RL's frozen snapshot of it taken when RL started."""
         dec = self.step_decoder
         text_embed = text_embed if text_embed is not None else self.lm.get_input_embeddings()
+        head = dec.get_output_embeddings()
         N, c, _ = zg.shape
         cache = new_cache(dec)
         mask = torch.ones(N, c, dtype=torch.long, device=zg.device)
         pos = torch.arange(c, device=zg.device)[None].expand(N, -1)
         hidden = backbone_forward(dec, zg.to(text_embed.weight.dtype), mask, pos, cache)
-        first = dec.get_output_embeddings()(hidden[:, -1]).argmax(-1)
-        state = LatentState(cache, mask, torch.full((N,), c, device=zg.device), hidden[:, -1], zg, None, None,
-                            torch.ones(N, 0, dtype=torch.bool), None, torch.ones(N, 0, dtype=torch.bool),
-                            torch.ones(N, 0, dtype=torch.bool), 1)
-        first_done = first == eos_id
-        gen = generate(dec, state, first[:, None], max_new_tokens - 1, eos_id, pad_id, embed=text_embed) \
-            if max_new_tokens > 1 else None
-        rest = gen.tokens if gen is not None else first.new_zeros(N, 0)
-        rest = torch.where(first_done[:, None], torch.full_like(rest, pad_id), rest)
-        return torch.cat([first[:, None], rest], dim=1)
+        nxt = head(hidden[:, -1]).argmax(-1)
+        columns = [nxt]
+        live = torch.arange(N, device=zg.device)  # the zg row of each batch row
+        done = torch.zeros(N, dtype=torch.bool, device=zg.device)  # batch rows that have written eos
+        for t in range(1, max_new_tokens):
+            done = done | (nxt == eos_id)
+            if done.all():
+                break
+            if 4 * int(done.sum()) * (max_new_tokens - t) >= done.numel():  # drop the ended rows
+                keep = (~done).nonzero().flatten()
+                cache.reorder_cache(keep)
+                live, nxt, done = live[keep], nxt[keep], done[keep]
+            n = live.numel()
+            mask = torch.ones(n, c + t, dtype=torch.long, device=zg.device)
+            pos = torch.full((n, 1), c + t - 1, dtype=torch.long, device=zg.device)
+            hidden = backbone_forward(dec, text_embed(nxt[:, None]), mask, pos, cache)
+            nxt = torch.where(done, pad_id, head(hidden[:, -1]).float().argmax(-1))
+            column = torch.full((N,), pad_id, dtype=nxt.dtype, device=zg.device)
+            column[live] = nxt
+            columns.append(column)
+        return torch.stack(columns, dim=1)
 
     # ----- persistence -----
     def save_pretrained(self, path: str | Path, tokenizer=None) -> None:

@@ -83,3 +83,12 @@ def total_reward(acc: float, fmt: float, coh: float, w: RewardWeights, coherence
     if coherence_only:
         return w.format * fmt + w.coherence * coh
     return w.accuracy * acc + w.format * fmt + w.coherence * coh * acc
+
+
+def coherence_matters(acc: float, w: RewardWeights, coherence_only: bool = False) -> bool:
+    """Whether `total_reward(acc, fmt, coh, w, coherence_only)` depends on coh at all. The full reward's
+    coherence term is w_coh * coh * acc: for a wrong answer (acc 0) it is exactly 0.0 whatever the plan says,
+    so RL need not decode that plan. The coherence-only reward counts every plan; w_coh 0 counts none."""
+    if not w.coherence:
+        return False
+    return coherence_only or acc != 0

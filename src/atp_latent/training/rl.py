@@ -40,6 +40,7 @@ from atp_latent.training.guards import NonFiniteGuard, first_nonfinite_grad
 from atp_latent.training.rewards import (
     RewardWeights,
     accuracy_reward,
+    coherence_matters,
     coherence_reward,
     format_reward,
     total_reward,
@@ -216,15 +217,21 @@ def rollout(model: LatentReasoner, builder: SequenceBuilder, problems: list[Prob
     # Rewards from the decoded answers and (for coherence) the decoded latent groups.
     texts = [tok.decode(gen.tokens[i, : int(gen.lengths[i])].tolist()) for i in range(len(golds))]
     preds = [extract_answer(END_LATENT + t) for t in texts]
-    steps = decode_plans(model, state, tok, r.coherence_max_tokens, text_embed) if reward_weights(cfg).coherence \
-        else None
     acc = torch.tensor([accuracy_reward(p, g) for p, g in zip(preds, golds)])
     fmt = torch.tensor([format_reward(t) for t in texts])
-    coh = torch.tensor([coherence_reward(s, p, r.coherence_mode) for s, p in zip(steps, preds)]) if steps \
-        else torch.zeros(len(preds))
     w = reward_weights(cfg)
-    rewards = torch.tensor([total_reward(a, f, c, w, r.reward == "coherence_only")
-                            for a, f, c in zip(acc.tolist(), fmt.tolist(), coh.tolist())])
+    only = r.reward == "coherence_only"
+    # Coherence is scored, and its plan decoded, only where it can change the reward: under the full reward a
+    # wrong answer earns w_coh * coh * acc = 0 whatever its plan says (rewards.coherence_matters), so its plan is
+    # not decoded and its coh stays 0 (terms["coh"] of a wrong rollout is 0 under the full reward).
+    needed = torch.tensor([coherence_matters(a, w, only) for a in acc.tolist()], dtype=torch.bool)
+    coh = torch.zeros(len(preds))
+    if needed.any():
+        steps = decode_plans(model, state, tok, r.coherence_max_tokens, text_embed, keep=needed)
+        for i in needed.nonzero().flatten().tolist():
+            coh[i] = coherence_reward(steps[i], preds[i], r.coherence_mode)
+    rewards = torch.tensor([total_reward(a, f, c, w, only) for a, f, c in zip(acc.tolist(), fmt.tolist(),
+                                                                              coh.tolist())])
     if r.length_penalty == "divide":  # CoLaR-RL's punish_latent_length: shorter right chains earn more
         rewards = rewards / state.active.sum(-1).cpu().clamp(min=1)
     batch = {
@@ -245,17 +252,22 @@ def rollout(model: LatentReasoner, builder: SequenceBuilder, problems: list[Prob
         state.active.any() else 0.0
     latent_lp = gaussian_log_density(state.z, state.mu, state.logvar, r.latent_temperature) * state.active \
         if state.mu is not None and r.latent_policy == "gaussian" else torch.zeros(state.active.shape, device=device)
-    return Trajectories(batch, {"answer": gen.logprobs, "latent_gaussian": latent_lp}, rewards, {"acc": acc, "fmt": fmt, "coh": coh},
+    terms = {"acc": acc, "fmt": fmt, "coh": coh, "coh_scored": needed.float()}
+    return Trajectories(batch, {"answer": gen.logprobs, "latent_gaussian": latent_lp}, rewards, terms,
                         state.active.sum(-1).cpu(), sigma)
 
 
 @torch.no_grad()
 def decode_plans(model: LatentReasoner, state, tok, max_tokens: int,
-                 text_embed: torch.nn.Module | None = None) -> list[list[str]]:
-    """Decoded text of every active latent group of every trajectory, in one batched cached decode."""
+                 text_embed: torch.nn.Module | None = None, keep: torch.Tensor | None = None) -> list[list[str]]:
+    """Decoded text of every active latent group of every trajectory, in one batched cached decode (all groups of
+    all trajectories together; a group stops costing once it has written eos, see LatentReasoner.decode_groups).
+    `keep` ([n] bool): decode only these trajectories' groups; the others get no plan ([])."""
     c = model.spec.latents_per_step
     n, L = state.active.shape
     starts = state.active[:, ::c] if L else state.active
+    if keep is not None:
+        starts = starts & keep.to(starts.device)[:, None]
     rows, groups = starts.nonzero(as_tuple=True)
     plans: list[list[str]] = [[] for _ in range(n)]
     if rows.numel() == 0:
@@ -507,7 +519,9 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
         metrics = {f"train/{k}": v for k, v in stats.items()} | {
             "train/reward": float(traj.rewards.mean()), "train/accuracy": float(traj.terms["acc"].mean()),
             "train/reward_accuracy": float(traj.terms["acc"].mean()), "train/reward_format": float(traj.terms["fmt"].mean()),
-            "train/reward_coherence": float(traj.terms["coh"].mean()), "train/equal_reward_groups": float(equal),
+            # coherence over the rollouts where it was scored (under the full reward: the right ones)
+            "train/reward_coherence": float(traj.terms["coh"].sum() / traj.terms["coh_scored"].sum().clamp(min=1)),
+            "train/equal_reward_groups": float(equal),
             "train/active_latents": float(lat.mean()), "train/sigma": traj.sigma,
             "train/step_seconds": seconds, "train/sampled_tokens": sampled,
             "train/sampled_tokens_per_s": sampled / max(seconds, 1e-9),
