@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
 
 TINY = ["model.preset=llama-tiny", "optim.batch_size=8", "data.epoch_size=16", "data.max_val=8",
-        "eval.batch_size=8", "train.max_minutes=null", "train.max_steps=null", "train.epochs=5",
+        "eval.batch_size=8", "train.max_minutes=null", "train.max_steps=null", "train.epochs=3",
         "rl.steps=2", "rl.questions_per_step=2", "rl.group_size=2", "rl.minibatch_size=4", "rl.val_every=1",
         "rl.checkpoint_every=1"]
 SUMMARIES = ["RESULTS.md", "results.json", "accuracy_vs_tokens.png", "training_curves.png", "latents_used.png"]
