@@ -430,7 +430,7 @@ def test_sft_epoch_buckets_by_length_only_when_asked(data, tmp_path, monkeypatch
     assert len(losses(run)) == 96 // 16
 
 
-# ----- issue 29: fp16 loss scaling, gradient accumulation, resume budget, processes stopping together -----
+# ----- fp16 loss scaling, gradient accumulation, resume budget, processes stopping together -----
 
 def rows_of(run) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
