@@ -370,9 +370,10 @@ def test_shipped_config_values():
     assert load_config(str(CONFIGS / "paper" / "atp.yaml")).train.mixed_precision == "bf16"
     bench = load_config(str(CONFIGS / "cpu" / "atp_no_kl.yaml"))
     assert bench.method.beta_kl == 0.0 and bench.train.epochs == 13 and bench.curriculum.max_latent_stage == 3
-    # the bench's protocol: every latent method and SFT ablation runs the same curriculum and optimizer steps
+    # the bench's protocol: every latent method and SFT ablation runs the same curriculum and optimizer steps (but
+    # atp_short, the quickstart's shorter schedule that gives RL room, atp_rl_room's start)
     latent = [load_config(str(p)) for p in sorted((CONFIGS / "cpu").glob("*.yaml"))
-              if load_config(str(p)).method.name in ("atp", "coconut", "simcot")]
+              if load_config(str(p)).method.name in ("atp", "coconut", "simcot") and p.stem != "atp_short"]
     assert len(latent) >= 7
     assert {(c.train.epochs, c.data.epoch_size, c.optim.batch_size, c.curriculum.epochs_per_stage,
              c.curriculum.max_latent_stage) for c in latent} == {(13, 12800, 32, 1, 3)}

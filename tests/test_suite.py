@@ -68,7 +68,7 @@ def test_every_bench_config_loads():
     for job in s.jobs + list(s.ablations):
         cfg = load_config(str(config_path(s, job)))
         assert cfg.name == job
-        assert job in STARTS or job in ("cot", "nocot")
+        assert job in STARTS or job in ("cot", "nocot", "cot_short")
     assert load_config(str(config_path(s, "atp_no_kl"))).method.beta_kl == 0.0
     assert load_config(str(config_path(s, "atp_no_stop"))).method.use_stop_head is False
     assert load_config(str(config_path(s, "atp_no_decoder"))).method.use_decoder is False
@@ -85,6 +85,12 @@ def test_every_bench_config_loads():
     assert load_config(str(config_path(s, "atp_no_vae"))).method.use_vae is False
     assert load_config(str(config_path(s, "atp_rl_no_coherence"))).rl.w_coh == 0.0
     assert load_config(str(config_path(s, "atp_rl_low_lr"))).rl.lr == 1e-5
+    # RL from a start that leaves room: the quickstart's schedules, then its best recipe
+    room = load_config(str(config_path(s, "atp_rl_room")))
+    assert (room.rl.steps, room.rl.temperature, room.rl.latent_policy, room.rl.dynamic_sampling) == (600, 0.5, "mean", True)
+    assert jobs_mod.with_starts(["atp_rl_room"]) == ["cot_short", "atp_short", "atp_rl_room"]
+    assert load_config(str(config_path(s, "atp_short"))).train.epochs * 400 == 2400
+    assert ("atp_rl_room", "atp_short") in jobs_mod.PAIRS
     # every GRPO knob has its ablation row, each differing from atp_rl in that knob only
     base = load_config(str(config_path(s, "atp_rl"))).rl
     changed = {}

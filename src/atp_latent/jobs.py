@@ -45,6 +45,10 @@ JOBS: dict[str, Job] = {
     **{m.rl_name.replace("-", "_"): Job(m.rl_label or m.rl_name, name) for name, m in METHODS.items() if m.rl_name},
     "atp_rl_coherence": Job("ATP-Latent (RL, coherence only)", "atp"),
     "simcot_codi": Job("SIM-CoT on CODI", "cot"),
+    # RL from a start that leaves room: the quickstart's shorter SFT, then the recipe that gained there
+    "cot_short": Job("CoT-SFT, 1,600 steps"),
+    "atp_short": Job("ATP-Latent (SFT), 2,400 steps", "cot_short"),
+    "atp_rl_room": Job("ATP-Latent (RL from the 2,400-step SFT, latents at their mean)", "atp_short"),
     "atp_no_kl": Job("ATP SFT, no KL (beta_kl=0)", "cot"),
     "atp_no_stop": Job("ATP SFT, no stop head", "cot"),
     "atp_no_decoder": Job("ATP SFT, no decoder", "cot"),
@@ -83,7 +87,7 @@ JOB_DATA = {name: job.data for name, job in JOBS.items() if job.data}
 # The bench's paired comparisons (first minus second, seed by seed)
 PAIRS = [("atp_rl", "simcot"), ("atp_rl", "coconut"), ("atp_rl", "icot"), ("atp_rl", "codi"),
          ("atp_rl", "simcot_codi"), ("atp_rl", "colar"), ("atp_rl", "colar_rl"), ("atp_rl", "atp"),
-         ("colar_rl", "colar"),
+         ("colar_rl", "colar"), ("atp_rl_room", "atp_short"),
          ("atp", "simcot"),
          ("atp_rl_coherence", "atp"), ("atp_rl_new_style", "atp"), ("atp_rl_new_style_dynamic", "atp")]
 
@@ -106,7 +110,8 @@ SUITES = {
     # and the Table-1 baselines iCoT, CODI, SIM-CoT on CODI and CoLaR (from CoT-SFT, the latent rows' steps), and
     # CoLaR-RL (from CoLaR, ATP-RL's steps).
     "cpu": Suite("cpu", _ALL[:-1] + (("atp_rl_coherence", "atp_rl_new_style", "atp_rl_new_style_dynamic"),
-                                       ("icot", "codi", "simcot_codi", "colar"), ("colar_rl",)),
+                                       ("icot", "codi", "simcot_codi", "colar"), ("colar_rl", "cot_short"),
+                                       ("atp_short",), ("atp_rl_room",)),
                  ablations=("atp_no_kl", "atp_no_stop", "atp_no_decoder", "atp_no_decoder_no_kl", "atp_no_vae",
                             "atp_no_decoder_no_vae", "atp_no_decoder_no_kl_no_stop", "atp_no_decoder_no_kl_stop_detached",
                             "atp_no_decoder_no_vae_stop_detached", "atp_rl_no_coherence", "atp_rl_long", *RL_KNOBS,
