@@ -95,6 +95,20 @@ def _matrix(rows: Sequence[Sequence[float]] | np.ndarray, name: str) -> np.ndarr
     return m
 
 
+def _check_settings(n_replicates: int, confidence: float) -> None:
+    if n_replicates < 1:
+        raise ValueError(f"n_replicates must be at least 1, got {n_replicates}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+
+
+def _interval(replicates: np.ndarray, confidence: float) -> tuple[float, float, float]:
+    """The percentile interval of the replicates and the two-sided p = 2 min(share <= 0, share >= 0), at most 1."""
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(replicates, [tail, 1 - tail])
+    return float(low), float(high), min(1.0, 2 * min(float(np.mean(replicates <= 0)), float(np.mean(replicates >= 0))))
+
+
 def paired_bootstrap(
     outcomes_a: Outcomes,
     outcomes_b: Outcomes,
@@ -105,10 +119,7 @@ def paired_bootstrap(
 ) -> PairedBootstrapResult:
     """Mean difference A - B (fraction), its percentile interval and two-sided p-value from a hierarchical
     bootstrap: seeds with replacement, then problems with replacement, shared by every seed (module docstring)."""
-    if n_replicates < 1:
-        raise ValueError(f"n_replicates must be at least 1, got {n_replicates}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    _check_settings(n_replicates, confidence)
     a, b = outcome_matrices(outcomes_a, outcomes_b)
     diff = a - b
     n_seeds, n_problems = diff.shape
@@ -123,9 +134,7 @@ def paired_bootstrap(
         problem_counts = rng.multinomial(n_problems, np.full(n_problems, 1 / n_problems), size=r)
         totals = ((seed_counts @ diff) * problem_counts).sum(axis=1)
         replicates[start:start + r] = totals / (n_seeds * n_problems)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(replicates, [tail, 1 - tail])
-    p = min(1.0, 2 * min(np.mean(replicates <= 0), np.mean(replicates >= 0)))
+    low, high, p = _interval(replicates, confidence)
     return PairedBootstrapResult(
         mean_difference=float(diff.mean()), ci_low=float(low), ci_high=float(high), p_value=float(p),
         confidence=confidence, n_seeds=n_seeds, n_problems=n_problems, n_replicates=n_replicates,
@@ -159,8 +168,7 @@ def paired_gap_bootstrap(
     from in-distribution to out-of-distribution problems is than B's: (A_in - A_out) - (B_in - B_out). A replicate
     draws the seeds once (shared by both sets) and each set's problems on their own; interval and p as
     paired_bootstrap. The result's n_problems is the two sets' problems together."""
-    if n_replicates < 1:
-        raise ValueError(f"n_replicates must be at least 1, got {n_replicates}")
+    _check_settings(n_replicates, confidence)
     d_in = np.subtract(*outcome_matrices(a_in, b_in))
     d_out = np.subtract(*outcome_matrices(a_out, b_out))
     if d_in.shape[0] != d_out.shape[0]:
@@ -177,9 +185,7 @@ def paired_gap_bootstrap(
             problems = rng.multinomial(d.shape[1], np.full(d.shape[1], 1 / d.shape[1]), size=r)
             means.append(((seeds @ d) * problems).sum(axis=1) / (n_seeds * d.shape[1]))
         replicates[start:start + r] = means[0] - means[1]
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(replicates, [tail, 1 - tail])
-    p = min(1.0, 2 * min(np.mean(replicates <= 0), np.mean(replicates >= 0)))
+    low, high, p = _interval(replicates, confidence)
     return PairedBootstrapResult(
         mean_difference=float(d_in.mean() - d_out.mean()), ci_low=float(low), ci_high=float(high),
         p_value=float(p), confidence=confidence, n_seeds=n_seeds, n_problems=d_in.shape[1] + d_out.shape[1],
