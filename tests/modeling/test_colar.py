@@ -269,3 +269,30 @@ def test_rl_update_first_ratio_is_exactly_one_on_the_lm_head_stop(tok, rl_setup)
     stats = grpo_update(model, opt, acc, traj, adv, cfg, torch.Generator().manual_seed(0))
     assert stats["first_ratio_dev"] == 0.0 and stats["stop_loss"] == 0.0
     assert not torch.equal(before, model.lm.get_input_embeddings().weight)
+
+
+def test_colar_in_bf16(tok):
+    """A bf16 CoLaR model (as the paper config trains it under autocast; here its weights in bf16): the compressed
+    SFT pass gives finite losses and gradients, the engine answers with the LM-head stop, and RL re-scores a bf16
+    rollout's answer tokens as sampled (the stop and latent streams in fp32)."""
+    torch.manual_seed(0)
+    spec = ReasonerSpec.for_method("colar", latents_per_step=1, max_latent_stage=8)
+    model = LatentReasoner(build_tiny_model("llama-tiny", tok, seed=0, dtype=torch.bfloat16), spec)
+    assert model.latent_head.mu.weight.dtype == torch.bfloat16
+    b = SequenceBuilder(tok, "colar", CUR)
+    batch = collate([b.build(p, 2, random.Random(i)) for i, p in enumerate(PROBLEMS)], tok.pad_token_id)
+    out = model(batch)
+    assert torch.isfinite(out["loss"]) and out["latent"] > 0
+    out["loss"].backward()
+    assert torch.isfinite(model.latent_head.mu.weight.grad.float()).all()
+    model.eval()
+    stop_sometimes(model, builder_for(tok, spec), [p.question for p in PROBLEMS[:2]])
+    cfg = load_config(None, ["method.name=colar-rl", "rl.group_size=4", "rl.max_new_tokens=5", "rl.w_fmt=0",
+                             "rl.w_coh=0", "rl.latent_logratio=mean"])
+    traj = rollout(model, builder_for(tok, spec), PROBLEMS[:2], cfg, torch.Generator().manual_seed(1), "cpu")
+    with torch.no_grad():
+        scored = model.score(traj.batch)
+    mask = traj.batch["rl_token_mask"]
+    assert scored["answer"].dtype == scored["latent"].dtype == torch.float32
+    torch.testing.assert_close(scored["answer"][:, 1:][mask], traj.rollout_logps["answer"][mask], atol=2e-2,
+                               rtol=2e-2)
