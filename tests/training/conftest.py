@@ -91,3 +91,31 @@ def kill_after_checkpoint():
                 sft.train(cfg)
 
     return kill
+
+
+@pytest.fixture
+def script_answers(monkeypatch):
+    """script(model, tok, texts): the model's generation replaced by `texts`, one per row, each ending in eos (the
+    latents stay real and sampled); returns the texts' token ids."""
+    import torch
+
+    from atp_latent.modeling.engine import Generation
+
+    def script(model, tok, texts):
+        real_answer = model.answer
+        enc = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
+        assert [tok.decode(e[:-1]) for e in enc] == list(texts)
+
+        def scripted(*args, **kw):
+            state, gen = real_answer(*args, **kw)
+            width = max(map(len, enc))
+            tokens = torch.full((len(enc), width), tok.pad_token_id)
+            mask = torch.zeros(len(enc), width, dtype=torch.bool)
+            for i, e in enumerate(enc):
+                tokens[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), True
+            return state, Generation(tokens, torch.zeros(tokens.shape), mask, mask.sum(-1) - 1, gen.n_passes)
+
+        monkeypatch.setattr(model, "answer", scripted)
+        return enc
+
+    return script

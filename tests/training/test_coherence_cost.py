@@ -9,7 +9,7 @@ from atp_latent.config import load_config
 from atp_latent.data.records import Problem
 from atp_latent.data.sequences import builder_for
 from atp_latent.modeling import reasoner as reasoner_mod
-from atp_latent.modeling.engine import Generation, LatentState, backbone_forward, generate, new_cache
+from atp_latent.modeling.engine import LatentState, backbone_forward, generate, new_cache
 from atp_latent.modeling.factory import build_tiny_model
 from atp_latent.modeling.reasoner import LatentReasoner, ReasonerSpec
 from atp_latent.modeling.tokenizer import build_word_tokenizer
@@ -42,24 +42,6 @@ def rl_cfg(reward: str = "full"):
                               f"rl.reward={reward}"])
 
 
-def script_answers(model, tok, monkeypatch):
-    """The generation replaced by ANSWERS (the latents stay real and sampled), so some rollouts are right."""
-    real_answer = model.answer
-    enc = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in ANSWERS]
-    assert [tok.decode(e[:-1]) for e in enc] == ANSWERS
-
-    def scripted(*args, **kw):
-        state, gen = real_answer(*args, **kw)
-        width = max(map(len, enc))
-        tokens = torch.full((len(enc), width), tok.pad_token_id)
-        mask = torch.zeros(len(enc), width, dtype=torch.bool)
-        for i, e in enumerate(enc):
-            tokens[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), True
-        return state, Generation(tokens, torch.zeros(tokens.shape), mask, mask.sum(-1) - 1, gen.n_passes)
-
-    monkeypatch.setattr(model, "answer", scripted)
-
-
 def text_coherence(steps, pred, mode="strict"):
     """A stand-in coherence that depends on the decoded text and is never 0 (a random decoder's plans all score 0
     under the real one, so a skipped plan whose reward counts would go unnoticed)."""
@@ -85,14 +67,15 @@ def run(model, builder, cfg, seed=3):
 
 @pytest.mark.parametrize("reward", ["full", "coherence_only"])
 @pytest.mark.parametrize("coherence", ["real", "text"])
-def test_skipping_unrewarded_plans_keeps_every_reward_and_advantage(setup, monkeypatch, reward, coherence):
+def test_skipping_unrewarded_plans_keeps_every_reward_and_advantage(setup, monkeypatch, script_answers, reward,
+                                                                     coherence):
     """rollout() with the skip against rollout() decoding every plan (the behaviour before it): the same rewards and
     advantages to the bit, the same accuracy and format terms, the same coherence wherever it counts; under the full
     reward the wrong answers' plans are not decoded (fewer groups), under coherence_only every plan is."""
     model, tok, builder = setup
     cfg = rl_cfg(reward)
     G = cfg.rl.group_size
-    script_answers(model, tok, monkeypatch)
+    script_answers(model, tok, ANSWERS)
     if coherence == "text":
         monkeypatch.setattr(rl, "coherence_reward", text_coherence)
     sizes = count_decoded(model, monkeypatch)
@@ -119,12 +102,12 @@ def test_skipping_unrewarded_plans_keeps_every_reward_and_advantage(setup, monke
 
 
 @pytest.mark.parametrize("reward", ["full", "coherence_only"])
-def test_every_plan_whose_reward_counts_is_decoded(setup, monkeypatch, reward):
+def test_every_plan_whose_reward_counts_is_decoded(setup, monkeypatch, script_answers, reward):
     """Each counted rollout's coherence is that of its own plan, decoded with all groups of all rollouts in one
     batch: a rollout whose reward depends on its plan must never be skipped (nor read another row's plan)."""
     model, tok, builder = setup
     cfg = rl_cfg(reward)
-    script_answers(model, tok, monkeypatch)
+    script_answers(model, tok, ANSWERS)
     monkeypatch.setattr(rl, "coherence_reward", text_coherence)
     states = []
     real_decode_plans = rl.decode_plans

@@ -17,7 +17,6 @@ from atp_latent.config import load_config
 from atp_latent.data.records import Problem
 from atp_latent.data.sequences import builder_for
 from atp_latent.evaluation.answers import extract_answer
-from atp_latent.modeling.engine import Generation
 from atp_latent.modeling.factory import build_tiny_model
 from atp_latent.modeling.reasoner import LatentReasoner, ReasonerSpec
 from atp_latent.modeling.tokenizer import END_LATENT, build_word_tokenizer
@@ -189,27 +188,14 @@ SCRIPT = [  # per trajectory (2 questions x G = 4): the answer text after <|end-
 ]
 
 
-def test_rollout_rewards_by_hand(setup, monkeypatch):
+def test_rollout_rewards_by_hand(setup, monkeypatch, script_answers):
     """Scripted answers (the generation replaced, the latents real): each trajectory's gold is its own question's,
     answers are read after ###, and r = 1 * acc + 0.5 * fmt + 0.1 * coh * acc with coherence scored on the plan."""
     model, tok, builder, cfg = setup
     G = cfg.rl.group_size
-    real_answer = model.answer
-    enc = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t, *_ in SCRIPT]
-    assert [tok.decode(e[:-1]) for e in enc] == [t for t, *_ in SCRIPT]
-
-    def scripted(*args, **kw):
-        state, gen = real_answer(*args, **kw)
-        width = max(map(len, enc))
-        tokens = torch.full((len(enc), width), tok.pad_token_id)
-        mask = torch.zeros(len(enc), width, dtype=torch.bool)
-        for i, e in enumerate(enc):
-            tokens[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), True
-        return state, Generation(tokens, torch.zeros(tokens.shape), mask, mask.sum(-1) - 1, gen.n_passes)
-
+    enc = script_answers(model, tok, [t for t, *_ in SCRIPT])
     plans = [["<<3+4=7>>"], ["<<3+4=8>>"], [], ["<<3+4=7>>"], ["<<2+2=4>>"], ["<<2+2=4>>"], ["<<2+2=4>>"],
              ["<<2*2=4>>", "<<4+0=4>>"]]
-    monkeypatch.setattr(model, "answer", scripted)
     monkeypatch.setattr(rl, "decode_plans", lambda *a, **k: plans)
     traj = rollout(model, builder, PROBLEMS, cfg, torch.Generator().manual_seed(6), "cpu")
     assert len(SCRIPT) == len(PROBLEMS) * G
