@@ -135,6 +135,7 @@ def test_eval_launch_passes_samples_not_seeds(monkeypatch, capsys):
     (["quickstart", "--set", "method.latents_per_step=0"], "latents_per_step"),       # and quickstart
     (["eval", "--checkpoint", "c", "--data", "d", "--samples", "0"], "expected an integer >= 1, got 0"),
     (["bench", "--scale", "0"], "expected a number > 0"),
+    (["bench", "--seeds", "3", "--claim-seeds", "2"], "--claim-seeds 2 is below --seeds 3"),
     (["train", "--port", "70000"], "expected a port number"),
     (["trian"], "invalid choice: 'trian'"),
     ([], "the following arguments are required: COMMAND"),

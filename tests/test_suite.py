@@ -307,6 +307,21 @@ def test_val_large_is_in_distribution_fresh_and_fixed(tmp_path):
     assert len(load_records(suite_mod.write_val_large(first, data_seed=5, n=30))) == 30
 
 
+def test_val_large_is_drawn_in_the_folders_regime(tmp_path):
+    """A many-plans seed folder's held-out problems (val_large, fresh) come from the many-plans regime, as its val
+    does: 3-5 steps, each with at least two valid orders, none a question of the folder's splits."""
+    from atp_latent.data.formats import load_records
+    from atp_latent.data.synthetic import SPLITS, SynthConfig, valid_orders, write_benchmark
+
+    write_benchmark(tmp_path / "data", SynthConfig.many_plans(seed=5, n_train=200, n_val=20, n_test=20, n_ood=20))
+    taken = {r.question for s in SPLITS for r in load_records(tmp_path / "data" / f"{s}.jsonl")}
+    for drawn in (load_records(suite_mod.write_val_large(tmp_path, data_seed=5, n=40)),
+                  load_records(suite_mod.write_fresh(tmp_path, data_seed=5, n=40))):
+        assert len(drawn) == 40 and not taken & {r.question for r in drawn}
+        assert all(3 <= len(r.steps) <= 5 and len(valid_orders(r)) >= 2 for r in drawn)
+    assert max(len(r.steps) for r in drawn) >= 4
+
+
 def test_new_style_questions_are_fresh_and_fixed(tmp_path):
     """write_new_style: the requested counts, none of them a question of any split of the seed folder, the same
     files from the same data seed, kept when present; atp_rl_new_style is started on them."""
@@ -519,10 +534,11 @@ def fake_bench(monkeypatch, tmp_path):
 
     from atp_latent.evaluation import report as report_mod
 
-    calls = {"val_large": [], "evaluate_val": []}
+    calls = {"val_large": [], "evaluate_val": [], "evaluate_seed": []}
     rows = {"val": VAL, "val_large": VAL_LARGE}
 
     def evaluate_seed(jobs, out, seed):
+        calls["evaluate_seed"].append((out.name, tuple(jobs)))
         acc = {"atp_rl": 0.6, "simcot": 0.5, "coconut": 0.4}
         return {j: _cells(acc.get(j, 0.3), 8.0 if j.startswith("atp") else 9.0) for j in jobs}, {j: [2] for j in jobs}
 
@@ -551,13 +567,13 @@ def fake_bench(monkeypatch, tmp_path):
     monkeypatch.setattr(suite_mod, "evaluate_diversity", evaluate_diversity)
     monkeypatch.setattr(report_mod, "plot_diversity", lambda *a, **k: None)
 
-    def run(suite, seeds, ablations=False, val_large=None, regime="default", jobs=None):
+    def run(suite, seeds, ablations=False, val_large=None, regime="default", jobs=None, claim_seeds=None):
         out = tmp_path / suite
-        for k in range(seeds):
+        for k in range(max(seeds, claim_seeds or 0, 5 if regime == "many-plans" else 0)):
             (out / f"seed-{k}").mkdir(parents=True, exist_ok=True)
         args = argparse.Namespace(suite=suite, seeds=seeds, out=str(out), data_seed=0, scale=1.0, overrides=[],
                                   slots=2, val_large=val_large, rollouts=None, ablations=ablations, regime=regime,
-                                  diversity=None, jobs=jobs)
+                                  diversity=None, jobs=jobs, claim_seeds=claim_seeds)
         assert suite_mod.run_bench(args) == 0
         return out
 
@@ -694,11 +710,12 @@ def test_many_plans_bench_reports_diversity_and_the_premises_claims(fake_bench):
     same validity, so (b) holds; every method has the same accuracy on every split, so the gaps differ by exactly 0
     and (d) does not hold."""
     run, _, calls = fake_bench
-    out = run("cpu", seeds=2, regime="many-plans")
-    assert calls["diversity"] == [("seed-0", 8), ("seed-1", 8)]
+    out = run("cpu", seeds=2, regime="many-plans", claim_seeds=3)
+    assert calls["diversity"] == [("seed-0", 8), ("seed-1", 8), ("seed-2", 8)]
     res = json.loads((out / "results.json").read_text())
-    assert res["regime"] == "many-plans" and "--regime many-plans" in res["command"]
-    assert res["diversity"]["atp"][0]["coverage"] == 0.75 and len(res["diversity"]["cot"]) == 2
+    assert res["regime"] == "many-plans" and "--regime many-plans --claim-seeds 3" in res["command"]
+    assert res["diversity"]["atp"][0]["coverage"] == 0.75 and len(res["diversity"]["cot"]) == 3
+    assert [d["seed"] for d in res["diversity"]["codi"]] == [0, 1]
     text = (out / "RESULTS.md").read_text()
     table = text[text.index("## Reasoning-path diversity"):text.index("## The premise's claims")]
     assert next(line for line in table.splitlines() if line.startswith("| Coconut |")).count("n/a") == 9  # pass@k is not a plan metric
@@ -708,6 +725,40 @@ def test_many_plans_bench_reports_diversity_and_the_premises_claims(fake_bench):
     assert "SIM-CoT's at no lower validity: **holds** (coverage difference x 100: +50.0 [+50.0, +50.0]" in claims
     assert "OOD gap is smaller than Coconut's: **does not hold** (its gap minus the other's, points: +0.0 [" in claims
     assert "(a) ATP SFT beats Coconut and SIM-CoT" in claims and "(c) RL" in claims
+    assert res["claim_seeds"] == 3 and res["claim_jobs"] == ["cot", "atp", "coconut", "simcot", "atp_rl",
+                                                             "atp_rl_coherence"]
+
+
+def test_many_plans_bench_gives_the_claim_rows_more_seeds(fake_bench):
+    """--regime many-plans: the rows claims (a)-(d) compare get 5 seeds by default, the others --seeds; seeds past
+    --seeds train and evaluate the claim rows alone; means, tables and paired comparisons use the seeds a row (a
+    pair) ran; the default regime's own jobs (new-style questions, the short SFT and RL from it) are left out."""
+    run, rows, calls = fake_bench
+    rows["val"], rows["val_large"] = VAL + VAL[:2], VAL_LARGE + VAL_LARGE[:2]
+    out = run("cpu", seeds=2, regime="many-plans")
+    claims = ("cot", "atp", "coconut", "simcot", "atp_rl", "atp_rl_coherence")
+    evaluated = dict(calls["evaluate_seed"])
+    assert list(evaluated) == [f"seed-{k}" for k in range(5)]
+    assert evaluated["seed-2"] == evaluated["seed-4"] == claims
+    assert {"icot", "codi", "colar", "colar_rl", "nocot", "simcot_codi"} <= set(evaluated["seed-1"])
+    assert not {"atp_rl_new_style", "atp_rl_room", "atp_short", "cot_short"} & set(evaluated["seed-0"])
+    assert [c[0] for c in calls["evaluate_val"]].count("val_large") == 5  # RL against its start on every seed
+    res = json.loads((out / "results.json").read_text())
+    assert "--claim-seeds" not in res["command"] and res["claim_seeds"] == 5 and res["seeds"] == 2
+    assert len(res["costs"]["atp"]) == 5 and len(res["costs"]["codi"]) == 2
+    assert res["mean"]["atp"]["test"]["seeds"] == 5 and res["mean"]["codi"]["test"]["seeds"] == 2
+    assert res["claim"]["coconut"]["interval"]["n_seeds"] == 5
+    text = (out / "RESULTS.md").read_text()
+    assert "mean ± std over 2 seeds, 5 for the rows the claims compare (CoT-SFT, ATP-Latent (SFT)," in text
+    table = text[:text.index("Paired comparisons")]
+    assert "| seeds |" in table.splitlines()[next(i for i, x in enumerate(table.splitlines()) if x.startswith("| method"))]
+    row = {line.split(" | ")[0][2:]: line.split(" | ") for line in table.splitlines() if line.startswith("| ")}
+    assert row["CODI"][-3] == "2" and row["ATP-Latent (SFT)"][-3] == "5"
+    paired = text[text.index("Paired comparisons"):text.index("## The claim")]
+    codi = next(line for line in paired.splitlines() if line.startswith("| ATP-Latent (RL) − CODI |"))
+    sim = next(line for line in paired.splitlines() if line.startswith("| ATP-Latent (RL) − SIM-CoT |"))
+    assert codi.split(" | ")[-1].count("(seeds: ") == 1 and codi.split("(seeds: ")[-1].count(",") == 1  # 2 seeds
+    assert sim.split("(seeds: ")[-1].count(",") == 4  # 5 seeds
     # the default regime has no diversity section and samples nothing
     calls.pop("diversity")
     out = run("gpu", seeds=1)

@@ -187,10 +187,20 @@ def _bench_settings(data: dict) -> tuple[str, int, int]:
 def stopped_early(data: dict) -> str:
     from atp_latent.evaluation.report import stopped_early_text
 
-    seeds = range(data["seeds"])
-    costs = {f"{_label(j)} seed {k}": data["costs"][j][k] for k in seeds for j in data["costs"]}
+    # a job's costs are its seeds' in order, from seed 0 (a claim row's run on more seeds than the others)
+    costs = {f"{_label(j)} seed {k}": c for j, cs in data["costs"].items() for k, c in enumerate(cs)}
     costs |= {f"{_label(j)} seed 0": c for j, c in (data.get("ablation_costs") or {}).items()}
     return stopped_early_text(costs)
+
+
+def seeds_text(data: dict) -> str:
+    """"3 seed(s)", or with a regime's claim rows on more seeds, which rows got how many."""
+    seeds, more = data["seeds"], data.get("claim_seeds") or data["seeds"]
+    claims = [j for j in data.get("claim_jobs") or () if j in data["mean"]]
+    if more <= seeds or not claims:
+        return f"{seeds} seed(s)"
+    return (f"{seeds} seeds, {more} for the rows the claims compare ({', '.join(_label(j) for j in claims)}) and "
+            "the runs they start from; a comparison pairs the seeds both of its rows ran")
 
 
 def bench_report(data: dict, took: str) -> tuple[str, dict]:
@@ -200,7 +210,7 @@ def bench_report(data: dict, took: str) -> tuple[str, dict]:
     from atp_latent.evaluation.report import claim_verdict, compute_summary, paired_table, results_table
 
     suite, val_large, rollouts = _bench_settings(data)
-    per_seed, seeds = data["per_seed"], data["seeds"]
+    per_seed = data["per_seed"]
     table = results_table(data["mean"], per_seed, TEST_SPLITS, LABELS, data["costs"])
     paired = paired_table(per_seed, PAIRS, TEST_SPLITS, LABELS)
     val = {"held_out": False, "split": "val"} | data["rl_vs_start_val"] if data.get("rl_vs_start_val") else None
@@ -212,12 +222,12 @@ def bench_report(data: dict, took: str) -> tuple[str, dict]:
     if data.get("rollouts_val_large") and large:
         ro = data["rollouts_val_large"]
         rollouts_text = rollout_table([{j: {"accuracy": large[j]["per_seed"][k], "rollout": ro[j][k]} for j in ro}
-                                       for k in range(seeds)])
+                                       for k in range(min(len(x) for x in ro.values()))])
         rollouts = ro[next(iter(ro))][0]["n"]
     text = (f"# {suite.upper()} benchmark: every method on the synthetic benchmark\n\nCommand: `{data['command']}` "
             f"({took}). Compute: {compute_summary(data['costs'] | (data.get('ablation_costs') or {}))}. "
             "The analysis of these numbers is in NOTES.md beside this file.\n\n"
-            f"Accuracy (%) per test split, mean ± std over {seeds} seed(s); "
+            f"Accuracy (%) per test split, mean ± std over {seeds_text(data)}; "
             f"# tokens = active latents + answer tokens (CoT: generated steps + answer); train steps and minutes: "
             f"each run's optimizer (RL: policy) steps and wall time, mean over seeds.\n\n{table}\n\n"
             "Paired comparisons (same data, same start checkpoint): the accuracy difference in points over every "

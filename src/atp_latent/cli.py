@@ -375,6 +375,9 @@ def cmd_bench(args) -> int:
     from atp_latent.suite import run_bench
 
     args.out = bench_out(args.suite, args.out, args.regime)
+    if args.claim_seeds is not None and args.claim_seeds < args.seeds:
+        raise UsageError(f"atp-latent bench: --claim-seeds {args.claim_seeds} is below --seeds {args.seeds} (the rows "
+                         "the claims compare get at least the seeds every row gets)")
     if args.overrides:
         check_overrides(args.suite, args.overrides, args.ablations)
     return run_bench(args)
@@ -556,6 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(a larger model from scratch, bf16) for one GPU")
     bn.add_argument("--seeds", type=at_least(1), default=1, metavar="N",
                     help="train every job with N seeds (training seeds 0..N-1, on the same data); default 1")
+    bn.add_argument("--claim-seeds", type=at_least(1), default=None, metavar="N",
+                    help="train the rows a regime's claims compare (and what they start from) with N seeds, the other "
+                         "rows with --seeds (default 5 for --regime many-plans: CoT-SFT, Coconut, SIM-CoT, ATP SFT, "
+                         "ATP-RL, ATP-RL coherence only; otherwise --seeds)")
     bn.add_argument("--out", default=None,
                     help="output folder (default results/SUITE: results/cpu or results/gpu); never another suite's")
     bn.add_argument("--data-seed", type=int, default=0,

@@ -97,6 +97,7 @@ class Suite:
     name: str  # the configs/<name>/ folder
     phases: tuple[tuple[str, ...], ...]  # the jobs, in priority order (a phase's jobs are independent)
     ablations: tuple[str, ...] = ()  # extra jobs for seed 0, evaluated on the val split only
+    claims: tuple[str, ...] = ()  # the rows a regime's claims compare: trained with more seeds (bench --claim-seeds)
 
     @property
     def jobs(self) -> list[str]:
@@ -120,6 +121,29 @@ SUITES = {
     # baselines included; `--jobs` trains a part of it (e.g. the paper's comparison alone in a short GPU session)
     "gpu": Suite("gpu", _ALL + (("icot", "codi", "simcot_codi", "colar"), ("colar_rl",))),
 }
+
+
+# Jobs that ask questions of the default regime only: RL on questions in test_perturbed's style, and RL from a shorter
+# SFT that leaves room (the default regime's SFT saturates in distribution; the many-plans regime's does not)
+DEFAULT_REGIME_ONLY = NEW_STYLE_JOBS + ("cot_short", "atp_short", "atp_rl_room")
+# The rows the many-plans regime's claims (a)-(d) compare (results/cpu-many-plans), and the seeds they get by default
+CLAIM_JOBS = {"many-plans": ("cot", "coconut", "simcot", "atp", "atp_rl", "atp_rl_coherence")}
+DEFAULT_CLAIM_SEEDS = {"many-plans": 5}
+
+
+def regime_suite(suite: Suite, regime: str) -> Suite:
+    """The suite as a regime runs it: the default regime's own questions left out of any other, and the rows that
+    regime's claims compare marked (Suite.claims)."""
+    if regime == "default":
+        return suite
+    phases = tuple(p for p in (tuple(j for j in phase if j not in DEFAULT_REGIME_ONLY) for phase in suite.phases) if p)
+    claims = CLAIM_JOBS.get(regime, ())
+    return Suite(suite.name, phases, suite.ablations, tuple(j for p in phases for j in p if j in claims))
+
+
+def seed_jobs(suite: Suite, seed: int, seeds: int) -> list[str]:
+    """The jobs seed `seed` trains: every job below `seeds`, beyond it only the claim rows and what they start from."""
+    return suite.jobs if seed < seeds else [j for j in suite.jobs if j in with_starts(list(suite.claims))]
 
 
 def with_starts(jobs: list[str]) -> list[str]:
@@ -146,7 +170,7 @@ def subset(suite: Suite, jobs: list[str]) -> Suite:
                          f"(its jobs: {', '.join(suite.jobs)})")
     keep = set(with_starts(jobs))
     phases = tuple(p for p in (tuple(j for j in phase if j in keep) for phase in suite.phases) if p)
-    return Suite(suite.name, phases, suite.ablations)
+    return Suite(suite.name, phases, suite.ablations, tuple(j for j in suite.claims if j in keep))
 
 
 def config_path(suite: Suite, job: str) -> Path:

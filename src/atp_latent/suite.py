@@ -8,6 +8,7 @@ plans' diversity), and the two commands that run it all.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from atp_latent.bench_results import bench_report, rl_vs_start_table, stopped_early
 from atp_latent.data.synthetic import CONFIG_NAME, REGIMES, SynthConfig, write_benchmark
 from atp_latent.jobs import (
+    DEFAULT_CLAIM_SEEDS,
     DEFAULT_DIVERSITY,
     DEFAULT_ROLLOUTS,
     DEFAULT_VAL_LARGE,
@@ -25,6 +27,8 @@ from atp_latent.jobs import (
     TEST_SPLITS,
     Suite,
     _label,
+    regime_suite,
+    seed_jobs,
     subset,
 )
 from atp_latent.scheduler import train_jobs
@@ -89,8 +93,6 @@ def regime_config(regime: str, data_seed: int = 0) -> SynthConfig:
 def write_data(out: Path, data_seed: int = 0, regime: str = "default") -> None:
     """The synthetic benchmark every method of a seed folder shares (kept when already there, if it was drawn with
     the same settings: a seed folder never mixes regimes)."""
-    import dataclasses
-
     cfg = regime_config(regime, data_seed)
     written = out / "data" / CONFIG_NAME
     if (out / "data" / "train.jsonl").is_file():
@@ -127,8 +129,15 @@ def write_new_style(out: Path, data_seed: int = 0, n_train: int = 4800, n_val: i
     write_jsonl(folder / "val.jsonl", fresh[n_train:n_train + n_val])
 
 
+def folder_config(out: Path) -> SynthConfig:
+    """The settings a seed folder's data was drawn with (data/synth_config.json; the default regime's when a folder
+    predates that file), so problems drawn later for it (val_large, fresh) come from the same regime."""
+    path = out / "data" / CONFIG_NAME
+    return SynthConfig(**json.loads(path.read_text())) if path.is_file() else SynthConfig()
+
+
 def _draw_in_distribution(out: Path, seed: int, n: int, avoid: tuple[str, ...] = ()) -> list:
-    """`n` in-distribution problems drawn like val with data seed `seed`, kept only when their text is in none of the
+    """`n` in-distribution problems drawn like val (the folder's regime) with data seed `seed`, kept only when their text is in none of the
     seed folder's splits nor in the files `avoid` (paths under its data/)."""
     from atp_latent.data.formats import load_records
     from atp_latent.data.synthetic import SPLITS, generate_benchmark
@@ -136,8 +145,8 @@ def _draw_in_distribution(out: Path, seed: int, n: int, avoid: tuple[str, ...] =
     data = out / "data"
     files = [data / f"{split}.jsonl" for split in SPLITS] + [data / a for a in avoid if (data / a).is_file()]
     taken = {r.question for f in files for r in load_records(f)}
-    drawn = generate_benchmark(SynthConfig(seed=seed, n_train=10, n_val=n + n // 10 + 10, n_test=10,
-                                           n_ood=10))["val"]
+    drawn = generate_benchmark(dataclasses.replace(folder_config(out), seed=seed, n_train=10, n_val=n + n // 10 + 10,
+                                                   n_test=10, n_ood=10))["val"]
     fresh = [p for p in drawn if p.question not in taken]
     if len(fresh) < n:
         raise ValueError(f"only {len(fresh)} in-distribution questions are disjoint from {data}")
@@ -352,7 +361,8 @@ def run_bench(args) -> int:
 
     if args.suite not in SUITES:
         raise ValueError(f"unknown suite {args.suite!r} (known: {', '.join(SUITES)})")
-    suite, out = SUITES[args.suite], Path(args.out)
+    regime = getattr(args, "regime", "default")
+    suite, out = regime_suite(SUITES[args.suite], regime), Path(args.out)
     if getattr(args, "jobs", None):
         suite = subset(suite, args.jobs)
     if args.ablations and not suite.ablations:
@@ -364,8 +374,12 @@ def run_bench(args) -> int:
     default_rollouts = DEFAULT_ROLLOUTS.get(args.suite, 0) if args.val_large else 0
     if getattr(args, "rollouts", None) is None:
         args.rollouts = default_rollouts
-    seed_dirs = [out / f"seed-{seed}" for seed in range(args.seeds)]
-    regime = getattr(args, "regime", "default")
+    default_claim_seeds = max(args.seeds, DEFAULT_CLAIM_SEEDS.get(regime, 0)) if suite.claims else args.seeds
+    if getattr(args, "claim_seeds", None) is None:
+        args.claim_seeds = default_claim_seeds
+    n_dirs = max(args.claim_seeds, args.seeds) if suite.claims else args.seeds
+    seed_dirs = [out / f"seed-{seed}" for seed in range(n_dirs)]
+    jobs_of = [seed_jobs(suite, seed, args.seeds) for seed in range(n_dirs)]  # claim rows only beyond --seeds
     for d in seed_dirs:
         write_data(d, args.data_seed, regime)
         if any(j in NEW_STYLE_JOBS for j in suite.jobs):
@@ -374,7 +388,7 @@ def run_bench(args) -> int:
             write_val_large(d, args.data_seed, args.val_large)
     if args.ablations and "atp_rl_fresh" in suite.ablations:
         write_fresh(seed_dirs[0], args.data_seed)  # after val_large, which it avoids
-    tasks = [(d, j, seed) for seed, d in enumerate(seed_dirs) for j in suite.jobs]
+    tasks = [(d, j, seed) for seed, d in enumerate(seed_dirs) for j in jobs_of[seed]]
     if args.ablations:
         tasks += [(seed_dirs[0], j, 0) for j in suite.ablations]
     print(f"training {len(tasks)} jobs, two at a time (logs in {out}/seed-*/logs)", flush=True)
@@ -382,19 +396,24 @@ def run_bench(args) -> int:
     per_seed, latents = [], {j: [] for j in suite.jobs}
     for seed, d in enumerate(seed_dirs):
         print(f"evaluating seed {seed} on every synthetic test split", flush=True)
-        results, lat = evaluate_seed(suite.jobs, d, seed)
+        results, lat = evaluate_seed(jobs_of[seed], d, seed)
         per_seed.append(results)
-        for j in suite.jobs:
+        for j in jobs_of[seed]:
             latents[j] += lat[j]
     print("evaluating the RL runs and their SFT start on the val split (where RL's best/ was picked)", flush=True)
     start_and_rl = [j for j in ("atp", "atp_rl", "atp_rl_coherence") if j in suite.jobs]
-    val_rows = [evaluate_val(start_and_rl, d) for d in seed_dirs] if "atp" in start_and_rl else []
+
+    def rl_rows(seed):  # RL and its start, on the seeds that ran them all
+        return [j for j in start_and_rl if j in jobs_of[seed]]
+
+    rl_dirs = [d for seed, d in enumerate(seed_dirs) if rl_rows(seed) == start_and_rl]
+    val_rows = [evaluate_val(start_and_rl, d) for d in rl_dirs] if "atp" in start_and_rl else []
     rl_summary = rl_vs_start_table(val_rows, split="val", held_out=False)[1] if val_rows else None
     large_summary = rollouts_summary = None
     if args.val_large and "atp_rl" in suite.jobs:
         print(f"evaluating the same on {args.val_large} held-out in-distribution problems (val_large)", flush=True)
         large_rows = [evaluate_val(start_and_rl, d, samples=0, split="val_large", rollouts=args.rollouts)
-                      for d in seed_dirs]
+                      for d in rl_dirs]
         large_summary = rl_vs_start_table(large_rows, digits=2, split="val_large", held_out=True)[1]
         rollouts_summary = {j: [r[j]["rollout"] for r in large_rows] for j in start_and_rl
                             if all("rollout" in r.get(j, {}) for r in large_rows)} or None
@@ -403,8 +422,8 @@ def run_bench(args) -> int:
         args.diversity = DEFAULT_DIVERSITY.get(regime, 0)
     if args.diversity:
         print(f"sampling {args.diversity} rollouts of every test problem for the plans' diversity", flush=True)
-        per = [evaluate_diversity(suite.jobs, d, samples=args.diversity) for d in seed_dirs]
-        diversity = {j: [p[j] for p in per] for j in suite.jobs}
+        per = [evaluate_diversity(jobs_of[seed], d, samples=args.diversity) for seed, d in enumerate(seed_dirs)]
+        diversity = {j: [p[j] | {"seed": seed} for seed, p in enumerate(per) if j in p] for j in suite.jobs}
     ablations = ablations_large = None
     if args.ablations:
         print("evaluating seed 0 and the ablations on the val split", flush=True)
@@ -415,10 +434,11 @@ def run_bench(args) -> int:
             print("evaluating seed 0's RL runs on val_large", flush=True)
             ablations_large = evaluate_val(["atp"] + rl_jobs, seed_dirs[0], samples=0, split="val_large")
     agg = aggregate(per_seed)
-    costs = {j: [run_cost(d / "runs" / j) for d in seed_dirs] for j in suite.jobs}
+    costs = {j: [run_cost(d / "runs" / j) for seed, d in enumerate(seed_dirs) if j in jobs_of[seed]]
+             for j in suite.jobs}
     ablation_costs = {j: run_cost(seed_dirs[0] / "runs" / j) for j in (suite.ablations if args.ablations else ())}
     plot_accuracy_vs_tokens(agg, per_seed, TEST_SPLITS, LABELS, out / "accuracy_vs_tokens.png")
-    curves = {j: [d / "runs" / j for d in seed_dirs] for j in suite.jobs}
+    curves = {j: [d / "runs" / j for seed, d in enumerate(seed_dirs) if j in jobs_of[seed]] for j in suite.jobs}
     curves.update({j: [seed_dirs[0] / "runs" / j] for j in (suite.ablations if args.ablations else ())})
     plot_training_curves(curves, LABELS, out / "training_curves.png")
     plot_latents(latents, LABELS, out / "latents_used.png")
@@ -434,9 +454,11 @@ def run_bench(args) -> int:
                        + (["--ablations"] if args.ablations else [])
                        + (["--jobs", ",".join(args.jobs)] if getattr(args, "jobs", None) else [])
                        + (["--regime", regime] if regime != "default" else [])
+                       + (["--claim-seeds", str(args.claim_seeds)] if args.claim_seeds != default_claim_seeds else [])
                        + (["--diversity", str(args.diversity)]
                           if args.diversity != DEFAULT_DIVERSITY.get(regime, 0) else []) + ["--out", str(out)])
-    data = {"command": command, "suite": args.suite, "regime": regime, "seeds": args.seeds, "val_large": args.val_large,
+    data = {"command": command, "suite": args.suite, "regime": regime, "seeds": args.seeds,
+            "claim_seeds": n_dirs, "claim_jobs": list(suite.claims), "val_large": args.val_large,
             "rollouts": args.rollouts, "splits": TEST_SPLITS, "mean": agg, "per_seed": per_seed, "costs": costs,
             "ablation_costs": ablation_costs, "rl_vs_start_val": rl_summary, "rl_vs_start_val_large": large_summary,
             "claim": None, "rollouts_val_large": rollouts_summary, "diversity": diversity, "ablations_val": ablations,

@@ -18,23 +18,31 @@ from atp_latent.modeling.methods import METHODS
 METRICS = ("accuracy", "mean_tokens", "mean_latents", "mean_answer_tokens")
 
 
+def with_jobs(per_seed: list[dict], *jobs: str) -> list[dict]:
+    """The seeds' results that have every one of `jobs` (a regime's claim rows run on more seeds than the others:
+    a comparison pairs the seeds both sides ran)."""
+    return [r for r in per_seed if all(j in r for j in jobs)]
+
+
 def aggregate(per_seed: list[dict[str, dict[str, dict]]]) -> dict[str, dict[str, dict]]:
-    """results[job][split][metric] over seeds -> mean and std (accuracy_std etc.)."""
+    """results[job][split][metric] over the seeds that ran the job -> mean and std (accuracy_std etc.) and "seeds"."""
     out: dict[str, dict[str, dict]] = {}
-    for job in per_seed[0]:
+    for job in dict.fromkeys(j for r in per_seed for j in r):
+        rows = with_jobs(per_seed, job)
         out[job] = {}
-        for split in per_seed[0][job]:
+        for split in rows[0][job]:
             cell = {}
             for m in METRICS:
-                mean, std = mean_std([r[job][split][m] for r in per_seed])
+                mean, std = mean_std([r[job][split][m] for r in rows])
                 cell[m], cell[f"{m}_std"] = mean, std
+            cell["seeds"] = len(rows)
             out[job][split] = cell
     return out
 
 
 def mean_over_splits(results: dict[str, dict], per_seed: list[dict], job: str, splits: list[str]) -> tuple[float, float]:
-    """Mean accuracy over splits, its std over seeds."""
-    vals = [sum(r[job][s]["accuracy"] for s in splits) / len(splits) for r in per_seed]
+    """Mean accuracy over splits, its std over the seeds that ran the job."""
+    vals = [sum(r[job][s]["accuracy"] for s in splits) / len(splits) for r in with_jobs(per_seed, job)]
     return mean_std(vals)
 
 
@@ -95,16 +103,20 @@ def _mean_cost(costs: list[dict], key: str) -> str:
 def results_table(agg: dict, per_seed: list[dict], splits: list[str], labels: dict[str, str],
                   costs: dict[str, list[dict]] | None = None) -> str:
     """Accuracy per split (mean ± std over seeds), token counts, and with `costs` (run_cost per seed) the
-    training steps and wall minutes of each method's run (mean over seeds)."""
-    extra = " train steps | train min |" if costs else ""
+    training steps and wall minutes of each method's run (mean over seeds). A seeds column when the rows differ."""
+    counts = {job: len(with_jobs(per_seed, job)) for job in agg}
+    several = len(set(counts.values())) > 1
+    extra = (" seeds |" if several else "") + (" train steps | train min |" if costs else "")
     head = "| method | " + " | ".join(splits) + " | mean acc | # tokens | latents | answer tokens |" + extra
-    lines = [head, "|" + "---|" * (len(splits) + 5 + (2 if costs else 0))]
+    lines = [head, "|" + "---|" * (len(splits) + 5 + (2 if costs else 0) + several)]
     for job, per in agg.items():
         cells = [f"{100 * per[s]['accuracy']:.1f} ± {100 * per[s]['accuracy_std']:.1f}" for s in splits]
         m, sd = mean_over_splits(agg, per_seed, job, splits)
         avg = {k: sum(per[s][k] for s in splits) / len(splits) for k in METRICS}
         row = (f"| {labels.get(job, job)} | " + " | ".join(cells) + f" | {100 * m:.1f} ± {100 * sd:.1f} | "
                f"{avg['mean_tokens']:.1f} | {avg['mean_latents']:.1f} | {avg['mean_answer_tokens']:.1f} |")
+        if several:
+            row += f" {counts[job]} |"
         if costs:
             row += f" {_mean_cost(costs.get(job, []), 'steps')} | {_mean_cost(costs.get(job, []), 'minutes')} |"
         lines.append(row)
@@ -124,7 +136,10 @@ def outcomes(per_seed: list[dict], job: str, splits: list[str]) -> list[list[int
 
 def paired_interval(per_seed: list[dict], a: str, b: str, splits: list[str]) -> PairedBootstrapResult | None:
     """a - b over the problems of `splits` and the seeds, paired problem by problem and seed by seed (same data,
-    same start): evaluation/stats.paired_bootstrap; None without per-problem outcomes."""
+    same start; the seeds both ran): evaluation/stats.paired_bootstrap; None without per-problem outcomes."""
+    per_seed = with_jobs(per_seed, a, b)
+    if not per_seed:
+        return None
     oa, ob = outcomes(per_seed, a, splits), outcomes(per_seed, b, splits)
     return paired_bootstrap(oa, ob) if oa is not None and ob is not None else None
 
@@ -147,10 +162,12 @@ def paired_comparison(per_seed: list[dict], a: str, b: str, split: str) -> dict:
 def paired_table(per_seed: list[dict], pairs: list[tuple[str, str]], splits: list[str], labels: dict) -> str:
     """One row per (a, b) pair: a - b in accuracy points per split and over every split's problems, with the 95%
     bootstrap interval over problems and seeds and its two-sided p; each seed's difference after it. Without
-    per-problem outcomes: the seeds' mean ± std, marked as having no interval."""
+    per-problem outcomes: the seeds' mean ± std, marked as having no interval. Each pair over the seeds both ran."""
     lines = ["| comparison | " + " | ".join(splits) + " | all splits |", "|" + "---|" * (len(splits) + 2)]
+    every = per_seed
     for a, b in pairs:
-        if not all(a in r and b in r for r in per_seed):
+        per_seed = with_jobs(every, a, b)
+        if not per_seed:
             continue
         cells = []
         for group in [[s] for s in splits] + [splits]:
@@ -204,9 +221,10 @@ def beats_at_no_more_tokens(per_seed: list[dict], splits: list[str], labels: dic
     def over_splits(r, job, key):
         return sum(r[job][s][key] for s in splits) / len(splits)
 
-    facts, lines = {}, []
+    facts, lines, every = {}, [], per_seed
     for b in baselines:
-        if not all(method in r and b in r for r in per_seed):
+        per_seed = with_jobs(every, method, b)
+        if not per_seed:
             continue
         diffs = [over_splits(r, method, "accuracy") - over_splits(r, b, "accuracy") for r in per_seed]
         tok_a = sum(over_splits(r, method, "mean_tokens") for r in per_seed) / len(per_seed)
@@ -365,7 +383,9 @@ def coverage_claim(div: dict[str, list[dict]], labels: dict, method: str = "atp"
     for o in others:
         if method not in div or o not in div:
             continue
-        a, b = div[method], div[o]
+        a, b = paired_seeds(div[method], div[o])
+        if not a:
+            continue
         if not all("per_problem" in s for s in a + b):
             lines.append(f"- {labels.get(method, method)}'s plans cover more valid orders than "
                          f"{labels.get(o, o)}'s: **not judged** (one of them has no readable plan)")
@@ -389,8 +409,11 @@ def ood_gap_claim(per_seed: list[dict], labels: dict, method: str = "atp", other
     0. Needs per-problem outcomes."""
     from atp_latent.evaluation.stats import paired_gap_bootstrap
 
-    lines, facts = [], {}
+    lines, facts, every = [], {}, per_seed
     for o in others:
+        per_seed = with_jobs(every, method, o)
+        if not per_seed:
+            continue
         pieces = [outcomes(per_seed, j, s) for j, s in ((method, [in_split]), (o, [in_split]), (method, list(ood)),
                                                          (o, list(ood)))]
         if any(p is None for p in pieces):
@@ -402,6 +425,15 @@ def ood_gap_claim(per_seed: list[dict], labels: dict, method: str = "atp", other
                      f"**{'holds' if holds else 'does not hold'}** (its gap minus the other's, points: "
                      f"{interval_text(res)})")
     return lines, facts
+
+
+def paired_seeds(a: list[dict], b: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Two methods' per-seed diversity summaries restricted to the seeds both ran, in the same order (each summary
+    names its "seed"; summaries without one are taken as seeds 0, 1, ... in order)."""
+    by_a = {s.get("seed", k): s for k, s in enumerate(a)}
+    by_b = {s.get("seed", k): s for k, s in enumerate(b)}
+    both = [k for k in by_a if k in by_b]
+    return [by_a[k] for k in both], [by_b[k] for k in both]
 
 
 def plot_diversity(div: dict[str, list[dict]], labels: dict, path: Path) -> None:
