@@ -391,14 +391,19 @@ def test_labels_are_drawn_uniformly_among_the_valid_orders():
 
 def test_many_plans_regime():
     """Every problem has at least two valid step orders (and some in-distribution ones six or more), labels are
-    not in sentence order, 3-5 steps in distribution and 6-7 in test_long; bad knobs are refused."""
+    not in sentence order, 3-5 steps in distribution and 5 with three irrelevant sentences in test_long; bad knobs
+    are refused."""
     cfg = SynthConfig.many_plans(n_train=400, n_val=50, n_test=100, n_ood=60, seed=1)
     data = generate_benchmark(cfg)
     for split, problems in data.items():
         counts = [len(valid_orders(p)) for p in problems]
         assert sum(c >= 2 for c in counts) >= 0.97 * len(counts), split  # identical step strings may merge two
-        lo, hi = (6, 7) if split == "test_long" else (3, 5)
+        lo, hi = (5, 5) if split == "test_long" else (3, 5)
         assert all(lo <= len(p.steps) <= hi for p in problems), split
+    # longer text at the trained depth: three irrelevant sentences, where a training question has at most one
+    five = [len(p.question.split(".")) for p in data["test"] if len(p.steps) == 5]
+    long_ = [len(p.question.split(".")) for p in data["test_long"]]
+    assert min(long_) >= max(five) - 1 and sum(long_) / len(long_) >= sum(five) / len(five) + 1.5
     assert sum(len(valid_orders(p)) >= 6 for p in data["test"]) >= 10
     assert sum(not _in_text_order(p) for p in data["train"]) > 100
     assert SynthConfig.many_plans().text_order is False

@@ -105,10 +105,11 @@ class SynthConfig:
     @classmethod
     def many_plans(cls, **overrides) -> SynthConfig:
         """The many-valid-plans regime: 3-5 steps on balanced or random trees with independent branches, every
-        problem with at least 2 valid step orders (up to 8 tree orders at 5 steps, more in test_long's 6-7), and each
-        training label one valid order drawn uniformly (text_order off): the premise that a question has several
-        equivalent CoT labels is on (docs/synthetic-benchmark.md)."""
-        return cls(**{"min_steps": 3, "max_steps": 5, "long_min_steps": 6, "long_max_steps": 7, "long_noise": 1,
+        problem with at least 2 valid step orders (up to 8 tree orders at 5 steps), and each training label one valid
+        order drawn uniformly (text_order off): the premise that a question has several equivalent CoT labels is on
+        (docs/synthetic-benchmark.md). test_long, as in the default: the deepest trained problems (5 steps) with three
+        irrelevant sentences (with 6-7 steps, more than any training problem, CoT-SFT scored 6.2%: the floor)."""
+        return cls(**{"min_steps": 3, "max_steps": 5, "long_min_steps": 5, "long_max_steps": 5, "long_noise": 3,
                       "text_order": False, "shapes": ("balanced", "random"), "min_orders": 2, **overrides})
 
     @classmethod
