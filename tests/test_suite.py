@@ -726,7 +726,12 @@ def test_many_plans_bench_reports_diversity_and_the_premises_claims(fake_bench):
     assert "OOD gap is smaller than Coconut's: **does not hold** (its gap minus the other's, points: +0.0 [" in claims
     assert "(a) ATP SFT beats Coconut and SIM-CoT" in claims and "(c) RL" in claims
     assert res["claim_seeds"] == 3 and res["claim_jobs"] == ["cot", "atp", "coconut", "simcot", "atp_rl",
-                                                             "atp_rl_coherence"]
+                                                             "atp_rl_coherence", "atp_rl_no_coherence"]
+    # (c): each RL row against its start on the held-out problems, the accuracy-only RL (an ablation in the default
+    # regime) among them
+    c = claims[claims.index("(c) RL"):claims.index("(d)")]
+    assert [line.split(" beats its SFT start")[0] for line in c.splitlines() if line.startswith("- ")] == \
+        ["- ATP-Latent (RL)", "- ATP RL, coherence weight 0", "- ATP-Latent (RL, coherence only)"]
 
 
 def test_many_plans_bench_gives_the_claim_rows_more_seeds(fake_bench):
@@ -736,7 +741,7 @@ def test_many_plans_bench_gives_the_claim_rows_more_seeds(fake_bench):
     run, rows, calls = fake_bench
     rows["val"], rows["val_large"] = VAL + VAL[:2], VAL_LARGE + VAL_LARGE[:2]
     out = run("cpu", seeds=2, regime="many-plans")
-    claims = ("cot", "atp", "coconut", "simcot", "atp_rl", "atp_rl_coherence")
+    claims = ("cot", "atp", "coconut", "simcot", "atp_rl", "atp_rl_coherence", "atp_rl_no_coherence")
     evaluated = dict(calls["evaluate_seed"])
     assert list(evaluated) == [f"seed-{k}" for k in range(5)]
     assert evaluated["seed-2"] == evaluated["seed-4"] == claims

@@ -16,6 +16,7 @@ from atp_latent.jobs import (
     JOB_DATA,
     LABELS,
     PAIRS,
+    RL_FROM_ATP,
     STARTS,
     TEST_SPLITS,
     _label,
@@ -69,7 +70,7 @@ def rl_vs_start_table(val_rows: list[dict], digits: int = 1, *, split: str, held
     if val_rows and all("correct" in r.get("atp", {}) for r in val_rows):
         summary["n_problems"] = len(val_rows[0]["atp"]["correct"])
         summary["atp"]["correct"] = [r["atp"]["correct"] for r in val_rows]
-    for job in ("atp", "atp_rl", "atp_rl_coherence"):
+    for job in ("atp", *RL_FROM_ATP):
         if not all(job in r and "atp" in r for r in val_rows):
             continue
         accs = [r[job]["accuracy"] for r in val_rows]
@@ -114,7 +115,7 @@ def rl_vs_start_markdown(summary: dict, digits: int = 1) -> str:
     held_out = summary.get("held_out", False)
     lines = ["| model | acc per seed | mean ± std | gain over ATP SFT per seed | mean gain, 95% interval, p | "
              "interval above 0? | problems gained / lost per seed |", "|---|---|---|---|---|---|---|"]
-    for job in ("atp", "atp_rl", "atp_rl_coherence"):
+    for job in ("atp", *RL_FROM_ATP):
         if job not in summary or "gains" not in summary[job]:
             continue
         row = summary[job]
@@ -199,7 +200,7 @@ def seeds_text(data: dict) -> str:
     claims = [j for j in data.get("claim_jobs") or () if j in data["mean"]]
     if more <= seeds or not claims:
         return f"{seeds} seed(s)"
-    return (f"{seeds} seeds, {more} for the rows the claims compare ({', '.join(_label(j) for j in claims)}) and "
+    return (f"{seeds} seed{'s' if seeds > 1 else ''}, {more} for the rows the claims compare ({', '.join(_label(j) for j in claims)}) and "
             "the runs they start from; a comparison pairs the seeds both of its rows ran")
 
 
@@ -288,7 +289,7 @@ def diversity_report(data: dict, large: dict | None, where: str) -> str:
     k = next(iter(div.values()))[0]["n_rollouts"]
     a, _ = beats_at_no_more_tokens(per_seed, TEST_SPLITS, LABELS, "atp", ("coconut", "simcot"))
     b, _ = coverage_claim(div, LABELS, "atp", ("cot", "simcot"))
-    c = [rl_over_start(large, _label(j), j, "atp", where)[0] for j in ("atp_rl", "atp_rl_coherence")
+    c = [rl_over_start(large, _label(j), j, "atp", where)[0] for j in RL_FROM_ATP
          if large and j in large]
     d, _ = ood_gap_claim(per_seed, LABELS, "atp", tuple(j for j in ("cot", "coconut", "simcot")
                                                          if all(j in r for r in per_seed)))
@@ -301,8 +302,8 @@ def diversity_report(data: dict, large: dict | None, where: str) -> str:
             f"`diversity.png`.\n\n{diversity_table(div, LABELS)}\n\n"
             "## The premise's claims in this regime\n\n(a) ATP SFT beats Coconut and SIM-CoT on accuracy at no more "
             "tokens:\n" + "\n".join(a) + "\n\n(b) ATP's sampled plans are more diverse than CoT's and SIM-CoT's at "
-            "equal validity:\n" + "\n".join(b) + "\n\n(c) RL, and RL with the coherence reward alone, improve on "
-            "their SFT start on problems no run selected on:\n" + ("\n".join(c) or "- not judged (no held-out "
+            "equal validity:\n" + "\n".join(b) + "\n\n(c) RL (the full reward; accuracy and format alone; the "
+            "coherence reward alone) improves on its SFT start on problems no run selected on:\n" + ("\n".join(c) or "- not judged (no held-out "
             "problems)") + "\n\n(d) ATP's OOD gap (test minus the three OOD splits) is smaller than the others':\n"
             + ("\n".join(d) or "- not judged (no per-problem outcomes)") + "\n")
 

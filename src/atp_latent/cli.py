@@ -562,7 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--claim-seeds", type=at_least(1), default=None, metavar="N",
                     help="train the rows a regime's claims compare (and what they start from) with N seeds, the other "
                          "rows with --seeds (default 5 for --regime many-plans: CoT-SFT, Coconut, SIM-CoT, ATP SFT, "
-                         "ATP-RL, ATP-RL coherence only; otherwise --seeds)")
+                         "ATP-RL with the full reward, with coherence weight 0 and with coherence alone; otherwise "
+                         "--seeds)")
     bn.add_argument("--out", default=None,
                     help="output folder (default results/SUITE: results/cpu or results/gpu); never another suite's")
     bn.add_argument("--data-seed", type=int, default=0,

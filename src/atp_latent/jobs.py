@@ -126,19 +126,28 @@ SUITES = {
 # Jobs that ask questions of the default regime only: RL on questions in test_perturbed's style, and RL from a shorter
 # SFT that leaves room (the default regime's SFT saturates in distribution; the many-plans regime's does not)
 DEFAULT_REGIME_ONLY = NEW_STYLE_JOBS + ("cot_short", "atp_short", "atp_rl_room")
+# RL from ATP SFT, each judged against that start on held-out problems (val_large): the full reward, accuracy and
+# format alone (coherence weight 0), the coherence-only variant
+RL_FROM_ATP = ("atp_rl", "atp_rl_no_coherence", "atp_rl_coherence")
+# Rows a regime adds to the suite (the default regime's ablation of the coherence reward is a claim row there)
+REGIME_EXTRA = {"many-plans": ("atp_rl_no_coherence",)}
 # The rows the many-plans regime's claims (a)-(d) compare (results/cpu-many-plans), and the seeds they get by default
-CLAIM_JOBS = {"many-plans": ("cot", "coconut", "simcot", "atp", "atp_rl", "atp_rl_coherence")}
+CLAIM_JOBS = {"many-plans": ("cot", "coconut", "simcot", "atp", *RL_FROM_ATP)}
 DEFAULT_CLAIM_SEEDS = {"many-plans": 5}
 
 
 def regime_suite(suite: Suite, regime: str) -> Suite:
-    """The suite as a regime runs it: the default regime's own questions left out of any other, and the rows that
-    regime's claims compare marked (Suite.claims)."""
+    """The suite as a regime runs it: the default regime's own questions left out of any other, the regime's extra
+    rows added (REGIME_EXTRA, no longer ablations), and the rows that regime's claims compare marked
+    (Suite.claims)."""
     if regime == "default":
         return suite
     phases = tuple(p for p in (tuple(j for j in phase if j not in DEFAULT_REGIME_ONLY) for phase in suite.phases) if p)
+    extra = tuple(j for j in REGIME_EXTRA.get(regime, ()) if j not in suite.jobs)
+    phases += (extra,) if extra else ()
     claims = CLAIM_JOBS.get(regime, ())
-    return Suite(suite.name, phases, suite.ablations, tuple(j for p in phases for j in p if j in claims))
+    return Suite(suite.name, phases, tuple(j for j in suite.ablations if j not in extra),
+                 tuple(j for p in phases for j in p if j in claims))
 
 
 def seed_jobs(suite: Suite, seed: int, seeds: int) -> list[str]:

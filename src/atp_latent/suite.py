@@ -22,6 +22,7 @@ from atp_latent.jobs import (
     DEFAULT_VAL_LARGE,
     LABELS,
     NEW_STYLE_JOBS,
+    RL_FROM_ATP,
     STARTS,
     SUITES,
     TEST_SPLITS,
@@ -401,7 +402,7 @@ def run_bench(args) -> int:
         for j in jobs_of[seed]:
             latents[j] += lat[j]
     print("evaluating the RL runs and their SFT start on the val split (where RL's best/ was picked)", flush=True)
-    start_and_rl = [j for j in ("atp", "atp_rl", "atp_rl_coherence") if j in suite.jobs]
+    start_and_rl = [j for j in ("atp", *RL_FROM_ATP) if j in suite.jobs]
 
     def rl_rows(seed):  # RL and its start, on the seeds that ran them all
         return [j for j in start_and_rl if j in jobs_of[seed]]
