@@ -15,6 +15,7 @@ from atp_latent.evaluation.diversity import (
     diversity_summary,
     kendall_tau_distance,
     mean_pairwise_kendall_distance,
+    normalise_order,
     normalise_step,
     order_entropy,
     pass_at_k_curves,
@@ -50,6 +51,19 @@ def test_steps_are_normalised_before_comparing():
     assert plan_validity([["<<3+4=7>>", "2*5=10", "7+10=17"]], [(AB, True)]).valid_and_correct == 1
 
 
+def test_commuted_operands_are_the_same_step():
+    """The synthetic labels write a sum's or product's operands in a random order (7*2 or 2*7), so a plan that writes
+    them the other way round is the same plan; a difference or quotient keeps its order."""
+    assert normalise_step("7*2=14") == normalise_step("<<2 * 7=14>>") == "2*7=14"
+    assert normalise_step("10+3+-4=9") == "-4+3+10=9" and normalise_step("3.5+12=15.5") == "3.5+12=15.5"
+    assert normalise_step("8-3=5") != normalise_step("3-8=5") and normalise_step("8/2=4") == "8/2=4"
+    assert normalise_step("3-2+1=2") == "3-2+1=2"  # mixed operators: left as written
+    swapped = [["4+3=7", "5*2=10", "10+7=17"]]  # every step of AB commuted
+    assert plan_validity(V2, [(swapped[0], True)]) == PlanValidity(1, 0, 0)
+    assert distinct_correct_orders(V2, [(swapped[0], True), (AB, True)]) == {normalise_order(AB)}
+    assert plan_validity(V2, [(["4-3=1", "5*2=10", "10+7=17"], True)]) == PlanValidity(0, 0, 1)
+
+
 def test_plan_validity_breakdown():
     rollouts = [
         (AB, True),  # valid and right
@@ -71,7 +85,7 @@ def test_distinct_orders_and_coverage_with_k_below_and_above_the_number_of_order
     # K = 8 > |V| = 6, three distinct right orders: 3 / min(6, 8) = 1/2 (a normaliser of K would give 3/8)
     rollouts = [(V6[0], True), (V6[0], True), (V6[1], True), (V6[2], True),
                 (V6[4], False), ([W, X, Y, Z], True), (None, True), (V6[1], True)]
-    assert distinct_correct_orders(V6, rollouts) == {tuple(V6[0]), tuple(V6[1]), tuple(V6[2])}
+    assert distinct_correct_orders(V6, rollouts) == {normalise_order(V6[k]) for k in range(3)}
     assert coverage(V6, rollouts) == pytest.approx(0.5)
     # K = 4 > |V| = 2
     assert coverage(V2, [(AB, True)] * 3 + [(BA, True)]) == 1.0

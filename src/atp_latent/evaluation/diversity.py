@@ -8,8 +8,9 @@ the right answers spread over them, and how far apart the valid plans are; plus 
 that only counts a rollout whose plan is also valid.
 
 Everything works on plain data (lists of step strings and booleans). Steps are compared after normalisation:
-the surrounding `<<`/`>>` pair removed (`data.records.bare_step`) and all whitespace dropped, so "<<16 - 3=13>>"
-and "16-3=13" are the same step. Definitions, formulas and exclusions are in docs/metrics.md.
+the surrounding `<<`/`>>` pair removed (`data.records.bare_step`), all whitespace dropped, and the operands of a
+sum or product put in increasing order, so "<<16 - 3=13>>" and "16-3=13" are the same step, and so are "7*2=14"
+and "2*7=14" (but not "8-3=5" and "3-8=5"). Definitions, formulas and exclusions are in docs/metrics.md.
 
 Per-problem functions take `valid_orders` (V; at least one order) and `rollouts` (K >= 1 pairs of plan and
 correctness). A None plan among readable ones (a plan that failed to decode) counts as an invalid plan;
@@ -20,6 +21,7 @@ metric.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -59,9 +61,20 @@ class PlanValidity(NamedTuple):
 # normalisation
 
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
 def normalise_step(step: str) -> str:
-    """A step as compared: without its `<<`/`>>` pair and without any whitespace ("<< 3 + 4=7>>" -> "3+4=7")."""
-    return "".join(bare_step(step).split())
+    """A step as compared: without its `<<`/`>>` pair and without any whitespace ("<< 3 + 4=7>>" -> "3+4=7"), and
+    the operands of a sum or product of numbers in increasing order ("7*2=14" -> "2*7=14"): which comes first is
+    no choice of plan (the synthetic labels write them in a random order, data/synthetic.py _step_string)."""
+    text = "".join(bare_step(step).split())
+    expr, eq, result = text.partition("=")
+    for op in "+*":
+        terms = expr.split(op)
+        if len(terms) > 1 and all(_NUMBER.fullmatch(t) for t in terms):
+            return op.join(sorted(terms, key=lambda t: (float(t), t))) + eq + result
+    return text
 
 
 def normalise_order(steps: Sequence[str]) -> Order:
