@@ -533,7 +533,10 @@ def fake_bench(monkeypatch, tmp_path):
     import argparse
 
     from atp_latent.evaluation import report as report_mod
+    from atp_latent.evaluation import stats as stats_mod
 
+    # the tables' bootstraps with fewer replicates: these fake outcomes' intervals are far from 0 or exactly 0
+    monkeypatch.setattr(stats_mod, "DEFAULT_REPLICATES", 2000)
     calls = {"val_large": [], "evaluate_val": [], "evaluate_seed": []}
     rows = {"val": VAL, "val_large": VAL_LARGE}
 

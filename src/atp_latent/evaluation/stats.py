@@ -113,12 +113,14 @@ def paired_bootstrap(
     outcomes_a: Outcomes,
     outcomes_b: Outcomes,
     *,
-    n_replicates: int = DEFAULT_REPLICATES,
+    n_replicates: int | None = None,
     confidence: float = 0.95,
     rng_seed: int = 0,
 ) -> PairedBootstrapResult:
     """Mean difference A - B (fraction), its percentile interval and two-sided p-value from a hierarchical
-    bootstrap: seeds with replacement, then problems with replacement, shared by every seed (module docstring)."""
+    bootstrap: seeds with replacement, then problems with replacement, shared by every seed (module docstring).
+    n_replicates: DEFAULT_REPLICATES when not given."""
+    n_replicates = DEFAULT_REPLICATES if n_replicates is None else n_replicates
     _check_settings(n_replicates, confidence)
     a, b = outcome_matrices(outcomes_a, outcomes_b)
     diff = a - b
@@ -160,7 +162,7 @@ def paired_gap_bootstrap(
     a_out: Outcomes,
     b_out: Outcomes,
     *,
-    n_replicates: int = DEFAULT_REPLICATES,
+    n_replicates: int | None = None,
     confidence: float = 0.95,
     rng_seed: int = 0,
 ) -> PairedBootstrapResult:
@@ -168,6 +170,7 @@ def paired_gap_bootstrap(
     from in-distribution to out-of-distribution problems is than B's: (A_in - A_out) - (B_in - B_out). A replicate
     draws the seeds once (shared by both sets) and each set's problems on their own; interval and p as
     paired_bootstrap. The result's n_problems is the two sets' problems together."""
+    n_replicates = DEFAULT_REPLICATES if n_replicates is None else n_replicates
     _check_settings(n_replicates, confidence)
     d_in = np.subtract(*outcome_matrices(a_in, b_in))
     d_out = np.subtract(*outcome_matrices(a_out, b_out))
