@@ -25,8 +25,9 @@ Checks, one line each (`CHECK <name> PASS|FAIL key=value ...`); the exit code is
   rl_grpo_step     one GRPO step (`rl.train_rl`, 16 questions x 8 rollouts) from the SFT run's final/ finishes with
                    train/first_ratio_dev == 0 exactly under bf16 (old and new log-probs scored alike) and replicas
                    in sync.
-TIME lines: each SFT epoch's step seconds, tokens/s and peak memory; the RL step's timings (whatever it logs), its
-peak memory and what SFT left allocated; each phase's wall time; free disk.
+TIME lines: each SFT epoch's step seconds, tokens/s and peak memory; the RL step's timings (whatever it logs: among
+them plan_decode_share, the coherence reward's plan decode over the step, at the 1B shape), its peak memory and what
+SFT left allocated; each phase's wall time; free disk.
 
 Disk (64 GB on the GPU machine): train.save_checkpoints=false (no optimizer state on disk), the model folder is
 deleted once SFT has loaded it, and RL runs without validation, which would keep a best/ with optimizer state. At
@@ -247,7 +248,7 @@ def check_rl(report: Report, rl: Path, rollouts: int, peak_gib: float | None, be
                  replicas_in_sync=values(rows, "train/replicas_in_sync"), reward=step.get("train/reward"),
                  active_latents=step.get("train/active_latents"), final=(rl / "final").is_dir())
     timing = {k.removeprefix("train/"): v for k, v in step.items()
-              if any(s in k for s in ("seconds", "per_s", "memory")) and isinstance(v, int | float)}
+              if any(s in k for s in ("seconds", "per_s", "memory", "share")) and isinstance(v, int | float)}
     report.time("rl step", **timing, peak_gib=peak_gib, allocated_before_rl_gib=before_gib)
 
 

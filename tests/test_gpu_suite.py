@@ -248,7 +248,8 @@ def test_gpu_smoke_cpu_with_a_deps_folder(tmp_path, python_without_omegaconf):
     assert all(c[2] == "PASS" for c in checks), "\n".join(lines)
     assert "first_ratio_dev=0" in next(" ".join(c) for c in checks if c[1] == "rl_grpo_step")
     assert [line.split()[2] for line in lines if line.startswith("TIME sft epoch=")] == ["epoch=1", "epoch=2", "epoch=3"]
-    assert any(line.startswith("TIME rl step step_seconds=") for line in lines)
+    rl_time = next(line for line in lines if line.startswith("TIME rl step step_seconds="))
+    assert " plan_decode_seconds=" in rl_time and " plan_decode_share=" in rl_time  # the coherence reward's cost
     assert any(line.startswith("SUMMARY PASS 6/6") for line in lines)
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["SMOKE.md", "smoke.log"] + (["gpu.csv"] if shutil.which("nvidia-smi") else []))

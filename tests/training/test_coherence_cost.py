@@ -101,6 +101,30 @@ def test_skipping_unrewarded_plans_keeps_every_reward_and_advantage(setup, monke
         assert len(set(fast.terms["coh"][counts].tolist())) > 1
 
 
+def test_rollout_times_the_plan_decode_only_when_it_runs(setup, monkeypatch, script_answers):
+    """Trajectories.plan_seconds (logged as train/plan_decode_seconds): the wall time of the coherence reward's plan
+    decode, which covers the decode itself; 0 when no plan is decoded (every answer wrong under the full reward), and
+    kept by dynamic sampling's group selection."""
+    model, tok, builder = setup
+    script_answers(model, tok, ANSWERS)
+    real, timed = rl.decode_plans, []
+
+    def slow(*a, **kw):
+        t = rl.time.perf_counter()
+        out = real(*a, **kw)
+        rl.time.sleep(0.05)
+        timed.append(rl.time.perf_counter() - t)
+        return out
+
+    monkeypatch.setattr(rl, "decode_plans", slow)
+    traj = run(model, builder, rl_cfg("full"))
+    (took,) = timed
+    assert took <= traj.plan_seconds < took + 0.05
+    assert traj.select_groups(torch.tensor([1]), 4).plan_seconds == traj.plan_seconds
+    script_answers(model, tok, ["### 1"] * len(ANSWERS))  # every answer wrong: no plan counts, none is decoded
+    assert run(model, builder, rl_cfg("full")).plan_seconds == 0.0 and len(timed) == 1
+
+
 @pytest.mark.parametrize("reward", ["full", "coherence_only"])
 def test_every_plan_whose_reward_counts_is_decoded(setup, monkeypatch, script_answers, reward):
     """Each counted rollout's coherence is that of its own plan, decoded with all groups of all rollouts in one

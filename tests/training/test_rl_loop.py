@@ -97,6 +97,8 @@ def test_two_processes_roll_out_their_own_slices_under_dynamic_sampling(start, t
         # a mean of the processes' rates: near their mean count over their mean time (the old count was half)
         assert row["train/sampled_tokens_per_s"] == pytest.approx(row["train/sampled_tokens"]
                                                                   / row["train/step_seconds"], rel=0.2)
+        assert 0 <= row["train/plan_decode_seconds"] <= row["train/step_seconds"]
+        assert 0 <= row["train/plan_decode_share"] <= 1
 
 
 def test_coherence_is_judged_through_the_start_table(start, monkeypatch):

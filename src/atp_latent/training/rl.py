@@ -164,6 +164,7 @@ class Trajectories:
     terms: dict[str, torch.Tensor]  # per-trajectory acc / fmt / coh
     latents_used: torch.Tensor
     sigma: float
+    plan_seconds: float = 0.0  # wall time of the coherence reward: its plan decode and scoring (0: nothing decoded)
 
     def select_groups(self, groups: torch.Tensor, group_size: int) -> Trajectories:
         """The trajectories of the given groups (question indices), in that order."""
@@ -172,7 +173,7 @@ class Trajectories:
         return Trajectories(_select(self.batch, rows.to(dev)), {k: v[rows.to(v.device)] for k, v in
                                                                 self.rollout_logps.items()},
                             self.rewards[rows], {k: v[rows] for k, v in self.terms.items()}, self.latents_used[rows],
-                            self.sigma)
+                            self.sigma, self.plan_seconds)
 
 
 def sign_test_p(gained: int, lost: int) -> float:
@@ -226,10 +227,12 @@ def rollout(model: LatentReasoner, builder: SequenceBuilder, problems: list[Prob
     # not decoded and its coh stays 0 (terms["coh"] of a wrong rollout is 0 under the full reward).
     needed = torch.tensor([coherence_matters(a, w, only) for a in acc.tolist()], dtype=torch.bool)
     coh = torch.zeros(len(preds))
-    if needed.any():
+    t_plans = time.perf_counter()
+    if needed.any():  # (decode_plans ends with .tolist(), which waits for the device: the time is the decode's)
         steps = decode_plans(model, state, tok, r.coherence_max_tokens, text_embed, keep=needed)
         for i in needed.nonzero().flatten().tolist():
             coh[i] = coherence_reward(steps[i], preds[i], r.coherence_mode)
+    plan_seconds = time.perf_counter() - t_plans if needed.any() else 0.0
     rewards = torch.tensor([total_reward(a, f, c, w, only) for a, f, c in zip(acc.tolist(), fmt.tolist(),
                                                                               coh.tolist())])
     if r.length_penalty == "divide":  # CoLaR-RL's punish_latent_length: shorter right chains earn more
@@ -254,7 +257,7 @@ def rollout(model: LatentReasoner, builder: SequenceBuilder, problems: list[Prob
         if state.mu is not None and r.latent_policy == "gaussian" else torch.zeros(state.active.shape, device=device)
     terms = {"acc": acc, "fmt": fmt, "coh": coh, "coh_scored": needed.float()}
     return Trajectories(batch, {"answer": gen.logprobs, "latent_gaussian": latent_lp}, rewards, terms,
-                        state.active.sum(-1).cpu(), sigma)
+                        state.active.sum(-1).cpu(), sigma, plan_seconds)
 
 
 @torch.no_grad()
@@ -524,6 +527,9 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
             "train/equal_reward_groups": float(equal),
             "train/active_latents": float(lat.mean()), "train/sigma": traj.sigma,
             "train/step_seconds": seconds, "train/sampled_tokens": sampled,
+            # the coherence reward's cost (the paper names it as a limitation): its plan decode, and its share
+            "train/plan_decode_seconds": traj.plan_seconds,
+            "train/plan_decode_share": traj.plan_seconds / max(seconds, 1e-9),
             "train/sampled_tokens_per_s": sampled / max(seconds, 1e-9),
             "train/lr": optimizer.param_groups[0]["lr"],
         }
