@@ -570,13 +570,14 @@ def fake_bench(monkeypatch, tmp_path):
     monkeypatch.setattr(suite_mod, "evaluate_diversity", evaluate_diversity)
     monkeypatch.setattr(report_mod, "plot_diversity", lambda *a, **k: None)
 
-    def run(suite, seeds, ablations=False, val_large=None, regime="default", jobs=None, claim_seeds=None):
+    def run(suite, seeds, ablations=False, val_large=None, regime="default", jobs=None, claim_seeds=None,
+            no_train=False):
         out = tmp_path / suite
         for k in range(max(seeds, claim_seeds or 0, 5 if regime == "many-plans" else 0)):
             (out / f"seed-{k}").mkdir(parents=True, exist_ok=True)
         args = argparse.Namespace(suite=suite, seeds=seeds, out=str(out), data_seed=0, scale=1.0, overrides=[],
                                   slots=2, val_large=val_large, rollouts=None, ablations=ablations, regime=regime,
-                                  diversity=None, jobs=jobs, claim_seeds=claim_seeds)
+                                  diversity=None, jobs=jobs, claim_seeds=claim_seeds, no_train=no_train)
         assert suite_mod.run_bench(args) == 0
         return out
 
@@ -800,3 +801,33 @@ def test_jobs_subset_keeps_what_they_start_from(fake_bench, capsys):
     out = run("gpu", seeds=1, jobs=["codi"])
     res = json.loads((out / "results.json").read_text())
     assert set(res["per_seed"][0]) == {"cot", "codi"} and "--jobs codi" in res["command"]
+
+
+def test_no_train_reports_the_runs_that_have_finished(fake_bench, monkeypatch, tmp_path):
+    """bench --no-train: nothing is trained or written into the seed folders; each seed's finished runs are evaluated
+    and reported, the tables give each row its own seed count, RL is judged on the seeds that finished it and its
+    start, and RESULTS.md says it is partial. A folder with no finished run is refused in one line."""
+    run, _, calls = fake_bench
+    monkeypatch.setattr(suite_mod, "train_jobs", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(suite_mod, "write_data", lambda *a, **k: pytest.fail("wrote data"))
+    monkeypatch.setattr(suite_mod, "write_val_large", lambda *a, **k: pytest.fail("wrote val_large"))
+    out = tmp_path / "cpu"
+    with pytest.raises(ValueError, match="no run in .* has finished yet"):
+        run("cpu", seeds=3, no_train=True)
+    finished = {0: ("cot", "nocot", "atp", "coconut", "simcot", "atp_rl", "atp_rl_coherence"), 1: ("cot", "atp")}
+    for seed, jobs in finished.items():
+        for job in jobs:
+            (out / f"seed-{seed}" / "runs" / job / "final").mkdir(parents=True)
+            (out / f"seed-{seed}" / "runs" / job / "final" / "reasoner.json").write_text("{}")
+    (out / "seed-1" / "runs" / "coconut").mkdir(parents=True)  # started, not finished
+    run("cpu", seeds=3, no_train=True)
+    assert calls["evaluate_seed"] == [("seed-0", finished[0]), ("seed-1", finished[1])]
+    assert {c[0] for c in calls["evaluate_val"]} == {"val", "val_large"} and len(calls["evaluate_val"]) == 2  # seed 0
+    res = json.loads((out / "results.json").read_text())
+    assert len(res["per_seed"]) == 2 and res["command"].endswith("--no-train")
+    assert res["mean"]["atp"]["test"]["seeds"] == 2 and res["mean"]["coconut"]["test"]["seeds"] == 1
+    assert set(res["mean"]) == set(finished[0]) and len(res["costs"]["atp"]) == 2 and res["costs"]["codi"] == []
+    text = (out / "RESULTS.md").read_text()
+    assert "**a partial report**: the 9 runs finished so far of the 51 that the command without --no-train trains" \
+        in text and "| seeds |" in text
+

@@ -594,6 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --val-large: also sample N answers per problem from RL's rollout policy for the RL runs "
                          "and their start (accuracy, pass@N, groups with a signal; default 8, RL's group size, for the cpu suite and 0 "
                          "for the gpu suite; 0: off)")
+    bn.add_argument("--no-train", action="store_true",
+                    help="train nothing: evaluate the runs of --out that have finished and write RESULTS.md from them "
+                         "alone, marked as partial (what a bench still training, or stopped, has so far)")
     bn.add_argument("--ablations", action="store_true",
                     help="also train seed 0's ablations (no KL, no stop head, no decoder, no VAE, coherence weight 0, "
                          "longer RL, lower RL lr) and report them on the val split")

@@ -63,7 +63,7 @@ def _status(run: Path) -> str:
     return "starting"
 
 
-def _done(out: Path, job: str) -> bool:
+def finished(out: Path, job: str) -> bool:
     return (out / "runs" / job / "final" / "reasoner.json").is_file()
 
 
@@ -75,7 +75,7 @@ def train_jobs(suite: Suite, tasks: list[tuple[Path, str, int]], scale: float = 
     interleave and no slot idles while a later seed has work ready. Finished jobs are skipped; interrupted ones
     resume from their last checkpoint. Returns how many jobs it trained.
     """
-    pending = [t for t in tasks if not _done(t[0], t[1])]
+    pending = [t for t in tasks if not finished(t[0], t[1])]
     n_todo = len(pending)
     running: dict[tuple[Path, str, int], tuple[subprocess.Popen, Path]] = {}
 
@@ -99,7 +99,7 @@ def train_jobs(suite: Suite, tasks: list[tuple[Path, str, int]], scale: float = 
                 if len(running) >= slots:
                     break
                 out, job, seed = t
-                if job in STARTS and not _done(out, STARTS[job]):
+                if job in STARTS and not finished(out, STARTS[job]):
                     continue
                 pending.remove(t)
                 running[t] = _start_job(suite, job, out, seed, scale, extra or [])

@@ -32,7 +32,7 @@ from atp_latent.jobs import (
     seed_jobs,
     subset,
 )
-from atp_latent.scheduler import train_jobs
+from atp_latent.scheduler import finished, train_jobs
 
 
 def _cached(run: Path, name: str, compute, *args, valid=None):
@@ -342,11 +342,6 @@ def rollout_summary(samples: list[list[dict]]) -> dict:
             "signal": sum(0 < c < n for c in right) / len(right)}
 
 
-def evaluate_ablations(suite: Suite, out: Path, samples: int = 3, batch_size: int = 100) -> dict:
-    """Seed 0's models and the ablations on the val split (evaluate_val)."""
-    return evaluate_val(suite.jobs + list(suite.ablations), out, samples, batch_size)
-
-
 def run_bench(args) -> int:
     """`atp-latent bench --suite cpu --seeds N [--ablations]`: every job of every seed on one two-slot schedule,
     then each seed evaluated on the test splits, RL and its start on val and on held-out problems (val_large), the
@@ -381,19 +376,31 @@ def run_bench(args) -> int:
     n_dirs = max(args.claim_seeds, args.seeds) if suite.claims else args.seeds
     seed_dirs = [out / f"seed-{seed}" for seed in range(n_dirs)]
     jobs_of = [seed_jobs(suite, seed, args.seeds) for seed in range(n_dirs)]  # claim rows only beyond --seeds
-    for d in seed_dirs:
-        write_data(d, args.data_seed, regime)
-        if any(j in NEW_STYLE_JOBS for j in suite.jobs):
-            write_new_style(d, args.data_seed)
-        if args.val_large and "atp_rl" in suite.jobs:
-            write_val_large(d, args.data_seed, args.val_large)
-    if args.ablations and "atp_rl_fresh" in suite.ablations:
-        write_fresh(seed_dirs[0], args.data_seed)  # after val_large, which it avoids
+    ablation_jobs = list(suite.ablations) if args.ablations else []
     tasks = [(d, j, seed) for seed, d in enumerate(seed_dirs) for j in jobs_of[seed]]
-    if args.ablations:
-        tasks += [(seed_dirs[0], j, 0) for j in suite.ablations]
-    print(f"training {len(tasks)} jobs, two at a time (logs in {out}/seed-*/logs)", flush=True)
-    trained = train_jobs(suite, tasks, args.scale, args.overrides, slots=args.slots)
+    tasks += [(seed_dirs[0], j, 0) for j in ablation_jobs]
+    partial = getattr(args, "no_train", False)
+    if partial:  # report what has finished: the runs a bench still training (or stopped) has completed
+        done = {(d, j) for d, j, _ in tasks if finished(d, j)}
+        jobs_of = [[j for j in js if (d, j) in done] for d, js in zip(seed_dirs, jobs_of)]
+        ablation_jobs = [j for j in ablation_jobs if (seed_dirs[0], j) in done]
+        n_dirs = next((k for k in range(n_dirs, 0, -1) if jobs_of[k - 1]), 0)
+        if not n_dirs:
+            raise ValueError(f"--no-train: no run in {out} has finished yet")
+        seed_dirs, jobs_of = seed_dirs[:n_dirs], jobs_of[:n_dirs]
+        print(f"reporting the {len(done)} of {len(tasks)} runs that have finished; training nothing", flush=True)
+        trained = 0
+    else:
+        for d in seed_dirs:
+            write_data(d, args.data_seed, regime)
+            if any(j in NEW_STYLE_JOBS for j in suite.jobs):
+                write_new_style(d, args.data_seed)
+            if args.val_large and "atp_rl" in suite.jobs:
+                write_val_large(d, args.data_seed, args.val_large)
+        if args.ablations and "atp_rl_fresh" in suite.ablations:
+            write_fresh(seed_dirs[0], args.data_seed)  # after val_large, which it avoids
+        print(f"training {len(tasks)} jobs, two at a time (logs in {out}/seed-*/logs)", flush=True)
+        trained = train_jobs(suite, tasks, args.scale, args.overrides, slots=args.slots)
     per_seed, latents = [], {j: [] for j in suite.jobs}
     for seed, d in enumerate(seed_dirs):
         print(f"evaluating seed {seed} on every synthetic test split", flush=True)
@@ -402,16 +409,16 @@ def run_bench(args) -> int:
         for j in jobs_of[seed]:
             latents[j] += lat[j]
     print("evaluating the RL runs and their SFT start on the val split (where RL's best/ was picked)", flush=True)
-    start_and_rl = [j for j in ("atp", *RL_FROM_ATP) if j in suite.jobs]
+    start_and_rl = [j for j in ("atp", *RL_FROM_ATP) if any(j in js for js in jobs_of)]
 
     def rl_rows(seed):  # RL and its start, on the seeds that ran them all
         return [j for j in start_and_rl if j in jobs_of[seed]]
 
     rl_dirs = [d for seed, d in enumerate(seed_dirs) if rl_rows(seed) == start_and_rl]
-    val_rows = [evaluate_val(start_and_rl, d) for d in rl_dirs] if "atp" in start_and_rl else []
+    val_rows = [evaluate_val(start_and_rl, d) for d in rl_dirs] if len(start_and_rl) > 1 else []
     rl_summary = rl_vs_start_table(val_rows, split="val", held_out=False)[1] if val_rows else None
     large_summary = rollouts_summary = None
-    if args.val_large and "atp_rl" in suite.jobs:
+    if args.val_large and "atp_rl" in start_and_rl and rl_dirs:
         print(f"evaluating the same on {args.val_large} held-out in-distribution problems (val_large)", flush=True)
         large_rows = [evaluate_val(start_and_rl, d, samples=0, split="val_large", rollouts=args.rollouts)
                       for d in rl_dirs]
@@ -425,24 +432,25 @@ def run_bench(args) -> int:
         print(f"sampling {args.diversity} rollouts of every test problem for the plans' diversity", flush=True)
         per = [evaluate_diversity(jobs_of[seed], d, samples=args.diversity) for seed, d in enumerate(seed_dirs)]
         diversity = {j: [p[j] | {"seed": seed} for seed, p in enumerate(per) if j in p] for j in suite.jobs}
+        diversity = {j: v for j, v in diversity.items() if v}
     ablations = ablations_large = None
     if args.ablations:
         print("evaluating seed 0 and the ablations on the val split", flush=True)
-        ablations = evaluate_ablations(suite, seed_dirs[0])
-        rl_jobs = [j for j in suite.jobs + list(suite.ablations)
-                   if STARTS.get(j) == "atp" and j not in NEW_STYLE_JOBS]
+        ablations = evaluate_val(jobs_of[0] + ablation_jobs, seed_dirs[0])
+        rl_jobs = [j for j in jobs_of[0] + ablation_jobs if STARTS.get(j) == "atp" and j not in NEW_STYLE_JOBS]
         if args.val_large and rl_jobs:
             print("evaluating seed 0's RL runs on val_large", flush=True)
-            ablations_large = evaluate_val(["atp"] + rl_jobs, seed_dirs[0], samples=0, split="val_large")
+            ablations_large = evaluate_val(["atp"] + rl_jobs, seed_dirs[0], samples=0, split="val_large") \
+                if "atp" in jobs_of[0] else None
     agg = aggregate(per_seed)
     costs = {j: [run_cost(d / "runs" / j) for seed, d in enumerate(seed_dirs) if j in jobs_of[seed]]
              for j in suite.jobs}
-    ablation_costs = {j: run_cost(seed_dirs[0] / "runs" / j) for j in (suite.ablations if args.ablations else ())}
+    ablation_costs = {j: run_cost(seed_dirs[0] / "runs" / j) for j in ablation_jobs}
     plot_accuracy_vs_tokens(agg, per_seed, TEST_SPLITS, LABELS, out / "accuracy_vs_tokens.png")
     curves = {j: [d / "runs" / j for seed, d in enumerate(seed_dirs) if j in jobs_of[seed]] for j in suite.jobs}
-    curves.update({j: [seed_dirs[0] / "runs" / j] for j in (suite.ablations if args.ablations else ())})
-    plot_training_curves(curves, LABELS, out / "training_curves.png")
-    plot_latents(latents, LABELS, out / "latents_used.png")
+    curves.update({j: [seed_dirs[0] / "runs" / j] for j in ablation_jobs})
+    plot_training_curves({j: v for j, v in curves.items() if v}, LABELS, out / "training_curves.png")
+    plot_latents({j: v for j, v in latents.items() if v}, LABELS, out / "latents_used.png")
     if diversity:
         from atp_latent.evaluation.report import plot_diversity
 
@@ -457,8 +465,9 @@ def run_bench(args) -> int:
                        + (["--regime", regime] if regime != "default" else [])
                        + (["--claim-seeds", str(args.claim_seeds)] if args.claim_seeds != default_claim_seeds else [])
                        + (["--diversity", str(args.diversity)]
-                          if args.diversity != DEFAULT_DIVERSITY.get(regime, 0) else []) + ["--out", str(out)])
-    data = {"command": command, "suite": args.suite, "regime": regime, "seeds": args.seeds,
+                          if args.diversity != DEFAULT_DIVERSITY.get(regime, 0) else []) + ["--out", str(out)]
+                       + (["--no-train"] if partial else []))
+    data = {"command": command, "suite": args.suite, "regime": regime, "seeds": min(args.seeds, len(per_seed)),
             "claim_seeds": n_dirs, "claim_jobs": list(suite.claims), "val_large": args.val_large,
             "rollouts": args.rollouts, "splits": TEST_SPLITS, "mean": agg, "per_seed": per_seed, "costs": costs,
             "ablation_costs": ablation_costs, "rl_vs_start_val": rl_summary, "rl_vs_start_val_large": large_summary,
@@ -466,7 +475,10 @@ def run_bench(args) -> int:
             "ablations_val_large": ablations_large}
     minutes = (time.time() - t0) / 60
     took = f"{minutes:.0f} min on this machine"
-    if trained < len(tasks):
+    if partial:
+        took += (f"; **a partial report**: the {len(done)} runs finished so far of the {len(tasks)} that "
+                 "the command without --no-train trains, the others left out of every table")
+    if trained < len(tasks) and not partial:
         took += (f" for this invocation, which trained {trained} of the {len(tasks)} runs and reused the others, "
                  "finished by an earlier invocation of the same command")
     text, data["claim"] = bench_report(data, took)
