@@ -56,6 +56,30 @@ def test_plots_are_written(tmp_path):
             assert im.size[0] > 100 and im.size[1] > 100
 
 
+def test_diversity_plot_draws_coverage_pass_at_k_and_strict_pass_at_k(tmp_path, monkeypatch):
+    """One colour per method on both panels (coverage, pass@K); the strict pass@K dashed in the method's colour, for
+    a method with plans only; means over seeds, in %."""
+    import matplotlib.pyplot as plt
+
+    from atp_latent.evaluation.report import plot_diversity
+
+    def summary(p1, p2, s1, s2, plans=True):
+        return {"pass_at_k": {"1": p1, "2": p2}, "strict_pass_at_k": {"1": s1, "2": s2} if plans else None,
+                "coverage_at_k": {"1": 0.5, "2": 0.75} if plans else None}
+
+    div = {"atp": [summary(0.4, 0.6, 0.2, 0.4), summary(0.6, 0.8, 0.4, 0.6)],
+           "coconut": [summary(0.5, 0.7, None, None, plans=False)]}
+    shown = []
+    monkeypatch.setattr(plt, "close", lambda fig: shown.append(fig))
+    plot_diversity(div, {"atp": "ATP"}, tmp_path / "div.png")
+    (fig,) = shown
+    cov, passk = fig.axes
+    atp, strict, coconut = passk.lines
+    assert list(atp.get_ydata()) == pytest.approx([50.0, 70.0]) and list(strict.get_ydata()) == pytest.approx([30, 50])
+    assert strict.get_linestyle() == "--" and strict.get_color() == atp.get_color() != coconut.get_color()
+    assert [line.get_label() for line in cov.lines] == ["ATP"] and (tmp_path / "div.png").stat().st_size > 1000
+
+
 def test_paired_comparison_by_hand():
     # atp - cot on split a: 0.2 - 0.5 = -0.3 and 0.4 - 0.7 = -0.3; on b: 0.1 - 0.3 = -0.2, 0.1 - 0.5 = -0.4
     c = paired_comparison(PER_SEED, "atp", "cot", "a")

@@ -437,7 +437,8 @@ def paired_seeds(a: list[dict], b: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def plot_diversity(div: dict[str, list[dict]], labels: dict, path: Path) -> None:
-    """Coverage and pass@k against the number of sampled rollouts K (mean over seeds), one line per method."""
+    """Coverage and pass@k against the number of sampled rollouts K (mean over seeds), one colour per method; the
+    strict pass@k (a rollout counts only when its plan is valid too) dashed in the same colour, where there is a plan."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -447,12 +448,15 @@ def plot_diversity(div: dict[str, list[dict]], labels: dict, path: Path) -> None
     for job, seeds in div.items():
         ks = sorted(int(k) for k in seeds[0]["pass_at_k"])
         passk = [sum(s["pass_at_k"][str(k)] for s in seeds) / len(seeds) for k in ks]
-        axes[1].plot(ks, [100 * v for v in passk], marker="o", label=labels.get(job, job))
+        line, = axes[1].plot(ks, [100 * v for v in passk], marker="o", label=labels.get(job, job))
+        if seeds[0].get("strict_pass_at_k"):
+            strict = [sum(s["strict_pass_at_k"][str(k)] for s in seeds) / len(seeds) for k in ks]
+            axes[1].plot(ks, [100 * v for v in strict], linestyle="--", color=line.get_color())
         if seeds[0].get("coverage_at_k"):
             cov = [sum(s["coverage_at_k"][str(k)] for s in seeds) / len(seeds) for k in ks]
             axes[0].plot(ks, cov, marker="o", label=labels.get(job, job))
     axes[0].set(xscale="log", xlabel="K rollouts", ylabel="coverage of valid orders", title="plan coverage")
-    axes[1].set(xscale="log", xlabel="K rollouts", ylabel="pass@K (%)", title="pass@K")
+    axes[1].set(xscale="log", xlabel="K rollouts", ylabel="pass@K (%)", title="pass@K (dashed: strict, plan valid too)")
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()
