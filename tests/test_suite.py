@@ -47,6 +47,7 @@ def fake_jobs(monkeypatch, tmp_path):
     events, failing = [], set()
 
     def start(suite, job, out, seed, scale, extra):
+        events.append(("extra", (job, list(extra))))
         # A job may only start once the job it continues from has finished.
         if job in STARTS:
             assert (out / "runs" / STARTS[job] / "final" / "reasoner.json").is_file(), job
@@ -738,13 +739,19 @@ def test_many_plans_bench_reports_diversity_and_the_premises_claims(fake_bench):
         ["- ATP-Latent (RL)", "- ATP RL, coherence weight 0", "- ATP-Latent (RL, coherence only)"]
 
 
-def test_many_plans_bench_gives_the_claim_rows_more_seeds(fake_bench):
+def test_many_plans_bench_gives_the_claim_rows_more_seeds(fake_bench, monkeypatch):
     """--regime many-plans: the rows claims (a)-(d) compare get 5 seeds by default, the others --seeds; seeds past
     --seeds train and evaluate the claim rows alone; means, tables and paired comparisons use the seeds a row (a
     pair) ran; the default regime's own jobs (new-style questions, the short SFT and RL from it) are left out."""
     run, rows, calls = fake_bench
     rows["val"], rows["val_large"] = VAL + VAL[:2], VAL_LARGE + VAL_LARGE[:2]
+    trained = []
+    monkeypatch.setattr(suite_mod, "train_jobs", lambda suite, tasks, *a, **k: trained.append((tasks, k)) or 0)
     out = run("cpu", seeds=2, regime="many-plans")
+    (tasks, kwargs), = trained
+    assert len(tasks) == 2 * 13 + 3 * 7  # every job on seeds 0-1, the claim rows on seeds 2-4
+    # one latent group per step up to the regime's 5 steps, for the stepwise curriculum at c = 1 only
+    assert kwargs["job_sets"] == {j: ["curriculum.max_latent_stage=5"] for j in ("atp", "coconut", "simcot")}
     claims = ("cot", "atp", "coconut", "simcot", "atp_rl", "atp_rl_coherence", "atp_rl_no_coherence")
     evaluated = dict(calls["evaluate_seed"])
     assert list(evaluated) == [f"seed-{k}" for k in range(5)]
@@ -830,4 +837,32 @@ def test_no_train_reports_the_runs_that_have_finished(fake_bench, monkeypatch, t
     text = (out / "RESULTS.md").read_text()
     assert "**a partial report**: the 9 runs finished so far of the 51 that the command without --no-train trains" \
         in text and "| seeds |" in text
+
+
+def test_regime_gives_the_stepwise_curriculum_a_stage_per_step():
+    """regime_sets: under many-plans (up to 5 steps) Coconut, SIM-CoT and ATP SFT (and the ATP ablations) get 5
+    latent stages, one group per step, and compose to it; CODI, SIM-CoT on CODI and CoLaR keep their own latent
+    counts, RL takes its stages from its start, the text methods have none; the default regime changes nothing."""
+    from atp_latent.config import load_config
+
+    suite = jobs_mod.regime_suite(SUITES["cpu"], "many-plans")
+    sets = jobs_mod.regime_sets(suite, "many-plans", suite.jobs + list(suite.ablations))
+    assert {"atp", "coconut", "simcot", "atp_no_kl", "atp_no_vae"} <= set(sets)
+    assert not {"codi", "simcot_codi", "colar", "icot", "cot", "nocot", "atp_rl", "colar_rl"} & set(sets)
+    for job, overrides in sets.items():
+        cfg = load_config(str(jobs_mod.config_path(suite, job)), overrides)
+        assert cfg.curriculum.max_latent_stage == 5 and cfg.method.latents_per_step == 1, job
+        assert cfg.train.epochs * cfg.data.epoch_size // cfg.optim.batch_size == 5200, job  # steps unchanged
+    assert jobs_mod.regime_sets(SUITES["cpu"], "default", SUITES["cpu"].jobs) == {}
+
+
+def test_job_sets_reach_their_jobs_only(fake_jobs, tmp_path):
+    """train_jobs(job_sets=...): a job's own overrides come before the command line's, and only that job gets them."""
+    events, _ = fake_jobs
+    s = SUITES["quickstart"]
+    train_jobs(s, [(tmp_path, j, 0) for j in s.jobs], extra=["train.threads=1"],
+               job_sets={"atp": ["curriculum.max_latent_stage=5"]})
+    given = dict(r for kind, r in events if kind == "extra")
+    assert given == {j: (["curriculum.max_latent_stage=5"] if j == "atp" else []) + ["train.threads=1"]
+                     for j in s.jobs}
 

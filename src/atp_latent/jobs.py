@@ -150,6 +150,29 @@ def regime_suite(suite: Suite, regime: str) -> Suite:
                  tuple(j for p in phases for j in p if j in claims))
 
 
+# Per regime, the most steps an in-distribution problem has (data/synthetic.py): the stepwise latent curriculum with
+# one group per step (Coconut's schedule at c = 1: Coconut, SIM-CoT, ATP; configs/quickstart/latent.yaml, whose 3
+# stages fit the default regime's 2-3 steps) gets that many stages, so no group carries several steps. Recipes
+# with their own latent count keep it (CODI's 6 latents, SIM-CoT on CODI's 6 groups, CoLaR's compression), and RL
+# takes its stages from the checkpoint it starts from.
+REGIME_MAX_STEPS = {"many-plans": 5}
+
+
+def regime_sets(suite: Suite, regime: str, jobs: list[str]) -> dict[str, list[str]]:
+    """--set overrides per job that `regime` needs (REGIME_MAX_STEPS): job -> ["curriculum.max_latent_stage=5"]."""
+    from atp_latent.config import load_config
+    from atp_latent.modeling.methods import get_method, is_rl
+
+    steps = REGIME_MAX_STEPS.get(regime)
+    out: dict[str, list[str]] = {}
+    for job in jobs if steps else ():
+        cfg = load_config(str(config_path(suite, job)))
+        if not is_rl(cfg.method.name) and get_method(cfg.method.name).chain == "curriculum" and cfg.method.latents_per_step == 1 \
+                and cfg.curriculum.max_latent_stage < steps:
+            out[job] = [f"curriculum.max_latent_stage={steps}"]
+    return out
+
+
 def seed_jobs(suite: Suite, seed: int, seeds: int) -> list[str]:
     """The jobs seed `seed` trains: every job below `seeds`, beyond it only the claim rows and what they start from."""
     return suite.jobs if seed < seeds else [j for j in suite.jobs if j in with_starts(list(suite.claims))]

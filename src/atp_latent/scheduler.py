@@ -68,12 +68,13 @@ def finished(out: Path, job: str) -> bool:
 
 
 def train_jobs(suite: Suite, tasks: list[tuple[Path, str, int]], scale: float = 1.0, extra: list[str] | None = None,
-               slots: int = 2) -> int:
+               slots: int = 2, job_sets: dict[str, list[str]] | None = None) -> int:
     """Train `tasks` ((output folder, job, seed), in priority order), at most `slots` at a time.
 
     A job starts once the job it starts from (STARTS, same folder) has finished, so the jobs of several seeds
     interleave and no slot idles while a later seed has work ready. Finished jobs are skipped; interrupted ones
-    resume from their last checkpoint. Returns how many jobs it trained.
+    resume from their last checkpoint. `extra`: --set overrides for every job; `job_sets`: more for some jobs (a
+    regime's, jobs.regime_sets), before `extra`. Returns how many jobs it trained.
     """
     pending = [t for t in tasks if not finished(t[0], t[1])]
     n_todo = len(pending)
@@ -102,7 +103,7 @@ def train_jobs(suite: Suite, tasks: list[tuple[Path, str, int]], scale: float = 
                 if job in STARTS and not finished(out, STARTS[job]):
                     continue
                 pending.remove(t)
-                running[t] = _start_job(suite, job, out, seed, scale, extra or [])
+                running[t] = _start_job(suite, job, out, seed, scale, (job_sets or {}).get(job, []) + (extra or []))
                 print(f"  [{(time.time() - t0) / 60:5.1f} min] {name(t)} started (log {running[t][1]})", flush=True)
             if pending and not running:
                 raise RuntimeError("cannot start " + ", ".join(name(t) for t in pending) + ": the checkpoint they "

@@ -28,6 +28,7 @@ from atp_latent.jobs import (
     TEST_SPLITS,
     Suite,
     _label,
+    regime_sets,
     regime_suite,
     seed_jobs,
     subset,
@@ -400,7 +401,8 @@ def run_bench(args) -> int:
         if args.ablations and "atp_rl_fresh" in suite.ablations:
             write_fresh(seed_dirs[0], args.data_seed)  # after val_large, which it avoids
         print(f"training {len(tasks)} jobs, two at a time (logs in {out}/seed-*/logs)", flush=True)
-        trained = train_jobs(suite, tasks, args.scale, args.overrides, slots=args.slots)
+        trained = train_jobs(suite, tasks, args.scale, args.overrides, slots=args.slots,
+                             job_sets=regime_sets(suite, regime, suite.jobs + ablation_jobs))
     per_seed, latents = [], {j: [] for j in suite.jobs}
     for seed, d in enumerate(seed_dirs):
         print(f"evaluating seed {seed} on every synthetic test split", flush=True)
