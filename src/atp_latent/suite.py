@@ -413,10 +413,8 @@ def run_bench(args) -> int:
     print("evaluating the RL runs and their SFT start on the val split (where RL's best/ was picked)", flush=True)
     start_and_rl = [j for j in ("atp", *RL_FROM_ATP) if any(j in js for js in jobs_of)]
 
-    def rl_rows(seed):  # RL and its start, on the seeds that ran them all
-        return [j for j in start_and_rl if j in jobs_of[seed]]
-
-    rl_dirs = [d for seed, d in enumerate(seed_dirs) if rl_rows(seed) == start_and_rl]
+    # RL and its start are compared on the seeds that ran them all
+    rl_dirs = [d for d, js in zip(seed_dirs, jobs_of) if set(start_and_rl) <= set(js)]
     val_rows = [evaluate_val(start_and_rl, d) for d in rl_dirs] if len(start_and_rl) > 1 else []
     rl_summary = rl_vs_start_table(val_rows, split="val", held_out=False)[1] if val_rows else None
     large_summary = rollouts_summary = None
