@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 
 @functools.cache
@@ -30,11 +31,80 @@ def _cache_kwarg(module_type: type) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+class GrowingLayer(DynamicLayer):
+    """A `DynamicLayer` that appends new columns into spare capacity instead of concatenating the whole cache again
+    at every token: `DynamicLayer.update` copies every cached key and value once per pass, a quarter of the time of
+    a decode of many short rows (the coherence reward's plans). `keys`/`values` are views of the first columns of a
+    buffer with room to grow; anything else that replaces them (crop, `batch_select_indices`) is adopted as the
+    new contents at the next update. Under autograd (SFT's teacher-forced passes) writing into a buffer that an
+    earlier pass saved for backward would be an in-place error, so columns that require grad are concatenated."""
+
+    HEADROOM = 16  # spare columns beyond half the length again: one decode of a short row fits without a copy
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self._key_buffer = self._value_buffer = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if key_states.requires_grad or value_states.requires_grad or self.keys.requires_grad:
+            self._key_buffer = self._value_buffer = None
+            return super().update(key_states, value_states, *args, **kwargs)
+        n = self.keys.shape[-2] if self.keys.numel() else 0
+        need = n + key_states.shape[-2]
+        kb, vb = self._key_buffer, self._value_buffer
+        if kb is None or not self._owns_contents(n) or need > kb.shape[-2] \
+                or kb.shape[:2] != key_states.shape[:2] or vb.shape[:2] != value_states.shape[:2]:
+            kb = self._new_buffer(key_states, need)
+            vb = self._new_buffer(value_states, need)
+            if n:
+                kb[..., :n, :] = self.keys
+                vb[..., :n, :] = self.values
+            self._key_buffer, self._value_buffer = kb, vb
+        kb[..., n:need, :] = key_states
+        vb[..., n:need, :] = value_states
+        self.keys, self.values = kb[..., :need, :], vb[..., :need, :]
+        return self.keys, self.values
+
+    def _owns_contents(self, n: int) -> bool:
+        # keys/values are still the views this layer handed out (nothing replaced them since)
+        return n > 0 and self.keys.data_ptr() == self._key_buffer.data_ptr() \
+            and self.values.data_ptr() == self._value_buffer.data_ptr() \
+            and self.keys.shape[-2] == n and self.keys.stride() == self._key_buffer.stride()
+
+    def _new_buffer(self, like: torch.Tensor, need: int) -> torch.Tensor:
+        shape = (*like.shape[:-2], need + need // 2 + self.HEADROOM, like.shape[-1])
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Keep rows `beam_idx` (a batch that shrinks as rows end), spare capacity included."""
+        n = self.get_seq_length()
+        if n == 0:
+            return
+        if self._key_buffer is None or not self._owns_contents(n):
+            return super().reorder_cache(beam_idx)
+        idx = beam_idx.to(self.keys.device)
+        self._key_buffer = self._key_buffer.index_select(0, idx)
+        self._value_buffer = self._value_buffer.index_select(0, idx)
+        self.keys, self.values = self._key_buffer[..., :n, :], self._value_buffer[..., :n, :]
+
+
 def new_cache(lm) -> DynamicCache:
+    """A `DynamicCache` for `lm` whose plain layers are `GrowingLayer`s (sliding-window and other special layers
+    stay as transformers builds them)."""
     try:
-        return DynamicCache(config=lm.config)
+        cache = DynamicCache(config=lm.config)
     except TypeError:  # older signature
-        return DynamicCache()
+        cache = DynamicCache()
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        for i, layer in enumerate(layers):
+            if type(layer) is DynamicLayer:
+                layers[i] = GrowingLayer()
+        if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:  # layers added as the model asks
+            cache.layer_class_to_replicate = GrowingLayer
+    return cache
 
 
 def backbone_forward(lm, embeds, attention_mask, position_ids, cache, all_layers: bool = False):
