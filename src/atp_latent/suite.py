@@ -400,7 +400,7 @@ def run_bench(args) -> int:
                 write_val_large(d, args.data_seed, args.val_large)
         if args.ablations and "atp_rl_fresh" in suite.ablations:
             write_fresh(seed_dirs[0], args.data_seed)  # after val_large, which it avoids
-        print(f"training {len(tasks)} jobs, two at a time (logs in {out}/seed-*/logs)", flush=True)
+        print(f"training {len(tasks)} jobs, {args.slots} at a time (logs in {out}/seed-*/logs)", flush=True)
         trained = train_jobs(suite, tasks, args.scale, args.overrides, slots=args.slots,
                              job_sets=regime_sets(suite, regime, suite.jobs + ablation_jobs))
     per_seed, latents = [], {j: [] for j in suite.jobs}
