@@ -38,7 +38,7 @@ def _passes(lm, cache, x, edits=()):
         h = backbone_forward(lm, x[rows, t:t + 1], torch.ones(len(rows), n + 1, dtype=torch.long),
                              torch.full((len(rows), 1), n), cache)[:, -1]
         n += 1
-        full = torch.zeros(x.shape[0], h.shape[-1])
+        full = torch.zeros(x.shape[0], h.shape[-1], dtype=h.dtype)
         full[rows] = h
         outs.append(full)
     return torch.stack(outs)
@@ -104,3 +104,18 @@ def test_growing_cache_under_autograd_matches_dynamic_cache(lm):
     for ours, theirs in zip(*grads):
         assert ours.abs().max() > 0
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_growing_cache_equals_dynamic_cache_in_bf16(lm):
+    """RL rollouts and evaluation run in bf16 on GPUs: the buffers keep the columns' dtype, and the passes equal
+    transformers' cache there too."""
+    import copy
+
+    half = copy.deepcopy(lm).to(torch.bfloat16)
+    x = torch.randn(B, P + 24, lm.config.hidden_size, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    with torch.no_grad():
+        cache = new_cache(half)
+        ours = _passes(half, cache, x, ((8, _shrink),))
+        theirs = _passes(half, DynamicCache(config=half.config), x, ((8, _shrink),))
+    assert cache.layers[0].keys.dtype == torch.bfloat16
+    assert torch.equal(ours, theirs)
