@@ -116,13 +116,14 @@ def test_gpu_suite_stops_itself_before_its_time_limit_and_packs_its_runs(tmp_pat
                          cwd=ROOT, env=ENV)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--time-limit must be above 40 s" in bad.stderr
     assert not out.joinpath("bench.log").exists()  # refused before anything ran
+    # 30 s of running leaves the first job time to start on a loaded host (15 s did not, beside two benches)
     t = time.monotonic()
-    proc = subprocess.run(suite_args("--out", str(out), "--time-limit", "45"), capture_output=True, text=True,
+    proc = subprocess.run(suite_args("--out", str(out), "--time-limit", "60"), capture_output=True, text=True,
                           cwd=ROOT, env=ENV, timeout=120)
     took = time.monotonic() - t
     assert proc.returncode == 124, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert took < 45, took
-    assert "stopped 30 s before --time-limit 45 s" in (out / "bench.log").read_text()
+    assert took < 60, took
+    assert "stopped 30 s before --time-limit 60 s" in (out / "bench.log").read_text()
     assert not (out / "RESULTS.md").exists()
     # every small file the stopped jobs left, the first job's training log at least
     assert packed(out / "runs.tar.gz") == small_files(out) and "./seed-0/logs/cot.log" in small_files(out)
