@@ -1,6 +1,7 @@
 """The bench scheduler: two slots, dependencies through STARTS, finished jobs skipped, failures reported."""
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -842,6 +843,12 @@ def test_no_train_reports_the_runs_that_have_finished(fake_bench, monkeypatch, t
     text = (out / "RESULTS.md").read_text()
     assert "**a partial report**: the 9 runs finished so far of the 51 that the command without --no-train trains" \
         in text and "| seeds |" in text
+    # before any RL run has finished, the report says that, not that there are no held-out problems
+    for job in ("atp_rl", "atp_rl_coherence"):
+        shutil.rmtree(out / "seed-0" / "runs" / job)
+    run("cpu", seeds=3, no_train=True)
+    text = (out / "RESULTS.md").read_text()
+    assert "No RL run with its start has finished yet, so RL is not judged" in text and "--val-large 0" not in text
 
 
 def test_regime_gives_the_stepwise_curriculum_a_stage_per_step():

@@ -244,7 +244,8 @@ def bench_report(data: dict, took: str) -> tuple[str, dict]:
                f"judged against its start (one problem = {100 / val_large:.2f} points; the gain's 95% interval from "
                "the paired bootstrap over problems and seeds must lie above 0):\n\n"
                f"{rl_vs_start_markdown(large, digits=2)}\n\n" if large else
-               "No held-out problems (`--val-large 0`), so RL is not judged against its start.\n\n")
+               ("No held-out problems (`--val-large 0`), so RL is not judged against its start.\n\n" if not val_large
+                else "No RL run with its start has finished yet, so RL is not judged against its start.\n\n"))
             + (f"RL's own sampling policy on the same problems: {rollouts} rollouts of each (sampled latents, "
                "sampled stop head, answer temperature 1.0, as in RL's groups), their accuracy, pass@k (at least one "
                f"of {rollouts} right), and the share of problems whose {rollouts} answers are neither all "
@@ -303,8 +304,9 @@ def diversity_report(data: dict, large: dict | None, where: str) -> str:
             "## The premise's claims in this regime\n\n(a) ATP SFT beats Coconut and SIM-CoT on accuracy at no more "
             "tokens:\n" + "\n".join(a) + "\n\n(b) ATP's sampled plans are more diverse than CoT's and SIM-CoT's at "
             "equal validity:\n" + "\n".join(b) + "\n\n(c) RL (the full reward; accuracy and format alone; the "
-            "coherence reward alone) improves on its SFT start on problems no run selected on:\n" + ("\n".join(c) or "- not judged (no held-out "
-            "problems)") + "\n\n(d) ATP's OOD gap (test minus the three OOD splits) is smaller than the others':\n"
+            "coherence reward alone) improves on its SFT start on problems no run selected on:\n" + ("\n".join(c) or (
+                "- not judged (no held-out problems: `--val-large 0`)" if not _bench_settings(data)[1] else
+                "- not judged (no RL run from ATP SFT has finished)")) + "\n\n(d) ATP's OOD gap (test minus the three OOD splits) is smaller than the others':\n"
             + ("\n".join(d) or "- not judged (no per-problem outcomes)") + "\n")
 
 

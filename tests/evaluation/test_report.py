@@ -220,7 +220,7 @@ def test_rl_over_start_needs_held_out_problems():
     text, facts = claim_verdict(per_seed, ["a"], {"x": "X"}, method="x", baselines=("y",), start="s")
     assert set(facts) == {"y", "holds"} and facts["y"]["holds"] is True and facts["holds"] is None
     assert text.startswith("The claim as a whole: **not decided** here (a part of it was not judged).")
-    assert "- X beats its SFT start: **not judged** (no held-out problems" in text
+    assert "- X beats its SFT start: **not judged** (it and its start have no results on held-out problems" in text
     # a part that fails decides the whole even when RL's is not judged
     per_seed = [{"x": {"a": right("1000")}, "y": {"a": right("1000")}}]
     assert claim_verdict(per_seed, ["a"], {}, method="x", baselines=("y",), start="s")[1]["holds"] is False

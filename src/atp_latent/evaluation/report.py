@@ -248,7 +248,8 @@ def rl_over_start(summary: dict | None, label: str, method: str, start: str, whe
     from atp_latent.bench_results import rl_gain_interval
 
     if summary is None or method not in summary or start not in summary:
-        return (f"- {label} beats its SFT start: **not judged** (no held-out problems: RL's `best/` was picked on "
+        return (f"- {label} beats its SFT start: **not judged** (it and its start have no results on held-out "
+                "problems: RL's `best/` was picked on "
                 "val, so val cannot judge it; `--val-large N` draws N that no run selects on)"), None
     if not summary.get("held_out"):
         raise ValueError(f"RL against its start is judged on held-out problems only, not on {summary.get('split')!r}, "
