@@ -248,6 +248,29 @@ def test_rl_vs_start_by_hand():
     bare = [{j: {"accuracy": v["accuracy"]} for j, v in r.items()} for r in rows]
     table, _ = results_mod.rl_vs_start_table(bare, split="val_large", held_out=True)
     assert table.splitlines()[3].endswith("| +6.7 (no per-problem outcomes) | - | - |")
+    # where best/ was saved: a note under the table, and absent when a seed does not say
+    for r, (a, b) in zip(rows, ((40, 0), (0, 0), (20, 0))):
+        r["atp_rl"]["best_step"], r["atp_rl_coherence"]["best_step"], r["atp"]["best_step"] = a, b, 5200
+    table, summary = results_mod.rl_vs_start_table(rows, split="val_large", held_out=True)
+    assert summary["atp_rl"]["best_steps"] == [40, 0, 20] and "best_steps" not in summary["atp"]
+    assert table.splitlines()[-1] == ("Each RL run's `best/` was saved at policy step ATP-Latent (RL): 40, 0, 20; "
+                                      f"{results_mod._label('atp_rl_coherence')}: 0, 0, 0 (per seed; 0: RL never "
+                                      "beat its start on val, so that `best/` is the start itself and scores as it "
+                                      "does).")
+    del rows[1]["atp_rl"]["best_step"]
+    assert "best_steps" not in results_mod.rl_vs_start_table(rows, split="val_large", held_out=True)[1]["atp_rl"]
+
+
+def test_best_step_reads_the_step_best_was_saved_at(tmp_path):
+    """best_step: the progress step in best/trainer_state.pt; None without one."""
+    import torch
+
+    assert suite_mod.best_step(tmp_path) is None
+    (tmp_path / "best").mkdir()
+    torch.save({"optimizer": {}, "progress": {"step": 40, "best_val": 0.51}}, tmp_path / "best" / "trainer_state.pt")
+    assert suite_mod.best_step(tmp_path) == 40
+    torch.save({"progress": {}}, tmp_path / "best" / "trainer_state.pt")
+    assert suite_mod.best_step(tmp_path) is None
 
 
 def test_rl_gain_interval_from_counts_when_outcomes_were_not_kept():

@@ -81,6 +81,8 @@ def rl_vs_start_table(val_rows: list[dict], digits: int = 1, *, split: str, held
         if all("correct" in r[job] and "correct" in r["atp"] for r in val_rows):
             summary[job]["gained_lost"] = [gained_lost(r[job], r["atp"]) for r in val_rows]
             summary[job]["correct"] = [r[job]["correct"] for r in val_rows]
+        if job != "atp" and all("best_step" in r[job] for r in val_rows):
+            summary[job]["best_steps"] = [r[job]["best_step"] for r in val_rows]
     return rl_vs_start_markdown(summary, digits), summary
 
 
@@ -135,6 +137,11 @@ def rl_vs_start_markdown(summary: dict, digits: int = 1) -> str:
         lines.append(f"| {_label(job)} | " + ", ".join(f"{100 * a:{f}}" for a in accs) + f" | {100 * row['mean']:{f}}"
                      f" ± {100 * row['std']:{f}} | " + ", ".join(f"{100 * x:+{f}}" for x in gains) + f" | "
                      f"{interval} | {verdict} | {flip_text} |")
+    steps = {job: summary[job]["best_steps"] for job in RL_FROM_ATP if summary.get(job, {}).get("best_steps")}
+    if steps:
+        lines.append("\nEach RL run's `best/` was saved at policy step " + "; ".join(
+            f"{_label(j)}: {', '.join(map(str, s))}" for j, s in steps.items()) + " (per seed; 0: RL never beat its "
+            "start on val, so that `best/` is the start itself and scores as it does).")
     return "\n".join(lines)
 
 

@@ -275,8 +275,23 @@ def evaluate_val(jobs: list[str], out: Path, samples: int = 3, batch_size: int =
     rows: dict[str, dict] = {}
     for job in jobs:
         rows[job] = _cached(out / "runs" / job, f"{split}_eval.json", run_job, job, valid=valid)
+        if (step := best_step(out / "runs" / job)) is not None:
+            rows[job]["best_step"] = step
         print(f"  {split} {_label(job)}: {100 * rows[job]['accuracy']:.1f}%", flush=True)
     return rows
+
+
+def best_step(run: Path) -> int | None:
+    """The optimizer (RL: policy) step at which the run's best/ was saved, from its trainer state; None when it
+    has none. An RL run's 0 means it never beat its start on val, so its best/ is the start itself."""
+    import torch
+
+    path = run / "best" / "trainer_state.pt"
+    if not path.is_file():
+        return None
+    # mmap: the step only, without reading the optimizer state a large model's checkpoint carries
+    progress = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("progress") or {}
+    return int(progress["step"]) if "step" in progress else None
 
 
 def diversity_curves(problems, samples: list[list[dict]]) -> dict:

@@ -187,6 +187,14 @@ def test_claim_verdict_by_hand():
                              rl_vs_start=rl_summary(["1100"], ["1100"]))
     assert facts["y"]["interval"]["ci_low"] == facts["y"]["interval"]["ci_high"] == 0
     assert not facts["y"]["holds"] and not facts["rl_over_start"]["holds"] and facts["holds"] is False
+    # an RL run whose best/ is its start on every seed says so; one that moved on any seed does not
+    never = rl_summary(["1100"] * 2, ["1100"] * 2)
+    never["x"]["best_steps"] = [0, 0]
+    text, _ = claim_verdict(same, ["a"], {}, method="x", baselines=("y",), start="s", rl_vs_start=never)
+    assert "; on every seed its `best/` is the start itself: RL never beat it on val)" in text
+    never["x"]["best_steps"] = [0, 20]
+    text, _ = claim_verdict(same, ["a"], {}, method="x", baselines=("y",), start="s", rl_vs_start=never)
+    assert "never beat it" not in text
     # ahead on the mean but by one problem of ten: the interval holds 0, so the part does not hold
     one = [{"x": {"a": right("1" + "0" * 9)}, "y": {"a": right("0" * 10)}}]
     _, facts = claim_verdict(one, ["a"], {}, method="x", baselines=("y",), start="s")

@@ -260,8 +260,11 @@ def rl_over_start(summary: dict | None, label: str, method: str, start: str, whe
     facts = {"split": summary.get("split"), "mean_gain": res.mean_difference, "interval": res.as_dict(),
              "holds": bool(res.ci_low > 0)}
     verdict = "holds" if facts["holds"] else "does not hold"
+    steps = summary[method].get("best_steps") or []
+    never = "" if not steps or any(steps) else ("; on every seed its `best/` is the start itself: RL never beat it "
+                                                "on val")
     return (f"- {label} beats its SFT start on {where}: **{verdict}** (gain in points, paired over every problem and "
-            f"seed, with its 95% interval: {interval_text(res, 2)}{how})"), facts
+            f"seed, with its 95% interval: {interval_text(res, 2)}{how}{never})"), facts
 
 
 def plot_accuracy_vs_tokens(agg: dict, per_seed: list[dict], splits: list[str], labels: dict, path: Path) -> None:
