@@ -698,6 +698,8 @@ def test_committed_cpu_results_judge_rl_on_held_out_problems(tmp_path):
     large = res["rl_vs_start_val_large"]
     assert {"icot", "codi", "simcot_codi", "colar", "colar_rl"} <= set(res["mean"])
     assert len(res["per_seed"]) == 3 and len(large["atp_rl"]["gains"]) == 3
+    # seed 2's RL never beat its start on val: its best/ is the start, which is why it gained and lost nothing
+    assert large["atp_rl"]["best_steps"] == [220, 20, 0] and large["atp_rl"]["gained_lost"][2] == [0, 0]
     gained_lost = large["atp_rl"]["gained_lost"]
     assert gained_lost == [[49, 56], [6, 7], [0, 0]]
     assert large["atp_rl"]["gains"] == pytest.approx([(g - lost) / 5000 for g, lost in gained_lost])
