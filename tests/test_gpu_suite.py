@@ -91,6 +91,8 @@ def test_gpu_suite_runs_every_method_on_cpu_at_tiny_shapes(tmp_path):
     for job in ("atp_rl", "atp_rl_coherence"):
         (gained, lost), = large[job]["gained_lost"]
         assert large[job]["gains"][0] == pytest.approx((gained - lost) / 40)
+        (step,) = large[job]["best_steps"]  # read from the run's best/ trainer state
+        assert 0 <= step <= res["costs"][job][0]["steps"]
     # the claim, decided from the numbers above it, RL against its start on the held-out problems only, by the
     # paired bootstrap over those problems (one seed: problems alone are resampled)
     assert "## The claim" in text and "The claim as a whole: **" in text
