@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python benchmarks/rl_step.py [--questions 16] [--group-size 8] [--minibatch 16] [--threads 1]
       .venv/bin/python benchmarks/rl_step.py --paper-shape --threads 1   (about 2.5 minutes on one core)
-      [--correct-share 1.0] [--coherence-max-tokens 16]
+      [--correct-share 1.0] [--coherence-max-tokens 16] [--latent-policy gaussian|mean]
 
 Setup: the tiny model (random weights; --preset), a word tokenizer built from the synthetic train questions,
 method "atp" with c=2 and max_latent_stage=4 (8 latent slots), its separate step decoder, reasoner in eval
@@ -105,6 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "max_latent_stage=10 (20 slots), 16 answer and plan tokens, 16 questions x 8 rollouts, "
                         "minibatch 16, 2 repeats (options given explicitly still win); the last line is then the "
                         "coherence decode's share of the RL step")
+    p.add_argument("--latent-policy", choices=("gaussian", "mean"), default="gaussian",
+                   help="rl.latent_policy (gaussian): with mean, the G rollouts of a question share their latents, "
+                        "so its plans are decoded once")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed repeats of engine step and bare passes (interleaved); the fastest of each is kept (3)")
@@ -138,7 +141,8 @@ def build(args):
     problems = [bench["train"][i % len(bench["train"])] for i in range(args.questions)]
     cfg = load_config(None, [f"rl.questions_per_step={args.questions}", f"rl.group_size={args.group_size}",
                              f"rl.minibatch_size={args.minibatch}", f"rl.max_new_tokens={args.max_new_tokens}",
-                             f"rl.coherence_max_tokens={args.coherence_max_tokens}", f"train.seed={args.seed}"])
+                             f"rl.coherence_max_tokens={args.coherence_max_tokens}", f"train.seed={args.seed}",
+                             f"rl.latent_policy={args.latent_policy}"])
     return tok, reasoner, builder, problems, cfg
 
 
@@ -411,6 +415,8 @@ def main(argv=None) -> None:
                                     tok.pad_token_id, cfg.rl.coherence_max_tokens) if rows.numel() else \
             torch.zeros(0, 0, dtype=torch.long)
     n_dec = decoded.shape[1]
+    distinct = torch.unique(raw.decoder_inputs(batch["rl_z"], rows, groups).flatten(1), dim=0).shape[0] \
+        if rows.numel() else 0
     ended = int((decoded == tok.eos_token_id).any(-1).sum())
     decode_prep = prepare_decode(raw, batch["rl_z"], rows, groups, n_dec, decoded)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed + 7))
@@ -430,7 +436,9 @@ def main(argv=None) -> None:
         dev_roll = float((lp - traj.rollout_logps["answer"]).abs().max())
         ref = raw.score({k: (v if v.dim() == 0 else v[chunks[0]]) for k, v in batch.items()})
         logp, lat = score_forward(lm, scoring[0], heads)
-        dev_score = max(float((logp - ref["answer"]).abs().max()), float((lat - ref["latent"].sum(-1)).abs().max()))
+        dev_score = float((logp - ref["answer"]).abs().max())
+        if args.latent_policy == "gaussian":  # under mean the policy scores no latent density
+            dev_score = max(dev_score, float((lat - ref["latent"].sum(-1)).abs().max()))
     run_bare(lm, prepared, bare_opt, adv_fixed)  # warm-up (and optimizer state)
     run_bare(lm, prepared, bare_opt_h, adv_fixed, heads)
 
@@ -445,10 +453,12 @@ def main(argv=None) -> None:
           f"{stats.get('first_ratio_dev', float('nan')):.1e}")
     print(f"checks: rollouts counted right {int(right.sum())}/{n} (as scripted: "
           f"{torch.equal(traj.terms['acc'].bool(), right)}; reward {cfg.rl.reward}); coherence decode: "
-          f"{n_groups} of {all_groups} active groups x {n_dec} tokens (cap {cfg.rl.coherence_max_tokens}), "
+          f"{n_groups} of {all_groups} active groups ({distinct} distinct, each decoded once) x {n_dec} tokens "
+          f"(cap {cfg.rl.coherence_max_tokens}), "
           f"{ended} of them wrote eos (the engine stops their cost there)")
     print(f"checks: max |bare - engine| answer log-prob in the rollout {dev_roll:.1e}; "
-          f"in scoring (answer and latent terms, +heads) {dev_score:.1e}")
+          f"in scoring (answer{' and latent terms' if args.latent_policy == 'gaussian' else ''}, +heads) "
+          f"{dev_score:.1e}")
 
     # ---- timed: engine step and bare passes interleaved; the fastest repeat of each kept ----
     best_e, best_b, best_bh = None, None, None

@@ -753,6 +753,7 @@ def test_many_plans_bench_reports_diversity_and_the_premises_claims(fake_bench):
     assert res["diversity"]["atp"][0]["coverage"] == 0.75 and len(res["diversity"]["cot"]) == 3
     assert [d["seed"] for d in res["diversity"]["codi"]] == [0, 1]
     text = (out / "RESULTS.md").read_text()
+    assert text.startswith("# CPU benchmark, many-plans regime: every method")
     table = text[text.index("## Reasoning-path diversity"):text.index("## The premise's claims")]
     assert next(line for line in table.splitlines() if line.startswith("| Coconut |")).count("n/a") == 9  # pass@k is not a plan metric
     assert "| ATP-Latent (SFT) | 90.0 ± 0.0 | 50.0 ± 0.0 | 40.0 ± 0.0 | 10.0 ± 0.0 | 0.750 ± 0.000 |" in table

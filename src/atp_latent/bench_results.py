@@ -232,7 +232,9 @@ def bench_report(data: dict, took: str) -> tuple[str, dict]:
         rollouts_text = rollout_table([{j: {"accuracy": large[j]["per_seed"][k], "rollout": ro[j][k]} for j in ro}
                                        for k in range(min(len(x) for x in ro.values()))])
         rollouts = ro[next(iter(ro))][0]["n"]
-    text = (f"# {suite.upper()} benchmark: every method on the synthetic benchmark\n\nCommand: `{data['command']}` "
+    regime = data.get("regime") or "default"
+    title = f"{suite.upper()} benchmark" + ("" if regime == "default" else f", {regime} regime")
+    text = (f"# {title}: every method on the synthetic benchmark\n\nCommand: `{data['command']}` "
             f"({took}). Compute: {compute_summary(data['costs'] | (data.get('ablation_costs') or {}))}. "
             "The analysis of these numbers is in NOTES.md beside this file.\n\n"
             f"Accuracy (%) per test split, mean ± std over {seeds_text(data)}; "

@@ -229,6 +229,32 @@ def test_decode_plans_equals_one_group_at_a_time(setup):
     assert len({len(p) for p in got}) > 1  # rows used different numbers of groups
 
 
+def test_decode_plans_decodes_groups_with_equal_latents_once(setup, monkeypatch):
+    """With the latents at their mean (rl.latent_policy=mean) the copies of a question share their latent groups:
+    each distinct group is decoded once, and every row still gets the plan that decoding its groups alone gives."""
+    model, tok, builder, cfg = setup
+    prompts = [builder.eval_prompt(p.question) for p in PROBLEMS for _ in range(3)]
+    ids, mask = rl.left_pad([p for p, _ in prompts], tok.pad_token_id)
+    n_slots = torch.tensor([s for _, s in prompts])
+    state, _ = model.answer(ids, mask, n_slots, builder.end_id, tok.eos_token_id, tok.pad_token_id, 2,
+                            sample_latents=False, stop_mode="sample", generator=torch.Generator().manual_seed(1))
+    c, eos = model.spec.latents_per_step, tok.eos_token_id
+    active = [(i, g) for i in range(len(prompts)) for g in range(state.z.shape[1] // c) if state.active[i, g * c]]
+    distinct = {tuple(state.z[i, g * c: g * c + c].flatten().tolist()) for i, g in active}
+    assert len(distinct) < len(active)  # the copies share groups
+    sizes, real = [], model.decode_groups
+    monkeypatch.setattr(model, "decode_groups", lambda zg, *a, **k: sizes.append(zg.shape[0]) or real(zg, *a, **k))
+    got = decode_plans(model, state, tok, 6)
+    assert sizes == [len(distinct)]
+    for i in range(len(prompts)):
+        expect = []
+        for g in range(state.z.shape[1] // c):
+            if state.active[i, g * c]:
+                row = real(state.z[i, g * c: g * c + c][None], eos, tok.pad_token_id, 6)[0].tolist()
+                expect.append(tok.decode(row[: row.index(eos)] if eos in row else row))
+        assert got[i] == expect, i
+
+
 def _fixed_rollouts():
     path = Path(__file__).with_name("fixed_rollouts.py")
     spec = importlib.util.spec_from_file_location("fixed_rollouts", path)

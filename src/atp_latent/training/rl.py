@@ -264,7 +264,8 @@ def rollout(model: LatentReasoner, builder: SequenceBuilder, problems: list[Prob
 def decode_plans(model: LatentReasoner, state, tok, max_tokens: int,
                  text_embed: torch.nn.Module | None = None, keep: torch.Tensor | None = None) -> list[list[str]]:
     """Decoded text of every active latent group of every trajectory, in one batched cached decode (all groups of
-    all trajectories together; a group stops costing once it has written eos, see LatentReasoner.decode_groups).
+    all trajectories together; a group stops costing once it has written eos, see LatentReasoner.decode_groups;
+    groups with identical latents are decoded once).
     `keep` ([n] bool): decode only these trajectories' groups; the others get no plan ([])."""
     c = model.spec.latents_per_step
     n, L = state.active.shape
@@ -275,8 +276,15 @@ def decode_plans(model: LatentReasoner, state, tok, max_tokens: int,
     plans: list[list[str]] = [[] for _ in range(n)]
     if rows.numel() == 0:
         return plans
-    decoded = model.decode_groups(model.decoder_inputs(state.z, rows, groups), tok.eos_token_id, tok.pad_token_id,
-                                  max_tokens, text_embed=text_embed)
+    zg = model.decoder_inputs(state.z, rows, groups)
+    # Greedy decoding is a function of the group's latents: a group whose latents equal another's, bit for bit,
+    # reads the same (the G rollouts of a question share theirs under rl.latent_policy=mean), so decode each once.
+    unique, inverse = torch.unique(zg.flatten(1), dim=0, return_inverse=True)
+    if unique.shape[0] < zg.shape[0]:
+        decoded = model.decode_groups(unique.view(-1, *zg.shape[1:]), tok.eos_token_id, tok.pad_token_id,
+                                      max_tokens, text_embed=text_embed)[inverse]
+    else:
+        decoded = model.decode_groups(zg, tok.eos_token_id, tok.pad_token_id, max_tokens, text_embed=text_embed)
     for i, row in zip(rows.tolist(), decoded.tolist()):
         cut = row.index(tok.eos_token_id) if tok.eos_token_id in row else len(row)
         plans[i].append(tok.decode(row[:cut]))
