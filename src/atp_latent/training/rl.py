@@ -279,9 +279,12 @@ def decode_plans(model: LatentReasoner, state, tok, max_tokens: int,
     zg = model.decoder_inputs(state.z, rows, groups)
     # Greedy decoding is a function of the group's latents: a group whose latents equal another's, bit for bit,
     # reads the same (the G rollouts of a question share theirs under rl.latent_policy=mean), so decode each once.
-    unique, inverse = torch.unique(zg.flatten(1), dim=0, return_inverse=True)
+    # Compared as bits (an integer view: exact, and torch.unique takes integers on every device and dtype).
+    flat = zg.flatten(1).contiguous()
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[flat.element_size()]
+    unique, inverse = torch.unique(flat.view(bits), dim=0, return_inverse=True)
     if unique.shape[0] < zg.shape[0]:
-        decoded = model.decode_groups(unique.view(-1, *zg.shape[1:]), tok.eos_token_id, tok.pad_token_id,
+        decoded = model.decode_groups(unique.view(flat.dtype).view(-1, *zg.shape[1:]), tok.eos_token_id, tok.pad_token_id,
                                       max_tokens, text_embed=text_embed)[inverse]
     else:
         decoded = model.decode_groups(zg, tok.eos_token_id, tok.pad_token_id, max_tokens, text_embed=text_embed)
