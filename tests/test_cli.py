@@ -227,7 +227,7 @@ def test_eval_rollout_policy_reports_pass_at_k(checkpoint, capsys):
                                 for i, p in enumerate(problems)])
     assert got["diversity"] == expect and expect["has_plans"] and expect["n_rollouts"] == 2
     printed = capsys.readouterr().out
-    assert "pass@2" in printed and "test_long: plans valid " in printed
+    assert "pass@2" in printed and "test_long: plans valid " in printed and "invalid because: no plan " in printed
 
 
 def test_eval_rollout_latent_temperature(checkpoint):

@@ -309,7 +309,10 @@ def diversity_line(d: dict) -> str:
             f"distinct right orders {num(d['distinct_correct_orders'])}; order entropy {num(d['order_entropy'])} "
             f"({d['order_entropy_excluded']} problems excluded); Kendall distance {num(d['kendall_distance'])} "
             f"({d['kendall_distance_excluded']} excluded); strict "
-            + ", ".join(f"pass@{k} {100 * v:.2f}" for k, v in (d.get("strict_pass_at_k") or {}).items()))
+            + ", ".join(f"pass@{k} {100 * v:.2f}" for k, v in (d.get("strict_pass_at_k") or {}).items())
+            + ("" if d.get("distinct_plans") is None else
+               f"; distinct plans {d['distinct_plans']:.2f} of {d['n_rollouts']}; invalid because: "
+               + ", ".join(f"{reason.replace('_', ' ')} {pct(x)}" for reason, x in d["invalid_reasons"].items())))
 
 
 def cmd_explain(args) -> int:

@@ -12,7 +12,9 @@ from atp_latent.evaluation.diversity import (
     ProblemRollouts,
     coverage,
     distinct_correct_orders,
+    distinct_plans,
     diversity_summary,
+    invalid_plan_reason,
     kendall_tau_distance,
     mean_pairwise_kendall_distance,
     normalise_order,
@@ -203,9 +205,33 @@ def test_diversity_summary_by_hand():
     assert s["kendall_distance"] == pytest.approx((1 / 6 + 1 / 3 + 0) / 3)
     assert s["kendall_distance_excluded"] == 0
     # right answers 3, 2, 4 of 4; strict (valid and right) 3, 1, 4
+    assert s["distinct_plans"] == pytest.approx((2 + 4 + 1) / 3)  # AB, BA; AB, CAB, None, BA; one
+    # the two invalid plans (problem 2): CAB uses 7 and 10 before computing them; None is no plan
+    assert s["invalid_reasons"] == {"no_plan": 1 / 12, "repeated_step": 0, "wrong_step_count": 0, "unknown_step": 0,
+                                    "dependency_order": 1 / 12}
     assert s["pass_at_k"]["1"] == pytest.approx((3 + 2 + 4) / 12)
     assert s["strict_pass_at_k"]["1"] == pytest.approx((3 + 1 + 4) / 12)
     assert s["strict_pass_at_k"]["2"] == pytest.approx((1 + 1 / 2 + 1) / 3)
+
+
+def test_why_a_plan_is_invalid():
+    """The first reason that applies, in the order no plan, a repeated step, a wrong step count, a step that is
+    none of the problem's, an order against the dependencies; a valid plan has none."""
+    assert invalid_plan_reason(V2, AB) is None and invalid_plan_reason(V2, ["<<2 * 5=10>>", A, C]) is None
+    assert invalid_plan_reason(V2, None) == "no_plan"
+    assert invalid_plan_reason(V2, [A, A, C]) == "repeated_step"  # right length, B read as A
+    assert invalid_plan_reason(V2, [A, A, B, C]) == "repeated_step"  # repeated beats too long
+    assert invalid_plan_reason(V2, [A, C]) == "wrong_step_count"
+    assert invalid_plan_reason(V2, [A, B, C, "17+1=18"]) == "wrong_step_count"
+    assert invalid_plan_reason(V2, [A, "2*5=11", C]) == "unknown_step"  # an arithmetic slip
+    assert invalid_plan_reason(V2, [C, B, A]) == "dependency_order"
+    assert invalid_plan_reason(V1, ["5*4=20", "2+3=5"]) == "dependency_order"
+
+
+def test_distinct_plans_counts_every_plan_once_after_normalisation():
+    assert distinct_plans([(AB, True), (["<<3 + 4=7>>", "5*2=10", C], False), (BA, True)]) == 2
+    assert distinct_plans([(AB, True), (None, False), (None, True), ([A, A, C], False)]) == 3
+    assert distinct_plans([(AB, True)] * 8) == 1
 
 
 def test_diversity_summary_counts_kendall_exclusions_and_empty_means():
@@ -221,7 +247,7 @@ def test_diversity_summary_without_readable_plans():
     assert s["has_plans"] is False
     for key in ("plan_validity", "valid_and_correct", "valid_but_wrong", "invalid_plan", "distinct_correct_orders",
                 "coverage", "order_entropy", "order_entropy_excluded", "kendall_distance",
-                "kendall_distance_excluded", "strict_pass_at_k"):
+                "kendall_distance_excluded", "strict_pass_at_k", "distinct_plans", "invalid_reasons"):
         assert s[key] is None, key
     assert s["pass_at_k"] == diversity_summary(PROBLEMS)["pass_at_k"]
     # a method without plans needs no valid orders (e.g. problems that come without steps)

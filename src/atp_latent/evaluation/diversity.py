@@ -176,6 +176,37 @@ def mean_pairwise_kendall_distance(valid_orders: Sequence[Sequence[str]], rollou
     return sum(distances) / len(distances)
 
 
+# Why a plan is not a valid order, first reason that applies (docs/metrics.md)
+INVALID_REASONS = ("no_plan", "repeated_step", "wrong_step_count", "unknown_step", "dependency_order")
+
+
+def invalid_plan_reason(valid_orders: Sequence[Sequence[str]], plan: Sequence[str] | None) -> str | None:
+    """None for a valid plan, else the first of INVALID_REASONS that applies: no plan at all; a step written
+    twice (a step decoder that reads two latent groups as one step); a plan with more or fewer steps than the
+    problem; a step that is none of the problem's (an arithmetic slip or a miscopied number); or exactly the
+    problem's steps in an order that uses a result before computing it."""
+    valid, _ = _checked(valid_orders, [(plan, False)])
+    if plan is None:
+        return "no_plan"
+    order = normalise_order(plan)
+    if order in valid:
+        return None
+    steps = next(iter(valid))
+    if len(set(order)) < len(order):
+        return "repeated_step"
+    if len(order) != len(steps):
+        return "wrong_step_count"
+    if set(order) != set(steps):
+        return "unknown_step"
+    return "dependency_order"
+
+
+def distinct_plans(rollouts: Sequence[Rollout]) -> int:
+    """How many different plans (valid or not, after normalisation; no plan counts as one) the K rollouts wrote:
+    how much sampling moves a method's plan at all, whatever the plans are worth."""
+    return len({None if plan is None else normalise_order(plan) for plan, _ in rollouts})
+
+
 # -----------------------------------------------------------------------------
 # over problems
 
@@ -212,7 +243,9 @@ def diversity_summary(problems: Sequence[ProblemRollouts]) -> dict:
     valid_and_correct / valid_but_wrong / invalid_plan; distinct_correct_orders (mean |U|); coverage;
     order_entropy and kendall_distance (means over the problems where they are defined) with
     order_entropy_excluded and kendall_distance_excluded (how many problems were left out of each mean);
-    pass_at_k and strict_pass_at_k ({"1": ..., "2": ..., ..., "K": ...}).
+    pass_at_k and strict_pass_at_k ({"1": ..., "2": ..., ..., "K": ...}); distinct_plans (mean count of different
+    plans among the K, valid or not) and invalid_reasons (share of all rollouts per INVALID_REASONS entry; they add
+    up to invalid_plan).
 
     A method whose plans are all None (no readable plan) gets None for every plan metric, exclusion count and
     strict_pass_at_k, and still its pass_at_k. A mean over no problems (all excluded) is None."""
@@ -223,7 +256,7 @@ def diversity_summary(problems: Sequence[ProblemRollouts]) -> dict:
     summary["has_plans"] = has_plans
     plan_keys = ("plan_validity", "valid_and_correct", "valid_but_wrong", "invalid_plan", "distinct_correct_orders",
                  "coverage", "order_entropy", "order_entropy_excluded", "kendall_distance",
-                 "kendall_distance_excluded", "strict_pass_at_k")
+                 "kendall_distance_excluded", "strict_pass_at_k", "distinct_plans", "invalid_reasons")
     if not has_plans:
         return summary | dict.fromkeys(plan_keys)
 
@@ -231,6 +264,9 @@ def diversity_summary(problems: Sequence[ProblemRollouts]) -> dict:
     entropies = [order_entropy(*p) for p in problems]
     kendalls = [mean_pairwise_kendall_distance(*p) for p in problems]
     n_rollouts = k * len(problems)
+    reasons = Counter(dict.fromkeys(INVALID_REASONS, 0))
+    reasons.update(r for p in problems for plan, _ in p.rollouts
+                   if (r := invalid_plan_reason(p.valid_orders, plan)) is not None)
     return summary | {
         "plan_validity": _mean([v.validity for v in validity]),
         "valid_and_correct": sum(v.valid_and_correct for v in validity) / n_rollouts,
@@ -243,4 +279,6 @@ def diversity_summary(problems: Sequence[ProblemRollouts]) -> dict:
         "kendall_distance": _mean([d for d in kendalls if d is not None]),
         "kendall_distance_excluded": sum(d is None for d in kendalls),
         "strict_pass_at_k": pass_at_k_curves(problems, strict=True),
+        "distinct_plans": _mean([distinct_plans(p.rollouts) for p in problems]),
+        "invalid_reasons": {reason: n / n_rollouts for reason, n in reasons.items()},
     }
