@@ -77,7 +77,12 @@ def test_diversity_plot_draws_coverage_pass_at_k_and_strict_pass_at_k(tmp_path, 
     atp, strict, coconut = passk.lines
     assert list(atp.get_ydata()) == pytest.approx([50.0, 70.0]) and list(strict.get_ydata()) == pytest.approx([30, 50])
     assert strict.get_linestyle() == "--" and strict.get_color() == atp.get_color() != coconut.get_color()
-    assert [line.get_label() for line in cov.lines] == ["ATP"] and (tmp_path / "div.png").stat().st_size > 1000
+    assert [line.get_color() for line in cov.lines] == [atp.get_color()] and (tmp_path / "div.png").stat().st_size > 1000
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["ATP", "coconut"]
+    # the bench's 13 rows: 13 colours, none shared
+    shown.clear()
+    plot_diversity({f"m{i}": div["atp"] for i in range(13)}, {}, tmp_path / "div13.png")
+    assert len({line.get_color() for line in shown[0].axes[1].lines[::2]}) == 13
 
 
 def test_paired_comparison_by_hand():

@@ -441,28 +441,36 @@ def paired_seeds(a: list[dict], b: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def plot_diversity(div: dict[str, list[dict]], labels: dict, path: Path) -> None:
-    """Coverage and pass@k against the number of sampled rollouts K (mean over seeds), one colour per method; the
-    strict pass@k (a rollout counts only when its plan is valid too) dashed in the same colour, where there is a plan."""
+    """Coverage and pass@k against the number of sampled rollouts K (mean over seeds), one colour per method, the
+    same in both panels; the strict pass@k (a rollout counts only when its plan is valid too) dashed in the same
+    colour, where there is a plan. One legend for both, beside them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    palette = plt.get_cmap("tab20").colors
+    colours = {job: palette[(2 * i) % 20 + (2 * i) // 20 % 2] for i, job in enumerate(div)}  # dark shades first
+    all_ks: set[int] = set()
     for job, seeds in div.items():
         ks = sorted(int(k) for k in seeds[0]["pass_at_k"])
+        all_ks.update(ks)
         passk = [sum(s["pass_at_k"][str(k)] for s in seeds) / len(seeds) for k in ks]
-        line, = axes[1].plot(ks, [100 * v for v in passk], marker="o", label=labels.get(job, job))
+        axes[1].plot(ks, [100 * v for v in passk], marker="o", color=colours[job], label=labels.get(job, job))
         if seeds[0].get("strict_pass_at_k"):
             strict = [sum(s["strict_pass_at_k"][str(k)] for s in seeds) / len(seeds) for k in ks]
-            axes[1].plot(ks, [100 * v for v in strict], linestyle="--", color=line.get_color())
+            axes[1].plot(ks, [100 * v for v in strict], linestyle="--", color=colours[job])
         if seeds[0].get("coverage_at_k"):
             cov = [sum(s["coverage_at_k"][str(k)] for s in seeds) / len(seeds) for k in ks]
-            axes[0].plot(ks, cov, marker="o", label=labels.get(job, job))
-    axes[0].set(xscale="log", xlabel="K rollouts", ylabel="coverage of valid orders", title="plan coverage")
-    axes[1].set(xscale="log", xlabel="K rollouts", ylabel="pass@K (%)", title="pass@K (dashed: strict, plan valid too)")
+            axes[0].plot(ks, cov, marker="o", color=colours[job])
+    axes[0].set(xlabel="K rollouts", ylabel="coverage of valid orders", title="plan coverage (methods with a plan)")
+    axes[1].set(xlabel="K rollouts", ylabel="pass@K (%)", title="pass@K (dashed: strict, plan valid too)")
     for ax in axes:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(all_ks), [str(k) for k in sorted(all_ks)])
+        ax.minorticks_off()
+    fig.legend(*axes[1].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(0.8, 0.5), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
