@@ -267,22 +267,44 @@ def rl_over_start(summary: dict | None, label: str, method: str, start: str, whe
             f"seed, with its 95% interval: {interval_text(res, 2)}{how}{never})"), facts
 
 
+def method_colours(jobs) -> dict:
+    """One colour per method, none shared up to 20 methods (tab20: its dark shades first, then the light ones), so
+    a bench's rows keep their colour across plots."""
+    import matplotlib.pyplot as plt
+
+    palette = plt.get_cmap("tab20").colors
+    return {job: palette[(2 * i) % 20 + (2 * i) // 20 % 2] for i, job in enumerate(jobs)}
+
+
 def plot_accuracy_vs_tokens(agg: dict, per_seed: list[dict], splits: list[str], labels: dict, path: Path) -> None:
+    """Mean accuracy over the splits (error bar: std over seeds) against # tokens on a log axis with plain tick
+    labels, one colour per method, the legend beside the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    longest = max((len(labels.get(job, job)) for job in agg), default=10)
+    fig, ax = plt.subplots(figsize=(6 + 0.075 * longest, 4.5))  # the axes keep about 6 inches beside the legend
+    colours = method_colours(agg)
+    tokens = []
     for job, per in agg.items():
         m, sd = mean_over_splits(agg, per_seed, job, splits)
         tok = sum(per[s]["mean_tokens"] for s in splits) / len(splits)
-        ax.errorbar(tok, 100 * m, yerr=100 * sd, fmt="o", capsize=3, label=labels.get(job, job))
+        tokens.append(tok)
+        ax.errorbar(tok, 100 * m, yerr=100 * sd, fmt="o", capsize=3, color=colours[job], label=labels.get(job, job))
     ax.set_xscale("log")
+    lo, hi = min(tokens, default=1) / 1.2, max(tokens, default=1) * 1.2
+    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if lo <= t <= hi]
+    if ticks:
+        ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("# tokens (active latents + answer tokens; CoT: generated tokens)")
     ax.set_ylabel("mean accuracy over test splits (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -450,8 +472,7 @@ def plot_diversity(div: dict[str, list[dict]], labels: dict, path: Path) -> None
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    palette = plt.get_cmap("tab20").colors
-    colours = {job: palette[(2 * i) % 20 + (2 * i) // 20 % 2] for i, job in enumerate(div)}  # dark shades first
+    colours = method_colours(div)
     all_ks: set[int] = set()
     for job, seeds in div.items():
         ks = sorted(int(k) for k in seeds[0]["pass_at_k"])
