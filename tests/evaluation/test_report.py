@@ -85,6 +85,23 @@ def test_diversity_plot_draws_coverage_pass_at_k_and_strict_pass_at_k(tmp_path, 
     assert len({line.get_color() for line in shown[0].axes[1].lines[::2]}) == 13
 
 
+def test_latents_plot_rows_shares_and_means(tmp_path, monkeypatch):
+    """One row per method that uses latents; each cell the % of problems with that count; the row's mean beside."""
+    import matplotlib.pyplot as plt
+
+    from atp_latent.evaluation.report import plot_latents
+
+    shown = []
+    monkeypatch.setattr(plt, "close", lambda fig: shown.append(fig))
+    plot_latents({"atp": [3, 4, 4, 3], "cot": [0, 0], "colar": [2, 6]}, {"atp": "ATP"}, tmp_path / "lat.png")
+    ax = shown[0].axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["ATP", "colar"]
+    cells = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in ax.texts
+             if not t.get_text().startswith("mean")}
+    assert cells == {(3, 0): "50", (4, 0): "50", (2, 1): "50", (6, 1): "50"}
+    assert [t.get_text() for t in ax.texts if t.get_text().startswith("mean")] == ["mean 3.5", "mean 4.0"]
+
+
 def test_paired_comparison_by_hand():
     # atp - cot on split a: 0.2 - 0.5 = -0.3 and 0.4 - 0.7 = -0.3; on b: 0.1 - 0.3 = -0.2, 0.1 - 0.5 = -0.4
     c = paired_comparison(PER_SEED, "atp", "cot", "a")

@@ -350,22 +350,29 @@ def plot_training_curves(run_dirs: dict[str, list[Path]], labels: dict, path: Pa
 
 
 def plot_latents(latents: dict[str, list[int]], labels: dict, path: Path) -> None:
+    """How many latents each method used per problem: one row per method (those that use any), one column per
+    count, the cell's shade and number the share of problems, the row's mean on the right."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     jobs = [j for j, v in latents.items() if v and max(v) > 0]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    top = max((max(latents[j]) for j in jobs), default=0)
+    shares = [[latents[j].count(n) / len(latents[j]) for n in range(top + 1)] for j in jobs]
+    fig, ax = plt.subplots(figsize=(min(2.5 + 0.35 * (top + 1), 16), 1 + 0.4 * max(len(jobs), 1)))
     if jobs:
-        top = max(max(latents[j]) for j in jobs)
-        width = 0.8 / len(jobs)
-        for k, job in enumerate(jobs):
-            counts = [latents[job].count(n) / len(latents[job]) for n in range(top + 1)]
-            ax.bar([n + k * width for n in range(top + 1)], counts, width=width, label=labels.get(job, job))
-    ax.set_xlabel("latents used per problem (test splits)")
-    ax.set_ylabel("share of problems")
-    ax.legend(fontsize=8)
+        ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        for row, line in enumerate(shares):
+            for n, share in enumerate(line):
+                if share >= 0.005:
+                    ax.text(n, row, f"{100 * share:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if share > 0.6 else "black")
+            mean = sum(latents[jobs[row]]) / len(latents[jobs[row]])
+            ax.text(top + 0.7, row, f"mean {mean:.1f}", va="center", fontsize=8)
+        ax.set_yticks(range(len(jobs)), [labels.get(j, j) for j in jobs], fontsize=8)
+        ax.set_xticks(range(0, top + 1, 1 if top <= 20 else 5))
+    ax.set_xlabel("latents used per problem (test splits); cells: % of problems")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
