@@ -286,3 +286,19 @@ def test_one_seed_is_judged_by_the_interval_over_its_problems():
         summary[k].pop("correct")
     text, facts = claim_verdict(per_seed, ["a"], {}, method="x", baselines=("y",), start="s", rl_vs_start=summary)
     assert "rl_over_start" not in facts and "**not judged** (no per-problem results)" in text
+
+
+def test_ood_gap_claim_gives_what_the_gaps_are_made_of():
+    """A gap shrinks when in-distribution accuracy falls as surely as when OOD accuracy rises, so the claim line
+    gives both parts: here ATP's gap (50 - 25) is smaller than CoT's (75 - 25) only because its `test` accuracy is
+    lower, and the line says so."""
+    from atp_latent.evaluation.report import ood_gap_claim
+
+    def rows(test, ood):
+        return {"test": {"correct": test}} | {s: {"correct": ood} for s in ("test_large", "test_long", "test_perturbed")}
+
+    per_seed = [{"atp": rows("1100", "1000"), "cot": rows("1110", "1000")}] * 2
+    lines, facts = ood_gap_claim(per_seed, {"atp": "ATP", "cot": "CoT"}, "atp", ("cot",))
+    assert facts["cot"]["accuracy"] == {"in": {"method": 50.0, "other": 75.0}, "ood": {"method": 25.0, "other": 25.0}}
+    assert facts["cot"]["interval"]["mean_difference"] == pytest.approx(-0.25)
+    assert lines[0].endswith("; gaps 25.0 and 50.0: `test` 50.0 and 75.0, OOD 25.0 and 25.0)")

@@ -453,10 +453,14 @@ def ood_gap_claim(per_seed: list[dict], labels: dict, method: str = "atp", other
             continue
         res = paired_gap_bootstrap(*pieces)
         holds = bool(res.ci_high < 0)
-        facts[o] = {"interval": res.as_dict(), "holds": holds}
+        # what the gaps are made of: a gap shrinks when OOD accuracy rises or when in-distribution accuracy falls
+        acc = [100 * sum(map(sum, p)) / sum(map(len, p)) for p in pieces]
+        parts = {"in": {"method": acc[0], "other": acc[1]}, "ood": {"method": acc[2], "other": acc[3]}}
+        facts[o] = {"interval": res.as_dict(), "holds": holds, "accuracy": parts}
         lines.append(f"- {labels.get(method, method)}'s OOD gap is smaller than {labels.get(o, o)}'s: "
                      f"**{'holds' if holds else 'does not hold'}** (its gap minus the other's, points: "
-                     f"{interval_text(res)})")
+                     f"{interval_text(res)}; gaps {acc[0] - acc[2]:.1f} and {acc[1] - acc[3]:.1f}: `{in_split}` "
+                     f"{acc[0]:.1f} and {acc[1]:.1f}, OOD {acc[2]:.1f} and {acc[3]:.1f})")
     return lines, facts
 
 
