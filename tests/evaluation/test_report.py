@@ -56,6 +56,26 @@ def test_plots_are_written(tmp_path):
             assert im.size[0] > 100 and im.size[1] > 100
 
 
+def test_training_curves_name_the_seeds(tmp_path, monkeypatch):
+    """Each seed's colour is named once, in a spare panel, or below the panels when none is spare."""
+    import matplotlib.pyplot as plt
+
+    shown = []
+    monkeypatch.setattr(plt, "close", lambda fig: shown.append(fig))
+    runs = []
+    for seed in range(2):
+        run = tmp_path / f"run{seed}"
+        run.mkdir()
+        rows = [{"step": i, "train/loss": (seed + 1) / i} for i in range(1, 5)] + [{"step": 4, "eval/val_accuracy": 0.5}]
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        runs.append(run)
+    plot_training_curves({"cot": runs, "atp": runs[:1]}, {}, tmp_path / "curves.png")
+    spare = shown[0].axes[2]  # 4 panels a row, 2 used: the first spare (twin axes come after the grid)
+    assert [t.get_text() for t in spare.get_legend().get_texts()] == ["seed 0", "seed 1"]
+    plot_training_curves({f"m{i}": runs for i in range(4)}, {}, tmp_path / "full.png")
+    assert [t.get_text() for t in shown[1].legends[0].get_texts()] == ["seed 0", "seed 1"]
+
+
 def test_diversity_plot_draws_coverage_pass_at_k_and_strict_pass_at_k(tmp_path, monkeypatch):
     """One colour per method on both panels (coverage, pass@K); the strict pass@K dashed in the method's colour, for
     a method with plans only; means over seeds, in %."""

@@ -344,7 +344,15 @@ def plot_training_curves(run_dirs: dict[str, list[Path]], labels: dict, path: Pa
             ax.set_yscale("log")
     for ax in list(axes.flat)[len(jobs):]:
         ax.axis("off")
-    fig.tight_layout()
+    # one legend for the seeds' colours: in a spare panel when there is one, else below the panels
+    handles, names = max((ax.get_legend_handles_labels() for ax in list(axes.flat)[:len(jobs)]),
+                         key=lambda hl: len(hl[0]), default=([], []))
+    spare = list(axes.flat)[len(jobs):]
+    if handles and spare:
+        spare[0].legend(handles, names, loc="center", title="solid: train, dashed: val accuracy")
+    elif handles:
+        fig.legend(handles, names, loc="lower center", ncol=len(handles), fontsize=8)
+    fig.tight_layout(rect=(0, 0.04 if handles and not spare else 0, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
