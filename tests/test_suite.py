@@ -178,7 +178,7 @@ def test_cached_evaluation_recomputed_when_a_figure_is_missing(tmp_path):
         calls.append(x)
         return {"accuracy": x, "by_steps": {}}
 
-    (tmp_path / "val_eval.json").write_text('{"accuracy": 0.5}')  # written before by_steps existed
+    (tmp_path / "val_eval.json").write_text('{"accuracy": 0.5}')  # an older cache: no fingerprint, no by_steps
     def valid(v):
         return "by_steps" in v
 
@@ -186,6 +186,35 @@ def test_cached_evaluation_recomputed_when_a_figure_is_missing(tmp_path):
     assert suite_mod._cached(tmp_path, "val_eval.json", compute, 0.9, valid=valid)["accuracy"] == 0.7
     assert calls == [0.7]  # the second call reused the file the first wrote
     assert suite_mod._cached(tmp_path, "val_eval.json", compute, 0.8)["accuracy"] == 0.7  # no check: reused
+
+
+def test_cached_evaluation_follows_the_run_not_file_times(tmp_path):
+    """A cache stays valid in a copy or a fresh checkout of the run (every file's time changed, the cache possibly
+    older than final/), and is recomputed when the run was trained again (its metrics log differs)."""
+    import os
+    import shutil
+
+    run = tmp_path / "a" / "runs" / "atp"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "reasoner.json").write_text('{"method": "atp"}')
+    (run / "metrics.jsonl").write_text('{"step": 10, "train/loss": 1.0}\n')
+    calls = []
+
+    def compute(x):
+        calls.append(x)
+        return {"accuracy": x}
+
+    assert suite_mod._cached(run, "test_eval.json", compute, 0.4)["accuracy"] == 0.4
+    copy = tmp_path / "b" / "runs" / "atp"
+    shutil.copytree(run, copy)
+    os.utime(copy / "test_eval.json", (1, 1))  # a checkout may write the cache before final/
+    assert suite_mod._cached(copy, "test_eval.json", compute, 0.9)["accuracy"] == 0.4
+    assert calls == [0.4]
+    (copy / "metrics.jsonl").write_text('{"step": 10, "train/loss": 0.8}\n')  # trained again
+    assert suite_mod._cached(copy, "test_eval.json", compute, 0.9)["accuracy"] == 0.9
+    assert calls == [0.4, 0.9]
+    (copy / "final" / "reasoner.json").unlink()  # unfinished: never read from the cache
+    assert suite_mod._cached(copy, "test_eval.json", compute, 0.6)["accuracy"] == 0.6
 
 
 def test_test_evaluation_keeps_which_problems_each_run_got_right(tmp_path, monkeypatch):
@@ -460,9 +489,15 @@ def test_evaluate_val_samples_rl_rollouts_and_caches_them(tmp_path, monkeypatch)
     monkeypatch.setattr(eval_mod, "load_for_eval",
                         lambda run: (types.SimpleNamespace(spec=types.SimpleNamespace(use_vae=True, method="atp")),
                                      None, None))
+    import torch
+
+    (tmp_path / "runs" / "atp" / "best").mkdir()
+    torch.save({"progress": {"step": 40}}, tmp_path / "runs" / "atp" / "best" / "trainer_state.pt")
     got = suite_mod.evaluate_val(["atp"], tmp_path, samples=0, split="val_large", rollouts=2)["atp"]
     assert calls == [(False, "greedy", 0.0, 0), (True, "sample", 1.0, 0), (True, "sample", 1.0, 1)]
-    assert got["accuracy"] == 1.0 and got["correct"] == "111111"
+    assert got["accuracy"] == 1.0 and got["correct"] == "111111" and got["best_step"] == 40
+    # the step best/ was saved at is kept in the cache: a run committed without its trainer state still gives it
+    (tmp_path / "runs" / "atp" / "best" / "trainer_state.pt").unlink()
     # seed 0 right on problems 1, 2, 4, 5; seed 1 on 0, 1, 3, 4: counts 1, 2, 1, 1, 2, 1
     assert got["rollout"] == {"n": 2, "accuracy": pytest.approx(8 / 12), "pass_at_k": {"1": pytest.approx(8 / 12),
                               "2": pytest.approx(1.0)}, "signal": pytest.approx(4 / 6)}

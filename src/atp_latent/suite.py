@@ -9,6 +9,7 @@ plans' diversity), and the two commands that run it all.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -36,17 +37,28 @@ from atp_latent.jobs import (
 from atp_latent.scheduler import finished, train_jobs
 
 
+def _run_fingerprint(run: Path) -> str:
+    """What identifies a finished run's training: its final/reasoner.json and metrics log (a retrained run writes
+    new ones). Content, not modification times, so a run folder copied or checked out elsewhere keeps its caches."""
+    digest = hashlib.sha256()
+    for name in ("final/reasoner.json", "metrics.jsonl"):
+        path = run / name
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    return digest.hexdigest()[:16]
+
+
 def _cached(run: Path, name: str, compute, *args, valid=None):
-    """An evaluation of a finished run, kept beside it (run/name) and reused while final/ is unchanged and `valid`
-    accepts it (so a figure added later, or a redrawn split, is computed once): evaluation is deterministic, so
-    re-running a bench only evaluates the runs that changed."""
-    path, final = run / name, run / "final" / "reasoner.json"
-    if path.is_file() and final.is_file() and path.stat().st_mtime >= final.stat().st_mtime:
-        value = json.loads(path.read_text())
-        if valid is None or valid(value):
-            return value
+    """An evaluation of a finished run, kept beside it (run/name, with the run's fingerprint) and reused while the
+    run is the one it was computed on and `valid` accepts it (so a figure added later, or a redrawn split, is
+    computed once): evaluation is deterministic, so re-running a bench only evaluates the runs that changed."""
+    path, fingerprint = run / name, _run_fingerprint(run)
+    if path.is_file() and (run / "final" / "reasoner.json").is_file():
+        cached = json.loads(path.read_text())
+        if isinstance(cached, dict) and cached.get("run") == fingerprint and "value" in cached \
+                and (valid is None or valid(cached["value"])):
+            return cached["value"]
     value = compute(*args)
-    path.write_text(json.dumps(value))
+    path.write_text(json.dumps({"run": fingerprint, "value": value}))
     return value
 
 
@@ -257,6 +269,8 @@ def evaluate_val(jobs: list[str], out: Path, samples: int = 3, batch_size: int =
         row = summary.as_dict()
         row["by_steps"] = accuracy_by_steps(problems, per_problem)
         row["correct"] = "".join("1" if r["correct"] else "0" for r in per_problem)
+        if (step := best_step(out / "runs" / job)) is not None:  # kept, so the report needs no trainer state
+            row["best_step"] = step
         if model.spec.use_vae and samples:
             accs = [evaluate(model, builder, problems, batch_size=batch_size, max_new_tokens=max_new,
                              sample_latents=True, seed=k, progress=False)[0].accuracy for k in range(samples)]
@@ -275,8 +289,6 @@ def evaluate_val(jobs: list[str], out: Path, samples: int = 3, batch_size: int =
     rows: dict[str, dict] = {}
     for job in jobs:
         rows[job] = _cached(out / "runs" / job, f"{split}_eval.json", run_job, job, valid=valid)
-        if (step := best_step(out / "runs" / job)) is not None:
-            rows[job]["best_step"] = step
         print(f"  {split} {_label(job)}: {100 * rows[job]['accuracy']:.1f}%", flush=True)
     return rows
 
