@@ -806,6 +806,21 @@ def test_many_plans_bench_reports_diversity_and_the_premises_claims(fake_bench):
         ["- ATP-Latent (RL)", "- ATP RL, coherence weight 0", "- ATP-Latent (RL, coherence only)"]
 
 
+def test_many_plans_claims_say_which_rows_they_lack(fake_bench):
+    """A many-plans bench of some jobs only (--jobs atp_rl trains CoT-SFT, ATP SFT and RL): the claims that compare
+    rows it did not train say which ones they lack, instead of an empty list; (d) is judged against CoT-SFT alone."""
+    run, _, _ = fake_bench
+    out = run("cpu", seeds=2, regime="many-plans", jobs=["atp_rl"], claim_seeds=2)
+    claims = (out / "RESULTS.md").read_text().split("## The premise's claims in this regime")[1]
+    a = claims[claims.index("(a)"):claims.index("(b)")]
+    assert a.splitlines()[1] == "- not judged (no results for Coconut, SIM-CoT in this bench)"
+    b = claims[claims.index("(b)"):claims.index("(c)")]
+    assert [line.split(" than ")[1].split(" at ")[0] for line in b.splitlines() if line.startswith("- ")] == ["CoT-SFT's"]
+    d = claims[claims.index("(d)"):]
+    assert [line.split(" OOD gap is smaller than ")[1].split(":")[0] for line in d.splitlines()
+            if line.startswith("- ")] == ["CoT-SFT's"]
+
+
 def test_many_plans_bench_gives_the_claim_rows_more_seeds(fake_bench, monkeypatch):
     """--regime many-plans: the rows claims (a)-(d) compare get 5 seeds by default, the others --seeds; seeds past
     --seeds train and evaluate the claim rows alone; means, tables and paired comparisons use the seeds a row (a
