@@ -149,10 +149,10 @@ def test_run_cost_and_cost_columns(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     # a run from before scheduled steps were logged is not flagged
     assert run_cost(tmp_path) == {"steps": 30, "minutes": 2.5, "best_step": 20, "scheduled_steps": None,
-                                  "stopped_early": False, "commit": None, "dirty": None}
+                                  "stopped_early": False, "commit": None, "dirty": None, "versions": None}
     assert run_cost(tmp_path / "missing") == {"steps": None, "minutes": None, "best_step": None,
                                               "scheduled_steps": None, "stopped_early": False, "commit": None,
-                                              "dirty": None}
+                                              "dirty": None, "versions": None}
     (tmp_path / "environment.json").write_text(json.dumps({"git": {"commit": "abcdef0123", "dirty": False}}))
     assert run_cost(tmp_path)["commit"] == "abcdef0123"
     # the compute line: every run's minutes summed, the commits they ran
@@ -160,6 +160,16 @@ def test_run_cost_and_cost_columns(tmp_path):
              "atp": {"minutes": None}}
     assert compute_summary(costs) == "3 runs, 1.0 h of training wall time in all (one CPU thread each), " \
         "commit 1234567+dirty, abcdef0"
+    # the library versions each run trained under (environment.json): named once, and flagged when they differ
+    (tmp_path / "environment.json").write_text(json.dumps({"git": {"commit": "abcdef0123", "dirty": False},
+                                                           "packages": {"torch": "2.13.0", "transformers": "5.25.0",
+                                                                        "accelerate": "1.16.0"}}))
+    assert run_cost(tmp_path)["versions"] == "torch 2.13.0, transformers 5.25.0"
+    costs = {"cot": [run_cost(tmp_path), run_cost(tmp_path)]}
+    assert compute_summary(costs).endswith("commit abcdef0; torch 2.13.0, transformers 5.25.0")
+    costs["atp"] = [run_cost(tmp_path) | {"versions": "torch 2.13.0, transformers 5.24.0"}]
+    assert compute_summary(costs).endswith("; **runs trained under different library versions**: torch 2.13.0, "
+                                           "transformers 5.24.0; torch 2.13.0, transformers 5.25.0")
     costs = {"cot": [{"steps": 30, "minutes": 2.0}, {"steps": 30, "minutes": 4.0}], "atp": [{"steps": None}]}
     table = results_table(aggregate(PER_SEED), PER_SEED, ["a", "b"], {"cot": "CoT-SFT"}, costs)
     assert table.splitlines()[0].endswith("| train steps | train min |")
@@ -178,7 +188,7 @@ def test_runs_cut_by_the_safety_stop_are_named(tmp_path):
     full, cut = run("full", 400, 400), run("cut", 250, 400)
     assert run_cost(full)["stopped_early"] is False
     assert run_cost(cut) == {"steps": 250, "minutes": 1.0, "best_step": 250, "scheduled_steps": 400,
-                             "stopped_early": True, "commit": None, "dirty": None}
+                             "stopped_early": True, "commit": None, "dirty": None, "versions": None}
     assert stopped_early_note({"CoT-SFT": full}) == ""
     note = stopped_early_note({"CoT-SFT": full, "Coconut": cut})
     assert "Coconut (250 of 400 steps)" in note and "CoT-SFT" not in note and note.startswith("**Warning")

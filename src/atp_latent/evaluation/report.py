@@ -60,10 +60,12 @@ def run_cost(run: Path) -> dict:
         if m.get("eval/val_accuracy", -1.0) > best:
             best, best_step = m["eval/val_accuracy"], m["step"]
     env = Path(run) / "environment.json"
-    git = json.loads(env.read_text()).get("git") or {} if env.is_file() else {}
+    info = json.loads(env.read_text()) if env.is_file() else {}
+    git, packages = info.get("git") or {}, info.get("packages") or {}
+    versions = ", ".join(f"{k} {packages[k]}" for k in ("torch", "transformers") if packages.get(k)) or None
     return {"steps": steps, "minutes": minutes, "best_step": best_step, "scheduled_steps": scheduled,
             "stopped_early": bool(scheduled and steps is not None and steps < scheduled),
-            "commit": git.get("commit"), "dirty": git.get("dirty")}
+            "commit": git.get("commit"), "dirty": git.get("dirty"), "versions": versions}
 
 
 def compute_summary(costs: dict[str, list[dict]]) -> str:
@@ -73,6 +75,13 @@ def compute_summary(costs: dict[str, list[dict]]) -> str:
     minutes = sum(c.get("minutes") or 0.0 for c in every)
     commits = sorted({c["commit"][:7] + ("+dirty" if c.get("dirty") else "") for c in every if c.get("commit")})
     made = f"commit {', '.join(commits)}" if commits else "commit not recorded (runs from before 2026-12-03)"
+    # a bench resumed on another machine may have trained under other library versions (a model's initialisation
+    # can differ between transformers releases): say so, since its seeds are then not draws of one protocol
+    versions = sorted({c["versions"] for c in every if c.get("versions")})
+    if len(versions) == 1:
+        made += f"; {versions[0]}"
+    elif versions:
+        made += f"; **runs trained under different library versions**: {'; '.join(versions)}"
     return f"{len(every)} runs, {minutes / 60:.1f} h of training wall time in all (one CPU thread each), {made}"
 
 
