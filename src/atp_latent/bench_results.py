@@ -296,9 +296,10 @@ def diversity_report(data: dict, large: dict | None, where: str) -> str:
     )
 
     div, per_seed = data["diversity"], data["per_seed"]
+    ran = {j for r in per_seed for j in r}
 
-    def missing(jobs, where=None):  # why a claim has nothing to compare: the rows this bench has no results for
-        gone = [_label(j) for j in jobs if not (where.get(j) if where is not None else any(j in r for r in per_seed))]
+    def missing(jobs, present):  # why a claim has nothing to compare: the rows this bench has no results for
+        gone = [_label(j) for j in jobs if j not in present]
         return f"no results for {', '.join(gone)} in this bench" if gone else "no seed ran both rows"
 
     k = next(iter(div.values()))[0]["n_rollouts"]
@@ -306,8 +307,7 @@ def diversity_report(data: dict, large: dict | None, where: str) -> str:
     b, _ = coverage_claim(div, LABELS, "atp", ("cot", "simcot"))
     c = [rl_over_start(large, _label(j), j, "atp", where)[0] for j in RL_FROM_ATP
          if large and j in large]
-    d, _ = ood_gap_claim(per_seed, LABELS, "atp", tuple(j for j in ("cot", "coconut", "simcot")
-                                                         if any(j in r for r in per_seed)))  # on the seeds both ran
+    d, _ = ood_gap_claim(per_seed, LABELS, "atp", tuple(j for j in ("cot", "coconut", "simcot") if j in ran))
     return (f"## Reasoning-path diversity on `test`\n\n{k} rollouts of every test problem per method and seed, under "
             "RL's rollout policy for every method (latents sampled from the VAE head where there is one, the stop "
             "head sampled, answer tokens at temperature 1.0: CoT varies in the steps it writes, Coconut and SIM-CoT "
@@ -316,7 +316,7 @@ def diversity_report(data: dict, large: dict | None, where: str) -> str:
             "problem's valid step orders. Definitions: docs/metrics.md. Mean ± std over seeds; plot "
             f"`diversity.png`.\n\n{diversity_table(div, LABELS)}\n\n"
             "## The premise's claims in this regime\n\n(a) ATP SFT beats Coconut and SIM-CoT on accuracy at no more "
-            "tokens:\n" + ("\n".join(a) or f"- not judged ({missing(('atp', 'coconut', 'simcot'))})")
+            "tokens:\n" + ("\n".join(a) or f"- not judged ({missing(('atp', 'coconut', 'simcot'), ran)})")
             + "\n\n(b) ATP's sampled plans are more diverse than CoT's and SIM-CoT's at equal validity:\n"
             + ("\n".join(b) or f"- not judged ({missing(('atp', 'cot', 'simcot'), div)})")
             + "\n\n(c) RL (the full reward; accuracy and format alone; the coherence reward alone) improves on its "
@@ -324,7 +324,7 @@ def diversity_report(data: dict, large: dict | None, where: str) -> str:
             + ("\n".join(c) or ("- not judged (no held-out problems: `--val-large 0`)" if not _bench_settings(data)[1]
                                 else "- not judged (no RL run from ATP SFT has finished)"))
             + "\n\n(d) ATP's OOD gap (test minus the three OOD splits) is smaller than the others':\n"
-            + ("\n".join(d) or f"- not judged ({missing(('atp', 'cot', 'coconut', 'simcot'))})") + "\n")
+            + ("\n".join(d) or f"- not judged ({missing(('atp', 'cot', 'coconut', 'simcot'), ran)})") + "\n")
 
 
 def write_report(out: Path | str) -> Path:
