@@ -158,7 +158,7 @@ def test_run_cost_and_cost_columns(tmp_path):
     # the compute line: every run's minutes summed, the commits they ran
     costs = {"cot": [run_cost(tmp_path), {"minutes": 57.5, "commit": "1234567890", "dirty": True}],
              "atp": {"minutes": None}}
-    assert compute_summary(costs) == "3 runs, 1.0 h of training wall time in all (one CPU thread each), " \
+    assert compute_summary(costs) == "3 runs, 1.0 h of training wall time in all (summed over jobs that ran side by side), " \
         "commit 1234567+dirty, abcdef0"
     # the library versions each run trained under (environment.json): named once, and flagged when they differ
     (tmp_path / "environment.json").write_text(json.dumps({"git": {"commit": "abcdef0123", "dirty": False},

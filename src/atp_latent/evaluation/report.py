@@ -82,7 +82,7 @@ def compute_summary(costs: dict[str, list[dict]]) -> str:
         made += f"; {versions[0]}"
     elif versions:
         made += f"; **runs trained under different library versions**: {'; '.join(versions)}"
-    return f"{len(every)} runs, {minutes / 60:.1f} h of training wall time in all (one CPU thread each), {made}"
+    return f"{len(every)} runs, {minutes / 60:.1f} h of training wall time in all (summed over jobs that ran side by side), {made}"
 
 
 def stopped_early_note(runs: dict[str, Path]) -> str:
