@@ -3,12 +3,27 @@
 Run:  .venv/bin/python benchmarks/rl_step.py [--questions 16] [--group-size 8] [--minibatch 16] [--threads 1]
       .venv/bin/python benchmarks/rl_step.py --paper-shape --threads 1   (about 2.5 minutes on one core)
       [--correct-share 1.0] [--coherence-max-tokens 16] [--latent-policy gaussian|mean]
+      [--device cpu|cuda] [--mixed-precision no|bf16] [--vocab N] [--repeats N]
+GPU, the paper's RL shape at LLaMA-3.2-1B's shape and vocabulary, in the paper's precision (from the repo root;
+on an H200, 2026-12-04: 206 s with imports, peak memory 70.9 GiB, coherence_decode_share=0.026;
+results/gpu/2026-12-04-h200/rl_step_1b.log):
+      PYTHONPATH=src python benchmarks/rl_step.py --paper-shape --preset llama-1b-shape --vocab 128256 \
+          --device cuda --mixed-precision bf16
 
 Setup: the tiny model (random weights; --preset), a word tokenizer built from the synthetic train questions,
 method "atp" with c=2 and max_latent_stage=4 (8 latent slots), its separate step decoder, reasoner in eval
-mode, decoder frozen, AdamW over the parameters that require grad, an `accelerate.Accelerator(cpu=True)` as in
-`train_rl`. --paper-shape: the paper's RL shape (configs/paper/atp_rl.yaml, atp.yaml) on the llama-small
-preset: c=2, max_latent_stage=10 (20 latent slots, 10 groups per rollout), 16 answer tokens and
+mode, decoder frozen, AdamW over the parameters that require grad, an `accelerate.Accelerator` as in `train_rl`
+(forced to CPU unless --device cuda). --vocab N pads the model's vocabulary to N rows as gpu/smoke.py does (the
+tokenizer has about 140 words; a random model samples every row, so the answer's and the plans' LM heads cost what
+N rows cost, and rows past the tokenizer's decode to nothing). --device cuda: model, heads, decoder, optimizer,
+inputs and the sampling generator on the GPU, cuDNN attention off (as `prepare_run` sets it: train.cudnn_attention
+false), and every clock read waits for the GPU (`torch.cuda.synchronize()`), the wrapped engine pieces included.
+--mixed-precision bf16: the paper's precision (train.mixed_precision bf16 over fp32 master weights): the
+Accelerator's bf16 autocast wraps the model's forward (the update's scoring) and, as `train_rl` does, the rollout;
+the bare passes run under the same autocast, one region per engine call (autocast caches its casts of the
+trainable weights within a region, so the regions set what is cast how often). On CPU bf16 autocast is emulated
+and slow. --paper-shape: the paper's RL shape (configs/paper/atp_rl.yaml, atp.yaml) on the llama-small
+preset (or --preset): c=2, max_latent_stage=10 (20 latent slots, 10 groups per rollout), 16 answer tokens and
 rl.coherence_max_tokens 16 (its default), 16 questions x 8 rollouts, minibatch 16. The stop head is forced
 never to stop (last layer zeroed, bias (+20, -20)), so every trajectory fills all its slots; a random model
 rarely samples eos, so answers run the full --max-new-tokens, and a random decoder's plans run to the
@@ -17,7 +32,11 @@ reward is a fixed seeded pattern with --correct-share of the rollouts right (`sc
 under the full reward only right answers' plans are decoded, so every plan is, the decode's worst case). The
 update uses a fixed seeded random advantage vector rather than the rewards' advantages (timed all the same),
 so every minibatch update does real work whatever the rewards. Model and optimizer state and both generators
-are restored before every timed step, so each repeat runs the same trajectories.
+are restored before every timed step, so each repeat runs the same trajectories. Printed first: the device and the
+timing setup (one untimed warm-up step and one for the checks, then --repeats interleaved timed repeats; default 3,
+2 with --paper-shape or --device cuda); after the checks a line per repeat (engine step, its decode and share, bare
+totals: a run cut short still reports the share); last before the ratios: the script's wall time (and on CUDA its
+peak memory).
 
 Figures (ms per RL step; the engine pieces are timed inside the real calls by wrapping the reasoner's
 methods and `rl.decode_plans`, so they add up to the step):
@@ -40,9 +59,12 @@ methods and `rl.decode_plans`, so they add up to the step):
            last layer's outputs at the prefix and latent columns, so autograd prunes that part of the graph
            and the passes-only backward is much cheaper than the engine's. The passes-only ratio (the last
            line) is therefore an upper bound on the overhead; `overhead counting the heads` is the tighter one.
-Checks printed first: every slot active, answer length, the rollouts counted right and the groups decoded
+Checks printed next: every slot active, answer length, the rollouts counted right and the groups decoded
 (of all active groups, their tokens, how many wrote eos), and that the bare passes reproduce the engine's
-answer log-probs (rollout) and the answer and latent log-probs of `score` (float noise only).
+answer log-probs (rollout) and the answer and latent log-probs of `score` up to rounding: an answer log-prob
+within 1e-3 and a row's latent term within 1e-5 of itself in fp32; under bf16 the same passes batched or ordered
+differently round differently, so within 0.1 and 1e-3 (`LOGPROB_TOLERANCE`; printed against the tolerance of the
+precision that ran, not asserted).
 
 The last two lines are `coherence_decode_share=<x>` (engine decode_plans time / engine step time; the paper
 names the coherence reward's cost as a limitation, target <= 0.10 at the paper's shape) and
@@ -55,20 +77,24 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import platform
+import sys
 import time
 import warnings
 from collections import defaultdict
 
 import torch
+import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from transformers import AutoModelForCausalLM
 
 import atp_latent.training.rl as rl_mod
 from atp_latent.config import load_config
 from atp_latent.data.sequences import builder_for
 from atp_latent.data.synthetic import SynthConfig, generate_benchmark
 from atp_latent.modeling.engine import backbone_forward, new_cache
-from atp_latent.modeling.factory import build_tiny_model
+from atp_latent.modeling.factory import tiny_config
 from atp_latent.modeling.heads import gaussian_log_density
 from atp_latent.modeling.reasoner import LatentReasoner, ReasonerSpec
 from atp_latent.modeling.tokenizer import build_word_tokenizer
@@ -79,6 +105,13 @@ COHERENCE_SHARE_TARGET = 0.10  # the coherence decode's share of an RL step at t
 TINY_SHAPE = dict(questions=16, group_size=8, minibatch=16, max_new_tokens=16, preset="llama-tiny",
                   latents_per_step=2, max_latent_stage=4, repeats=3, correct_share=1.0)
 PAPER_SHAPE = TINY_SHAPE | dict(preset="llama-small", max_latent_stage=10, repeats=2)
+CUDA_REPEATS = 2  # an H200 at the 1B shape: about 20 s per repeat (engine + bare + bare+heads: about 55 s), steady
+# Deviations of the bare passes' log-probs from the engine's that the checks call rounding: an answer token's
+# log-prob, absolute; a row's latent term (Gaussian log-densities summed over d dimensions and every slot: hundreds
+# to thousands), relative. fp32: float noise. bf16 autocast rounds every matmul's output to 8 mantissa bits, so
+# the same passes batched or ordered differently round differently.
+# Measured on CPU, bf16: 2e-3 and 5e-5 (llama-tiny), 6e-3 and 5e-5 (llama-medium, 32k rows).
+LOGPROB_TOLERANCE = {"no": (1e-3, 1e-5), "bf16": (0.1, 1e-3)}  # (answer, latent relative)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -101,18 +134,30 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "accuracy reward is replaced by a fixed seeded pattern; under the full reward only the "
                         "plans of right answers are decoded, so 1.0 is the decode's worst case")
     p.add_argument("--paper-shape", action="store_true",
-                   help="the paper's RL shape (configs/paper/atp_rl.yaml) on a CPU preset: llama-small, c=2, "
-                        "max_latent_stage=10 (20 slots), 16 answer and plan tokens, 16 questions x 8 rollouts, "
-                        "minibatch 16, 2 repeats (options given explicitly still win); the last line is then the "
-                        "coherence decode's share of the RL step")
+                   help="the paper's RL shape (configs/paper/atp_rl.yaml) on llama-small (or --preset, e.g. "
+                        "llama-1b-shape): c=2, max_latent_stage=10 (20 slots), 16 answer and plan tokens, 16 "
+                        "questions x 8 rollouts, minibatch 16, 2 repeats (options given explicitly still win); the "
+                        "last line is then the coherence decode's share of the RL step")
+    p.add_argument("--vocab", type=int, default=None,
+                   help="pad the model's vocabulary to this many rows, as gpu/smoke.py does (default: the word "
+                        "tokenizer's ~140; LLaMA-3's is 128256): the LM heads of the answer and of the plan decode "
+                        "then cost what that vocabulary costs")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where model, optimizer and inputs live (cpu); cuda: every clock read waits for the GPU")
+    p.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
+                   help="train.mixed_precision (no): bf16 is the paper's (fp32 master weights, bf16 autocast over "
+                        "the engine step and the bare passes alike, as train_rl runs it)")
     p.add_argument("--latent-policy", choices=("gaussian", "mean"), default="gaussian",
                    help="rl.latent_policy (gaussian): with mean, the G rollouts of a question share their latents, "
                         "so its plans are decoded once")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="timed repeats of engine step and bare passes (interleaved); the fastest of each is kept (3)")
+                   help="timed repeats of engine step and bare passes (interleaved); the fastest of each is kept "
+                        f"(3; --paper-shape or --device cuda: {CUDA_REPEATS})")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.repeats is None and args.device == "cuda":
+        args.repeats = CUDA_REPEATS
     for k, v in (PAPER_SHAPE if args.paper_shape else TINY_SHAPE).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -124,11 +169,24 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------------------------------------
 # setup
 # ----------------------------------------------------------------------------------------------------------
-def build(args):
+def build_lm(preset: str, tok, vocab: int | None, seed: int, device: torch.device):
+    """`factory.build_tiny_model` (same seeding, so the same weights on CPU), built on `device` (a 1B model is
+    initialised there, not on the CPU), with the vocabulary padded to `vocab` rows (None: the tokenizer's size)
+    as gpu/smoke.py's --vocab does."""
+    vocab = vocab or len(tok)
+    if vocab < len(tok):
+        sys.exit(f"rl_step.py: --vocab {vocab} is smaller than the tokenizer ({len(tok)} tokens)")
+    cfg = tiny_config(preset, vocab, tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
+    with torch.random.fork_rng(), device:
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(cfg)
+
+
+def build(args, device: torch.device):
     bench = generate_benchmark(SynthConfig(seed=0, n_train=200, n_val=10, n_test=10, n_ood=10))
     tok = build_word_tokenizer([p.question for p in bench["train"]])
     set_seed(args.seed)  # python, numpy and torch
-    lm = build_tiny_model(args.preset, tok, seed=args.seed)
+    lm = build_lm(args.preset, tok, args.vocab, args.seed, device)
     spec = ReasonerSpec.for_method("atp", latents_per_step=args.latents_per_step, max_latent_stage=args.max_latent_stage)
     reasoner = LatentReasoner(lm, spec).eval()
     with torch.no_grad():  # never stop: logits (continue=+20, stop=-20) whatever z is
@@ -161,6 +219,14 @@ def script_accuracy(n: int, share: float, seed: int) -> torch.Tensor:
     return right
 
 
+def now() -> float:
+    """time.perf_counter once the GPU has finished the work queued so far (when CUDA is in use): CUDA calls
+    return before their kernels run, so without it a region's time would be its launches', not its work's."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 class Clock:
     """Wall time per named piece of the engine step, filled by wrappers around the calls the step makes."""
 
@@ -171,16 +237,17 @@ class Clock:
     def wrap(self, fn, name):
         def inner(*a, **kw):
             key = f"{self.phase}.{name}:{'grad' if torch.is_grad_enabled() else 'nograd'}"
-            t0 = time.perf_counter()
+            t0 = now()
             out = fn(*a, **kw)
-            self.t[key] += time.perf_counter() - t0
+            self.t[key] += now() - t0
             return out
         return inner
 
 
 def instrument(raw: LatentReasoner, clock: Clock) -> None:
     """Time the reasoner's pieces where the step calls them (instance attributes shadow the methods;
-    `rollout` looks `decode_plans` up in its module). Overhead: one perf_counter pair per call."""
+    `rollout` looks `decode_plans` up in its module). Overhead: one perf_counter pair per call (and on CUDA two
+    synchronizations, which drain the GPU's queue: about 50 calls per step)."""
     for name in ("answer", "fill", "decode_groups", "score", "lm_logits"):
         setattr(raw, name, clock.wrap(getattr(raw, name), name))
     rl_mod.decode_plans = clock.wrap(rl_mod.decode_plans, "decode_plans")
@@ -189,18 +256,20 @@ def instrument(raw: LatentReasoner, clock: Clock) -> None:
 def engine_step(model, raw, optimizer, accelerator, builder, problems, cfg, seed, adv_fixed, clock):
     """One full RL step as train_rl runs it; returns (pieces in seconds, trajectories)."""
     clock.t.clear()
-    gen = torch.Generator().manual_seed(seed * 1000)
+    device = accelerator.device
+    gen = torch.Generator(device=device).manual_seed(seed * 1000)  # the sampling's, on the device as in train_rl
     perm_rng = torch.Generator().manual_seed(seed + 7)
     clock.phase = "rollout"
-    t0 = time.perf_counter()
-    traj = rollout(raw, builder, problems, cfg, gen, torch.device("cpu"))
-    t1 = time.perf_counter()
-    adv = group_advantages(traj.rewards, cfg.rl.group_size)
-    t2 = time.perf_counter()
+    t0 = now()
+    with accelerator.autocast():  # train_rl samples in the precision the update scores in
+        traj = rollout(raw, builder, problems, cfg, gen, device)
+    t1 = now()
+    adv = group_advantages(traj.rewards, cfg.rl.group_size).to(device)
+    t2 = now()
     del adv  # random model: equal rewards, zero advantages; use the fixed random vector instead
     clock.phase = "update"
     stats = grpo_update(model, optimizer, accelerator, traj, adv_fixed, cfg, perm_rng)
-    t3 = time.perf_counter()
+    t3 = now()
     pieces = {"rollout": t1 - t0, "advantages": t2 - t1, "grpo_update": t3 - t2, "total": t3 - t0} | dict(clock.t)
     return pieces, traj, stats
 
@@ -214,13 +283,14 @@ def prepare_rollout(lm, batch, gen_tokens, end_id):
     looked up beforehand; the lm_head runs on its column). Masks and positions are built beforehand."""
     ids, mask, z, active = batch["prefix_ids"], batch["prefix_mask"], batch["rl_z"], batch["rl_active"]
     n, P = ids.shape
+    dev = ids.device
     table = lm.get_input_embeddings()
     L, T = z.shape[1], gen_tokens.shape[1]
     with torch.no_grad():
         prefix_emb = table(ids)
-        answer_in = torch.cat([torch.full((n, 1), end_id, dtype=torch.long), gen_tokens[:, :-1]], dim=1)
+        answer_in = torch.cat([torch.full((n, 1), end_id, dtype=torch.long, device=dev), gen_tokens[:, :-1]], dim=1)
         answer_emb = table(answer_in)
-    full_mask = torch.cat([mask.long(), active.long(), torch.ones(n, T, dtype=torch.long)], dim=1)
+    full_mask = torch.cat([mask.long(), active.long(), torch.ones(n, T, dtype=torch.long, device=dev)], dim=1)
     prefix_pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
     n_prefix = mask.long().sum(-1)
     lat_pos = n_prefix[:, None] + active.long().cumsum(-1) - active.long()
@@ -269,10 +339,10 @@ def prepare_decode(raw: LatentReasoner, z, rows, groups, n_tokens, decoded):
     table = dec.get_input_embeddings()
     with torch.no_grad():
         tok_emb = table(decoded)
-    mask = torch.ones(N, c + n_tokens, dtype=torch.long)
+    mask = torch.ones(N, c + n_tokens, dtype=torch.long, device=zg.device)
     steps = [(tok_emb[:, t : t + 1].contiguous(), mask[:, : c + t + 1].contiguous(),
-              torch.full((N, 1), c + t, dtype=torch.long), True) for t in range(n_tokens - 1)]
-    pos = torch.arange(c)[None].expand(N, -1).contiguous()
+              torch.full((N, 1), c + t, dtype=torch.long, device=zg.device), True) for t in range(n_tokens - 1)]
+    pos = torch.arange(c, device=zg.device)[None].expand(N, -1).contiguous()
     return dec, (zg.to(table.weight.dtype).contiguous(), mask[:, :c].contiguous(), pos, steps)
 
 
@@ -294,7 +364,8 @@ def prepare_scoring(lm, batch, chunks):
         lat_pos = n_prefix[:, None] + active.long().cumsum(-1) - active.long()
         lat = [(z[:, t : t + 1].contiguous(), lat_mask[:, : P + t + 1].contiguous(), lat_pos[:, t : t + 1].contiguous())
                for t in range(z.shape[1]) if active[:, t].any()]
-        suffix_in = torch.cat([torch.full((n, 1), end_id, dtype=torch.long), tokens[:, :-1]], dim=1)
+        suffix_in = torch.cat([torch.full((n, 1), end_id, dtype=torch.long, device=ids.device), tokens[:, :-1]],
+                              dim=1)
         suffix_mask = torch.cat([lat_mask, tmask], dim=1)
         suffix_pos = (n_prefix + active.long().sum(-1))[:, None] + (tmask.cumsum(-1) - 1).clamp(min=0)
         out.append(dict(ids=ids, mask=mask, pos=prefix_pos, lat=lat, suffix_in=suffix_in, suffix_mask=suffix_mask,
@@ -324,41 +395,47 @@ def score_forward(lm, mb, heads=None):
     return logp * mb["tmask"], lat
 
 
-def run_bare(lm, prepared, optimizer, adv, heads=None):
-    """Bare passes of one RL step; returns seconds per piece (same order of work as the engine step)."""
+def run_bare(lm, prepared, optimizer, adv, autocast, heads=None):
+    """Bare passes of one RL step; returns seconds per piece (same order of work as the engine step).
+    `autocast` (the accelerator's) is entered where the engine step enters it: once around the rollout (its
+    answer passes and the plan decode), once per minibatch forward of the update (the prepared model's forward
+    enters it per call); the loss and backward run outside it."""
     rollout_prep, (dec, decode_prep), scoring = prepared
     out = {}
-    t0 = time.perf_counter()
-    run_cached_passes(lm, rollout_prep)
-    if heads is not None:  # the heads as the rollout runs them: latent head per slot, stop head per group start
-        latent_head, stop_head, c = heads
-        with torch.no_grad():
-            h = rollout_prep[0][:, -1]
-            n_latent = sum(1 for s in rollout_prep[3] if not s[3])
-            for t in range(n_latent):
-                latent_head(h)
-                if t % c == 0:
-                    stop_head(h)
-    t1 = time.perf_counter()
-    if decode_prep is not None:
-        run_cached_passes(dec, decode_prep, prefix_head=True)
-    t2 = time.perf_counter()
+    t0 = now()
+    with autocast():
+        run_cached_passes(lm, rollout_prep)
+        if heads is not None:  # the heads as the rollout runs them: latent head per slot, stop head per group start
+            latent_head, stop_head, c = heads
+            with torch.no_grad():
+                h = rollout_prep[0][:, -1]
+                n_latent = sum(1 for s in rollout_prep[3] if not s[3])
+                for t in range(n_latent):
+                    latent_head(h)
+                    if t % c == 0:
+                        stop_head(h)
+        t1 = now()
+        if decode_prep is not None:
+            run_cached_passes(dec, decode_prep, prefix_head=True)
+        t2 = now()
     with torch.no_grad():
         for mb in scoring:
-            score_forward(lm, mb, heads)
-    t3 = time.perf_counter()
+            with autocast():
+                score_forward(lm, mb, heads)
+    t3 = now()
     fwd = bwd = 0.0
     for mb in scoring:
-        a = time.perf_counter()
-        logp, lat = score_forward(lm, mb, heads)
+        a = now()
+        with autocast():
+            logp, lat = score_forward(lm, mb, heads)
         ad = adv[mb["idx"]]
         loss = -((logp.sum(-1) / mb["tmask"].sum(-1).clamp(min=1)) * ad).mean() - (lat * ad).mean()
-        b = time.perf_counter()
+        b = now()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         fwd += b - a
-        bwd += time.perf_counter() - b
+        bwd += now() - b
     out.update(rollout=t1 - t0, decode=t2 - t1, score_old=t3 - t2, score_new=fwd, backward_step=bwd)
     out["total"] = sum(out.values())
     return out
@@ -366,15 +443,35 @@ def run_bare(lm, prepared, optimizer, adv, heads=None):
 
 # ----------------------------------------------------------------------------------------------------------
 def main(argv=None) -> None:
+    t_start = time.perf_counter()
+    if hasattr(sys.stdout, "reconfigure"):  # every line out at once: a run killed at its time limit keeps them
+        sys.stdout.reconfigure(line_buffering=True)
     args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("rl_step.py: --device cuda, but torch sees no CUDA device (torch.cuda.is_available() is False)")
     # rl.py's first-ratio check calls float() on a grad tensor; harmless here, and it would fire every step
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+        torch.backends.cuda.enable_cudnn_sdp(False)  # as prepare_run sets it (train.cudnn_attention: false)
+        name = torch.cuda.get_device_name(device)
+    else:
+        device, name = torch.device("cpu"), platform.processor() or platform.machine()
+    print(f"device={device} ({name}) torch={torch.__version__} transformers={transformers.__version__} "
+          f"mixed_precision={args.mixed_precision}")
+    print(f"timing: wall clock (time.perf_counter{', after torch.cuda.synchronize()' if device.type == 'cuda' else ''}"
+          f" at every read, the engine's wrapped pieces included); 1 untimed warm-up step and 1 for the checks, "
+          f"then --repeats {args.repeats}: timed repeats of engine step / bare / bare+heads, interleaved, the fastest of each "
+          f"kept")
     set_seed(args.seed)  # python, numpy and torch
-    tok, reasoner, builder, problems, cfg = build(args)
+    tok, reasoner, builder, problems, cfg = build(args, device)
     right = script_accuracy(args.questions * args.group_size, args.correct_share, args.seed)
-    accelerator = Accelerator(cpu=True)
+    # as prepare_run builds it: CPU unless on CUDA, the run's mixed precision (its autocast wraps the model's
+    # forward once prepared, and engine_step enters it around the rollout, as train_rl does)
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=args.mixed_precision)
+    assert accelerator.device.type == device.type, (accelerator.device, device)
     params = [p for p in reasoner.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay)
     model, optimizer = accelerator.prepare(reasoner, optimizer)
@@ -382,7 +479,8 @@ def main(argv=None) -> None:
     raw.eval()
     lm = raw.lm
     n = args.questions * args.group_size
-    adv_fixed = torch.randn(n, generator=torch.Generator().manual_seed(args.seed + 1))
+    adv_fixed = torch.randn(n, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
+    t_built = time.perf_counter()
     T = args.max_new_tokens
     clock = Clock()
     instrument(raw, clock)
@@ -394,7 +492,9 @@ def main(argv=None) -> None:
 
     def restore():
         raw.load_state_dict(snap_model)
-        optimizer.load_state_dict(snap_opt)
+        # a copy: load_state_dict keeps the tensors it is given (same device and dtype), and AdamW's in-place
+        # updates would then advance the snapshot itself
+        optimizer.load_state_dict(copy.deepcopy(snap_opt))
 
     restore()
     _, traj, stats = engine_step(model, raw, optimizer, accelerator, builder, problems, cfg, args.seed,
@@ -408,9 +508,9 @@ def main(argv=None) -> None:
     c = raw.spec.latents_per_step
     w = rl_mod.reward_weights(cfg)
     needed = torch.tensor([rl_mod.coherence_matters(a, w, cfg.rl.reward == "coherence_only")
-                           for a in traj.terms["acc"].tolist()], dtype=torch.bool)
+                           for a in traj.terms["acc"].tolist()], dtype=torch.bool, device=device)
     rows, groups = (batch["rl_active"][:, ::c] & needed[:, None]).nonzero(as_tuple=True)
-    with torch.no_grad():
+    with torch.no_grad(), accelerator.autocast():  # the tokens the engine's decode wrote, in its precision
         decoded = raw.decode_groups(raw.decoder_inputs(batch["rl_z"], rows, groups), tok.eos_token_id,
                                     tok.pad_token_id, cfg.rl.coherence_max_tokens) if rows.numel() else \
             torch.zeros(0, 0, dtype=torch.long)
@@ -419,7 +519,7 @@ def main(argv=None) -> None:
         if rows.numel() else 0
     ended = int((decoded == tok.eos_token_id).any(-1).sum())
     decode_prep = prepare_decode(raw, batch["rl_z"], rows, groups, n_dec, decoded)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed + 7))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed + 7)).to(device)
     chunks = [perm[i : i + args.minibatch] for i in range(0, n, args.minibatch)]
     scoring = prepare_scoring(lm, batch, chunks)
     prepared = (rollout_prep, decode_prep, scoring)
@@ -430,22 +530,30 @@ def main(argv=None) -> None:
     # checks that the bare passes compute the engine's numbers: the rollout's answer log-probs (weights
     # restored to the rollout's), then `score` on the first minibatch against the bare scoring forward
     restore()
-    with torch.no_grad():
-        lp = torch.log_softmax(torch.stack(run_cached_passes(lm, rollout_prep, collect=True), 1).float(), -1)
+    autocast = accelerator.autocast
+    with torch.no_grad():  # each side under the autocast its engine call runs in (one region per call)
+        with autocast():
+            outs = run_cached_passes(lm, rollout_prep, collect=True)
+        lp = torch.log_softmax(torch.stack(outs, 1).float(), -1)
         lp = lp.gather(-1, gen_tokens[..., None]).squeeze(-1) * batch["rl_token_mask"]
         dev_roll = float((lp - traj.rollout_logps["answer"]).abs().max())
-        ref = raw.score({k: (v if v.dim() == 0 else v[chunks[0]]) for k, v in batch.items()})
-        logp, lat = score_forward(lm, scoring[0], heads)
+        with autocast():
+            ref = raw.score({k: (v if v.dim() == 0 else v[chunks[0]]) for k, v in batch.items()})
+        with autocast():
+            logp, lat = score_forward(lm, scoring[0], heads)
         dev_score = float((logp - ref["answer"]).abs().max())
-        if args.latent_policy == "gaussian":  # under mean the policy scores no latent density
-            dev_score = max(dev_score, float((lat - ref["latent"].sum(-1)).abs().max()))
-    run_bare(lm, prepared, bare_opt, adv_fixed)  # warm-up (and optimizer state)
-    run_bare(lm, prepared, bare_opt_h, adv_fixed, heads)
+        dev_latent = float(((lat - ref["latent"].sum(-1)).abs() / ref["latent"].sum(-1).abs().clamp(min=1)).max()) \
+            if args.latent_policy == "gaussian" else 0.0  # under mean the policy scores no latent density
+    run_bare(lm, prepared, bare_opt, adv_fixed, autocast)  # warm-up (and optimizer state)
+    run_bare(lm, prepared, bare_opt_h, adv_fixed, autocast, heads)
+    t_warm = time.perf_counter()
 
     no_eos = int(((gen_tokens != tok.eos_token_id) & batch["rl_token_mask"]).sum(-1).eq(T).sum())
     all_active = bool(batch["rl_active"].all()) and L == builder.cur.eval_slots
     n_groups, all_groups = int(rows.numel()), int(batch["rl_active"][:, ::c].sum())
-    print(f"preset={args.preset} vocab={len(tok)} threads={torch.get_num_threads()} B={args.questions} "
+    vocab = lm.get_input_embeddings().weight.shape[0]
+    print(f"preset={args.preset} vocab={vocab} (tokenizer {len(tok)}) threads={torch.get_num_threads()} "
+          f"B={args.questions} "
           f"G={args.group_size} rows={n} minibatch={args.minibatch} ({len(chunks)} minibatches) latent_slots={L} "
           f"max_new_tokens={T} repeats={args.repeats}")
     print(f"checks: all {L} slots active in every row: {all_active}; answer gen passes: {gen_tokens.shape[1]} "
@@ -456,24 +564,33 @@ def main(argv=None) -> None:
           f"{n_groups} of {all_groups} active groups ({distinct} distinct, each decoded once) x {n_dec} tokens "
           f"(cap {cfg.rl.coherence_max_tokens}), "
           f"{ended} of them wrote eos (the engine stops their cost there)")
-    print(f"checks: max |bare - engine| answer log-prob in the rollout {dev_roll:.1e}; "
-          f"in scoring (answer{' and latent terms' if args.latent_policy == 'gaussian' else ''}, +heads) "
-          f"{dev_score:.1e}")
+    tol_answer, tol_latent = LOGPROB_TOLERANCE[args.mixed_precision]
+    within = max(dev_roll, dev_score) <= tol_answer and dev_latent <= tol_latent
+    latent = f", latent terms (+heads) relative {dev_latent:.1e}" if args.latent_policy == "gaussian" else ""
+    print(f"checks: max |bare - engine| answer log-prob in the rollout {dev_roll:.1e}, in scoring {dev_score:.1e}"
+          f"{latent}; {'bf16 autocast' if args.mixed_precision == 'bf16' else 'fp32'} rounding tolerance "
+          f"{tol_answer:g} (latent relative {tol_latent:g}): "
+          f"{'within' if within else 'ABOVE it (the bare passes may not compute what the engine does)'}")
 
     # ---- timed: engine step and bare passes interleaved; the fastest repeat of each kept ----
     best_e, best_b, best_bh = None, None, None
-    for _ in range(args.repeats):
+    print()
+    for i in range(args.repeats):
         restore()
         e, _, _ = engine_step(model, raw, optimizer, accelerator, builder, problems, cfg, args.seed, adv_fixed,
                               clock)
         if best_e is None or e["total"] < best_e["total"]:
             best_e = e
-        b = run_bare(lm, prepared, bare_opt, adv_fixed)
+        b = run_bare(lm, prepared, bare_opt, adv_fixed, autocast)
         if best_b is None or b["total"] < best_b["total"]:
             best_b = b
-        bh = run_bare(lm, prepared, bare_opt_h, adv_fixed, heads)
+        bh = run_bare(lm, prepared, bare_opt_h, adv_fixed, autocast, heads)
         if best_bh is None or bh["total"] < best_bh["total"]:
             best_bh = bh
+        # one line per repeat, so a run cut short still reports its decode share
+        decode = e.get("rollout.decode_plans:nograd", 0.0)
+        print(f"repeat {i + 1}/{args.repeats} (s): engine step {e['total']:.3f} (decode_plans {decode:.3f}, share "
+              f"{decode / e['total']:.3f}), bare {b['total']:.3f}, bare+heads {bh['total']:.3f}")
     restore()
 
     e, b, bh = best_e, best_b, best_bh
@@ -517,6 +634,10 @@ def main(argv=None) -> None:
     verdict = f"{'met' if share <= COHERENCE_SHARE_TARGET else 'NOT met'}" if args.paper_shape else "see --paper-shape"
     print(f"coherence decode (decode_plans) share of the RL step: {100 * share:.1f}% ({n_groups} groups); target at "
           f"the paper's shape <= {100 * COHERENCE_SHARE_TARGET:g}%: {verdict}")
+    t_end = time.perf_counter()
+    peak = f"; peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
+    print(f"wall time (s, imports excluded): {t_end - t_start:.1f} = build {t_built - t_start:.1f} + warm-up and "
+          f"checks {t_warm - t_built:.1f} + {args.repeats} repeats {t_end - t_warm:.1f}{peak}")
     for line in (lines if args.paper_shape else lines[::-1]):
         print(line)
 
