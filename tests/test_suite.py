@@ -302,6 +302,24 @@ def test_best_step_reads_the_step_best_was_saved_at(tmp_path):
     assert suite_mod.best_step(tmp_path) is None
 
 
+def test_kept_start_note_names_rl_runs_whose_best_is_their_start(tmp_path):
+    """The quickstart says why an RL row repeats its start's: its best/ was saved at step 0. A run that beat its
+    start, or whose start is not among the jobs, gets no note."""
+    import torch
+
+    def run(job, step):
+        (tmp_path / job / "best").mkdir(parents=True)
+        torch.save({"progress": {"step": step}}, tmp_path / job / "best" / "trainer_state.pt")
+
+    run("atp", 300)
+    run("atp_rl", 0)
+    note = suite_mod.kept_start_note(tmp_path, ["atp", "atp_rl"])
+    assert "ATP-Latent (RL) never beat its start" in note and "ATP-Latent (SFT) itself" in note
+    assert suite_mod.kept_start_note(tmp_path, ["atp_rl"]) == ""  # its start is not in the table
+    torch.save({"progress": {"step": 20}}, tmp_path / "atp_rl" / "best" / "trainer_state.pt")
+    assert suite_mod.kept_start_note(tmp_path, ["atp", "atp_rl"]) == ""
+
+
 def test_rl_gain_interval_from_counts_when_outcomes_were_not_kept():
     """An older summary (gained / lost counts per seed, n_problems) gives the same mean gain as the outcomes would,
     and aligning the rebuilt differences across seeds widens the interval against the true, unaligned ones."""

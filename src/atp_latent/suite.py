@@ -221,12 +221,13 @@ def run_quickstart(args) -> int:
     results = run_suite(suite, out, seed=args.seed, scale=args.scale, extra=args.overrides)
     table = markdown_table({_label(j): results[j] for j in suite.jobs}, TEST_SPLITS)
     minutes = (time.time() - t0) / 60
-    warning = stopped_early_note({_label(j): out / "runs" / j for j in suite.jobs})
+    notes = "\n".join(n for n in (kept_start_note(out / "runs", suite.jobs),
+                                   stopped_early_note({_label(j): out / "runs" / j for j in suite.jobs})) if n)
     (out / "RESULTS.md").write_text(
         f"# Quickstart results (seed {args.seed})\n\nAccuracy (%) on each synthetic test split; # tokens = active "
         f"latents + answer tokens (CoT: generated steps + answer).\n\n{table}\n\nTotal time: {minutes:.1f} min.\n"
-        + (f"\n{warning}\n" if warning else ""))
-    print("\n" + table + "\n" + (f"\n{warning}\n" if warning else ""))
+        + (f"\n{notes}\n" if notes else ""))
+    print("\n" + table + "\n" + (f"\n{notes}\n" if notes else ""))
     print(f"run directories: {out / 'runs'}  table: {out / 'RESULTS.md'}  ({minutes:.1f} min)")
     return 0
 
@@ -291,6 +292,17 @@ def evaluate_val(jobs: list[str], out: Path, samples: int = 3, batch_size: int =
         rows[job] = _cached(out / "runs" / job, f"{split}_eval.json", run_job, job, valid=valid)
         print(f"  {split} {_label(job)}: {100 * rows[job]['accuracy']:.1f}%", flush=True)
     return rows
+
+
+def kept_start_note(runs: Path, jobs) -> str:
+    """One line naming the RL runs (among `jobs`, in `runs`) whose best/ is their SFT start, or '': RL never beat
+    the start on val, so the evaluated model is the start and its row repeats the start's."""
+    kept = [j for j in jobs if STARTS.get(j) in jobs and best_step(runs / j) == 0]
+    if not kept:
+        return ""
+    return ("Note: " + "; ".join(f"{_label(j)} never beat its start on val, so its `best/` (the model evaluated) is "
+                                 f"{_label(STARTS[j])} itself and its row repeats that one" for j in kept)
+            + f" (its training curve: {runs / kept[0] / 'metrics.jsonl'}).")
 
 
 def best_step(run: Path) -> int | None:
