@@ -149,10 +149,11 @@ def test_run_cost_and_cost_columns(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     # a run from before scheduled steps were logged is not flagged
     assert run_cost(tmp_path) == {"steps": 30, "minutes": 2.5, "best_step": 20, "scheduled_steps": None,
-                                  "stopped_early": False, "commit": None, "dirty": None, "versions": None}
+                                  "stopped_early": False, "commit": None, "dirty": None, "versions": None,
+                                  "hardware": None}
     assert run_cost(tmp_path / "missing") == {"steps": None, "minutes": None, "best_step": None,
                                               "scheduled_steps": None, "stopped_early": False, "commit": None,
-                                              "dirty": None, "versions": None}
+                                              "dirty": None, "versions": None, "hardware": None}
     (tmp_path / "environment.json").write_text(json.dumps({"git": {"commit": "abcdef0123", "dirty": False}}))
     assert run_cost(tmp_path)["commit"] == "abcdef0123"
     # the compute line: every run's minutes summed, the commits they ran
@@ -170,6 +171,18 @@ def test_run_cost_and_cost_columns(tmp_path):
     costs["atp"] = [run_cost(tmp_path) | {"versions": "torch 2.13.0, transformers 5.24.0"}]
     assert compute_summary(costs).endswith("; **runs trained under different library versions**: torch 2.13.0, "
                                            "transformers 5.24.0; torch 2.13.0, transformers 5.25.0")
+    # and the hardware: a GPU's name, else the CPU's with the instruction set torch's kernels use
+    (tmp_path / "environment.json").write_text(json.dumps({"hardware": {"cpu": "AMD EPYC", "cpu_capability": "AVX2",
+                                                                        "gpu": None}}))
+    assert run_cost(tmp_path)["hardware"] == "AMD EPYC (AVX2)"
+    (tmp_path / "environment.json").write_text(json.dumps({"hardware": {"cpu": "AMD EPYC", "gpu": "NVIDIA H200"}}))
+    assert run_cost(tmp_path)["hardware"] == "NVIDIA H200"
+    epyc = {"minutes": 1.0, "hardware": "AMD EPYC (AVX2)"}
+    assert compute_summary({"cot": [epyc, epyc]}).endswith("; on AMD EPYC (AVX2)")
+    assert compute_summary({"cot": [epyc, {"minutes": 1.0}]}).endswith(
+        "; on AMD EPYC (AVX2) (1 runs from before the hardware was recorded)")
+    assert compute_summary({"cot": [epyc, epyc | {"hardware": "Intel Xeon (AVX512)"}]}).endswith(
+        "; **runs trained on different hardware**: AMD EPYC (AVX2); Intel Xeon (AVX512)")
     costs = {"cot": [{"steps": 30, "minutes": 2.0}, {"steps": 30, "minutes": 4.0}], "atp": [{"steps": None}]}
     table = results_table(aggregate(PER_SEED), PER_SEED, ["a", "b"], {"cot": "CoT-SFT"}, costs)
     assert table.splitlines()[0].endswith("| train steps | train min |")
@@ -188,7 +201,8 @@ def test_runs_cut_by_the_safety_stop_are_named(tmp_path):
     full, cut = run("full", 400, 400), run("cut", 250, 400)
     assert run_cost(full)["stopped_early"] is False
     assert run_cost(cut) == {"steps": 250, "minutes": 1.0, "best_step": 250, "scheduled_steps": 400,
-                             "stopped_early": True, "commit": None, "dirty": None, "versions": None}
+                             "stopped_early": True, "commit": None, "dirty": None, "versions": None,
+                             "hardware": None}
     assert stopped_early_note({"CoT-SFT": full}) == ""
     note = stopped_early_note({"CoT-SFT": full, "Coconut": cut})
     assert "Coconut (250 of 400 steps)" in note and "CoT-SFT" not in note and note.startswith("**Warning")

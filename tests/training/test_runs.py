@@ -1,6 +1,7 @@
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -45,6 +46,13 @@ def test_environment_info_keys():
     assert set(info["packages"]) == {"torch", "transformers", "accelerate", "tokenizers", "safetensors"}
     assert info["packages"]["torch"] is not None
     assert info["git"] is None or set(info["git"]) == {"commit", "dirty"}
+    # the hardware: a CPU model name where the OS tells it, and torch's kernel instruction set
+    assert set(info["hardware"]) == {"cpu", "cpu_capability", "gpu"}
+    import torch
+
+    assert info["hardware"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    if Path("/proc/cpuinfo").is_file() and "model name" in Path("/proc/cpuinfo").read_text():
+        assert info["hardware"]["cpu"]
     json.dumps(info)
 
 

@@ -63,9 +63,11 @@ def run_cost(run: Path) -> dict:
     info = json.loads(env.read_text()) if env.is_file() else {}
     git, packages = info.get("git") or {}, info.get("packages") or {}
     versions = ", ".join(f"{k} {packages[k]}" for k in ("torch", "transformers") if packages.get(k)) or None
+    hw = info.get("hardware") or {}
+    hardware = hw.get("gpu") or (f"{hw['cpu']} ({hw.get('cpu_capability') or '?'})" if hw.get("cpu") else None)
     return {"steps": steps, "minutes": minutes, "best_step": best_step, "scheduled_steps": scheduled,
             "stopped_early": bool(scheduled and steps is not None and steps < scheduled),
-            "commit": git.get("commit"), "dirty": git.get("dirty"), "versions": versions}
+            "commit": git.get("commit"), "dirty": git.get("dirty"), "versions": versions, "hardware": hardware}
 
 
 def compute_summary(costs: dict[str, list[dict]]) -> str:
@@ -82,6 +84,13 @@ def compute_summary(costs: dict[str, list[dict]]) -> str:
         made += f"; {versions[0]}"
     elif versions:
         made += f"; **runs trained under different library versions**: {'; '.join(versions)}"
+    # the same for the hardware (recorded since 2026-12-04): a seed trained on another CPU is another run
+    hardware = sorted({c["hardware"] for c in every if c.get("hardware")})
+    unknown = sum(1 for c in every if not c.get("hardware"))
+    if len(hardware) == 1:
+        made += f"; on {hardware[0]}" + (f" ({unknown} runs from before the hardware was recorded)" if unknown else "")
+    elif hardware:
+        made += f"; **runs trained on different hardware**: {'; '.join(hardware)}"
     return f"{len(every)} runs, {minutes / 60:.1f} h of training wall time in all (summed over jobs that ran side by side), {made}"
 
 
