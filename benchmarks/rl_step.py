@@ -87,14 +87,13 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from transformers import AutoModelForCausalLM
 
 import atp_latent.training.rl as rl_mod
 from atp_latent.config import load_config
 from atp_latent.data.sequences import builder_for
 from atp_latent.data.synthetic import SynthConfig, generate_benchmark
 from atp_latent.modeling.engine import backbone_forward, new_cache
-from atp_latent.modeling.factory import tiny_config
+from atp_latent.modeling.factory import build_tiny_model
 from atp_latent.modeling.heads import gaussian_log_density
 from atp_latent.modeling.reasoner import LatentReasoner, ReasonerSpec
 from atp_latent.modeling.tokenizer import build_word_tokenizer
@@ -169,24 +168,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------------------------------------
 # setup
 # ----------------------------------------------------------------------------------------------------------
-def build_lm(preset: str, tok, vocab: int | None, seed: int, device: torch.device):
-    """`factory.build_tiny_model` (same seeding, so the same weights on CPU), built on `device` (a 1B model is
-    initialised there, not on the CPU), with the vocabulary padded to `vocab` rows (None: the tokenizer's size)
-    as gpu/smoke.py's --vocab does."""
-    vocab = vocab or len(tok)
-    if vocab < len(tok):
-        sys.exit(f"rl_step.py: --vocab {vocab} is smaller than the tokenizer ({len(tok)} tokens)")
-    cfg = tiny_config(preset, vocab, tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
-    with torch.random.fork_rng(), device:
-        torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(cfg)
-
-
 def build(args, device: torch.device):
     bench = generate_benchmark(SynthConfig(seed=0, n_train=200, n_val=10, n_test=10, n_ood=10))
     tok = build_word_tokenizer([p.question for p in bench["train"]])
     set_seed(args.seed)  # python, numpy and torch
-    lm = build_lm(args.preset, tok, args.vocab, args.seed, device)
+    if args.vocab and args.vocab < len(tok):
+        sys.exit(f"rl_step.py: --vocab {args.vocab} is smaller than the tokenizer ({len(tok)} tokens)")
+    lm = build_tiny_model(args.preset, tok, seed=args.seed, vocab=args.vocab, device=device)
     spec = ReasonerSpec.for_method("atp", latents_per_step=args.latents_per_step, max_latent_stage=args.max_latent_stage)
     reasoner = LatentReasoner(lm, spec).eval()
     with torch.no_grad():  # never stop: logits (continue=+20, stop=-20) whatever z is

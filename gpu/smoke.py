@@ -136,11 +136,10 @@ def cuda_free() -> None:
 def write_inputs(work: Path, shape: Shape, vocab: int | None, seed: int = 0) -> tuple[Path, Path, dict]:
     """Synthetic data files, and a random LM of the preset's shape with a word-level tokenizer, saved with
     save_pretrained; vocab None: the tokenizer's size. Returns (data dir, model dir, facts about the model)."""
-    from transformers import AutoModelForCausalLM
 
     from atp_latent.data.formats import write_jsonl
     from atp_latent.data.synthetic import SynthConfig, generate_benchmark
-    from atp_latent.modeling.factory import tiny_config
+    from atp_latent.modeling.factory import build_tiny_model
     from atp_latent.modeling.tokenizer import build_word_tokenizer
     from atp_latent.training.sft import corpus_of
 
@@ -151,10 +150,9 @@ def write_inputs(work: Path, shape: Shape, vocab: int | None, seed: int = 0) -> 
         write_jsonl(data / f"{split}.jsonl", splits[split])
     tok = build_word_tokenizer(corpus_of(splits["train"] + splits["val"]))
     vocab = vocab or len(tok)
-    cfg = tiny_config(shape.preset, vocab, tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
-    torch.manual_seed(seed)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        lm = AutoModelForCausalLM.from_config(cfg)
+    lm = build_tiny_model(shape.preset, tok, seed=seed, vocab=vocab,
+                          device="cuda" if torch.cuda.is_available() else "cpu")
+    cfg = lm.config
     facts = {"layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size, "vocab": vocab,
              "params_m": sum(p.numel() for p in lm.parameters()) / 1e6}
     model_dir = work / "model"

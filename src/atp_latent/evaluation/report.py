@@ -77,21 +77,23 @@ def compute_summary(costs: dict[str, list[dict]]) -> str:
     minutes = sum(c.get("minutes") or 0.0 for c in every)
     commits = sorted({c["commit"][:7] + ("+dirty" if c.get("dirty") else "") for c in every if c.get("commit")})
     made = f"commit {', '.join(commits)}" if commits else "commit not recorded (runs from before 2026-12-03)"
-    # a bench resumed on another machine may have trained under other library versions (a model's initialisation
-    # can differ between transformers releases): say so, since its seeds are then not draws of one protocol
-    versions = sorted({c["versions"] for c in every if c.get("versions")})
-    if len(versions) == 1:
-        made += f"; {versions[0]}"
-    elif versions:
-        made += f"; **runs trained under different library versions**: {'; '.join(versions)}"
-    # the same for the hardware (recorded since 2026-12-04): a seed trained on another CPU is another run
-    hardware = sorted({c["hardware"] for c in every if c.get("hardware")})
-    unknown = sum(1 for c in every if not c.get("hardware"))
-    if len(hardware) == 1:
-        made += f"; on {hardware[0]}" + (f" ({unknown} runs from before the hardware was recorded)" if unknown else "")
-    elif hardware:
-        made += f"; **runs trained on different hardware**: {'; '.join(hardware)}"
-    return f"{len(every)} runs, {minutes / 60:.1f} h of training wall time in all (summed over jobs that ran side by side), {made}"
+    # a bench resumed elsewhere may have trained under other library versions or on another CPU (runs reproduce
+    # on one host, not across hosts): say so, since its seeds are then not draws of one protocol
+    unknown = sum(1 for c in every if not c.get("hardware"))  # runs from before the hardware was recorded
+    made += _one_or_mixed(every, "versions", "", "trained under different library versions") \
+        + _one_or_mixed(every, "hardware", "on ", "trained on different hardware",
+                        f" ({unknown} runs from before the hardware was recorded)" if unknown else "")
+    return (f"{len(every)} runs, {minutes / 60:.1f} h of training wall time in all (summed over jobs that ran side by "
+            f"side), {made}")
+
+
+def _one_or_mixed(costs: list[dict], key: str, prefix: str, mixed: str, single_note: str = "") -> str:
+    """'; {prefix}{value}{single_note}' when the runs that recorded `key` share one value, '; **runs {mixed}**: '
+    and every value when they differ, '' when none recorded it."""
+    values = sorted({c[key] for c in costs if c.get(key)})
+    if len(values) == 1:
+        return f"; {prefix}{values[0]}{single_note}"
+    return f"; **runs {mixed}**: {'; '.join(values)}" if values else ""
 
 
 def stopped_early_note(runs: dict[str, Path]) -> str:

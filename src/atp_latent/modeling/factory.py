@@ -43,12 +43,18 @@ def tiny_config(preset: str, vocab_size: int, pad_id: int, bos_id: int, eos_id: 
     )
 
 
-def build_tiny_model(preset: str, tokenizer, seed: int = 0, dtype: torch.dtype | None = None) -> PreTrainedModel:
+def build_tiny_model(preset: str, tokenizer, seed: int = 0, dtype: torch.dtype | None = None,
+                     vocab: int | None = None, device: torch.device | str | None = None) -> PreTrainedModel:
     """A randomly initialised causal LM of a named preset, sized to `tokenizer`. Built in `dtype` the way
     from_pretrained builds it (buffers such as RoPE frequencies stay fp32; `.to(dtype)` would round them, and
-    a resumed run, which loads with from_pretrained, would then compute differently)."""
-    cfg = tiny_config(preset, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
-    with torch.random.fork_rng():
+    a resumed run, which loads with from_pretrained, would then compute differently). `vocab` pads the vocabulary
+    to that many rows (a 1B shape's embedding and logits then cost what LLaMA-3's 128,256 rows cost; rows past the
+    tokenizer decode to nothing); `device` builds it there (a 1B model is initialised on the GPU, not the CPU)."""
+    vocab = vocab or len(tokenizer)
+    if vocab < len(tokenizer):
+        raise ValueError(f"vocab {vocab} is smaller than the tokenizer ({len(tokenizer)} tokens)")
+    cfg = tiny_config(preset, vocab, tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    with torch.random.fork_rng(), torch.device(device or torch.get_default_device()):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(cfg, **({"dtype": dtype} if dtype is not None else {}))
     return model
