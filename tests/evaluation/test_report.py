@@ -345,4 +345,18 @@ def test_ood_gap_claim_gives_what_the_gaps_are_made_of():
     lines, facts = ood_gap_claim(per_seed, {"atp": "ATP", "cot": "CoT"}, "atp", ("cot",))
     assert facts["cot"]["accuracy"] == {"in": {"method": 50.0, "other": 75.0}, "ood": {"method": 25.0, "other": 25.0}}
     assert facts["cot"]["interval"]["mean_difference"] == pytest.approx(-0.25)
-    assert lines[0].endswith("; gaps 25.0 and 50.0: `test` 50.0 and 75.0, OOD 25.0 and 25.0)")
+    assert "; gaps 25.0 and 50.0: `test` 50.0 and 75.0, OOD 25.0 and 25.0; OOD accuracy difference" in lines[0]
+    assert facts["cot"]["ood_difference"]["mean_difference"] == 0
+
+    # 100 problems a split: the smaller gap holds; with equal OOD accuracy the line says it comes from `test` alone,
+    # with a higher OOD accuracy (shown by its own paired interval) it does not
+    per_seed = [{"atp": rows("1" * 40 + "0" * 60, "0" * 100), "cot": rows("1" * 80 + "0" * 20, "0" * 100)}] * 2
+    lines, facts = ood_gap_claim(per_seed, {"atp": "ATP", "cot": "CoT"}, "atp", ("cot",))
+    assert facts["cot"]["holds"] and facts["cot"]["ood_difference"]["ci_low"] == 0
+    assert lines[0].endswith("The gap is smaller only because ATP's `test` accuracy is lower: its OOD accuracy is not "
+                             "shown higher.")
+    per_seed = [{"atp": rows("1" * 80 + "0" * 20, "1" * 60 + "0" * 40),
+                 "cot": rows("1" * 80 + "0" * 20, "1" * 10 + "0" * 90)}] * 2
+    lines, facts = ood_gap_claim(per_seed, {"atp": "ATP", "cot": "CoT"}, "atp", ("cot",))
+    assert facts["cot"]["holds"] and facts["cot"]["ood_difference"]["mean_difference"] == pytest.approx(0.5)
+    assert facts["cot"]["ood_difference"]["ci_low"] > 0 and "only because" not in lines[0]

@@ -467,8 +467,10 @@ def ood_gap_claim(per_seed: list[dict], labels: dict, method: str = "atp", other
                   ) -> tuple[list[str], dict]:
     """"`method`'s OOD gap (in-distribution minus OOD accuracy) is smaller than each other method's": the difference
     of gaps by stats.paired_gap_bootstrap (seeds shared, each problem set resampled on its own), its interval below
-    0. Needs per-problem outcomes."""
-    from atp_latent.evaluation.stats import paired_gap_bootstrap
+    0. Beside it, the paired OOD accuracy difference: a gap that holds as smaller while OOD accuracy is not shown
+    higher is smaller only because in-distribution accuracy is lower, and the line says so. Needs per-problem
+    outcomes."""
+    from atp_latent.evaluation.stats import paired_bootstrap, paired_gap_bootstrap
 
     lines, facts, every = [], {}, per_seed
     for o in others:
@@ -484,11 +486,15 @@ def ood_gap_claim(per_seed: list[dict], labels: dict, method: str = "atp", other
         # what the gaps are made of: a gap shrinks when OOD accuracy rises or when in-distribution accuracy falls
         acc = [100 * sum(map(sum, p)) / sum(map(len, p)) for p in pieces]
         parts = {"in": {"method": acc[0], "other": acc[1]}, "ood": {"method": acc[2], "other": acc[3]}}
-        facts[o] = {"interval": res.as_dict(), "holds": holds, "accuracy": parts}
+        ood_diff = paired_bootstrap(pieces[2], pieces[3])
+        facts[o] = {"interval": res.as_dict(), "holds": holds, "accuracy": parts, "ood_difference": ood_diff.as_dict()}
         lines.append(f"- {labels.get(method, method)}'s OOD gap is smaller than {labels.get(o, o)}'s: "
                      f"**{'holds' if holds else 'does not hold'}** (its gap minus the other's, points: "
                      f"{interval_text(res)}; gaps {acc[0] - acc[2]:.1f} and {acc[1] - acc[3]:.1f}: `{in_split}` "
-                     f"{acc[0]:.1f} and {acc[1]:.1f}, OOD {acc[2]:.1f} and {acc[3]:.1f})")
+                     f"{acc[0]:.1f} and {acc[1]:.1f}, OOD {acc[2]:.1f} and {acc[3]:.1f}; OOD accuracy difference, "
+                     f"points: {interval_text(ood_diff)})"
+                     + (f". The gap is smaller only because {labels.get(method, method)}'s `{in_split}` accuracy is "
+                        f"lower: its OOD accuracy is not shown higher." if holds and ood_diff.ci_low <= 0 else ""))
     return lines, facts
 
 
