@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU suite: `atp-latent bench --suite gpu`, every method on the synthetic benchmark with a llama-medium model
-# trained from scratch in bf16 (configs/gpu/), one seed, on one H100/H200; each job has a safety stop of at most
-# 2.5 minutes. RL is judged against its SFT start on 500 held-out problems. Run gpu/smoke.sh first. docs/gpu.md
-# says more.
+# trained from scratch in bf16 (configs/gpu/), one seed, on one H100/H200: about half an hour on an H200, each job
+# to its full schedule (its train.max_minutes is a safety stop above it). RL is judged against its SFT start on 500
+# held-out problems. Run gpu/smoke.sh first. docs/gpu.md says more.
 #
 #   bash gpu/suite.sh [options] [options of atp-latent bench]
 #

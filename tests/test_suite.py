@@ -706,7 +706,7 @@ def test_gpu_suite_has_a_held_out_split_by_default(fake_bench):
     out = run("gpu", seeds=1)
     (seed, n), = calls["val_large"]
     assert seed == "seed-0" and 200 <= n <= 1000
-    # held-out greedy evaluation only: no rollouts, within the device call's time
+    # held-out greedy evaluation only: no rollouts, a few seconds on a GPU
     assert [c[:2] for c in calls["evaluate_val"]] == [("val", 0), ("val_large", 0)]
     rl = json.loads((out / "results.json").read_text())["claim"]["rl_over_start"]
     # +3 / -1 of 10 problems: a gain of 20 points that resampling 10 problems easily erases

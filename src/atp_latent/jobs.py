@@ -19,7 +19,7 @@ TEST_SPLITS = ["test", "test_large", "test_long", "test_perturbed"]
 
 # Held-out problems per seed folder (write_val_large; 0: none) and RL-policy rollouts of each, when the command line
 # does not say. RL's best/ is picked on val with its start as the first candidate, so RL is judged against its start
-# on these only. The GPU suite draws a few hundred and evaluates them greedily, to fit one device call.
+# on these only. The GPU suite draws a few hundred and evaluates them greedily, in seconds.
 DEFAULT_VAL_LARGE = {"cpu": 5000, "gpu": 500}
 # Rollouts per test problem for the reasoning-path diversity tables, by regime (bench --diversity)
 DEFAULT_DIVERSITY = {"default": 0, "many-plans": 8}
