@@ -13,6 +13,7 @@ from atp_latent import scheduler as scheduler_mod
 from atp_latent import suite as suite_mod
 from atp_latent.config import load_config
 from atp_latent.data.records import Problem
+from atp_latent.evaluation import report as report_mod
 from atp_latent.jobs import STARTS, SUITES, config_path
 from atp_latent.scheduler import train_jobs
 
@@ -267,7 +268,7 @@ def test_rl_vs_start_by_hand():
     # RL only gains: every replicate is above 0 (p < 1e-4); coherence: -1 of 300, the interval straddles 0
     assert lines[3].startswith("| ATP-Latent (RL) | 50.0, 47.0, 49.0 | 48.7 ± 1.5 | +10.0, +3.0, +7.0 | +6.7 [")
     assert lines[3].endswith(" | yes | +10 / -0, +3 / -0, +7 / -0 |")  # its lower end above 0
-    res, _ = results_mod.rl_gain_interval(summary, "atp_rl_coherence")
+    res, _ = report_mod.rl_gain_interval(summary, "atp_rl_coherence")
     assert res.mean_difference == pytest.approx(-1 / 300) and res.ci_low < 0 < res.ci_high
     assert lines[4].endswith("| no | +1 / -2, +0 / -0, +0 / -0 |")
     # on the split best/ was picked on: no verdict
@@ -328,12 +329,12 @@ def test_rl_gain_interval_from_counts_when_outcomes_were_not_kept():
     start = ["0" * n, "0" * n]
     full = {"n_problems": n, "atp": {"correct": start}, "atp_rl": {"correct": rl}}
     counts = {"n_problems": n, "atp": {}, "atp_rl": {"gained_lost": [(12, 0), (12, 0)]}}
-    exact, note = results_mod.rl_gain_interval(full, "atp_rl")
-    rebuilt, note_counts = results_mod.rl_gain_interval(counts, "atp_rl")
+    exact, note = report_mod.rl_gain_interval(full, "atp_rl")
+    rebuilt, note_counts = report_mod.rl_gain_interval(counts, "atp_rl")
     assert note == "" and "rebuilt" in note_counts
     assert exact.mean_difference == rebuilt.mean_difference == pytest.approx(0.06)
     assert rebuilt.ci_high - rebuilt.ci_low > exact.ci_high - exact.ci_low
-    assert results_mod.rl_gain_interval({"atp": {}, "atp_rl": {"gained_lost": [(1, 0)]}}, "atp_rl") == (None, "")
+    assert report_mod.rl_gain_interval({"atp": {}, "atp_rl": {"gained_lost": [(1, 0)]}}, "atp_rl") == (None, "")
 
 
 def test_scale_stretches_steps_not_minutes_only(tmp_path):

@@ -86,33 +86,11 @@ def rl_vs_start_table(val_rows: list[dict], digits: int = 1, *, split: str, held
     return rl_vs_start_markdown(summary, digits), summary
 
 
-def rl_gain_interval(summary: dict, job: str, start: str = "atp"):
-    """(PairedBootstrapResult of `job` minus `start` over the summary's problems and seeds, a note) or (None, "").
-    From each seed's per-problem outcomes ("correct"); a results file from before they were kept has only how many
-    problems each seed gained and lost: each seed's per-problem differences are then rebuilt from those counts, in
-    the same order on every seed (gained first, then lost), which can only widen the interval (the note says so)."""
-    from atp_latent.evaluation.stats import paired_bootstrap
-
-    row, base = summary.get(job, {}), summary.get(start, {})
-    if job == start or not row:
-        return None, ""
-    if row.get("correct") and base.get("correct"):
-        return paired_bootstrap([[int(c) for c in x] for x in row["correct"]],
-                                [[int(c) for c in x] for x in base["correct"]]), ""
-    counts, n = row.get("gained_lost"), summary.get("n_problems")
-    if not counts or not n:
-        return None, ""
-    a = [[1] * g + [0] * lost + [0] * (n - g - lost) for g, lost in counts]
-    b = [[0] * g + [1] * lost + [0] * (n - g - lost) for g, lost in counts]
-    return paired_bootstrap(a, b), ("; per-problem outcomes not kept in this results file: rebuilt from each seed's "
-                                    "problems gained and lost, aligned across seeds, which can only widen the interval")
-
-
 def rl_vs_start_markdown(summary: dict, digits: int = 1) -> str:
     """rl_vs_start_table's table from its summary (also one read back from results.json, which may predate
     gain_std and the split fields: a summary without "held_out" is of val, where RL's best/ was picked)."""
     from atp_latent.evaluation.evaluate import mean_std
-    from atp_latent.evaluation.report import interval_text
+    from atp_latent.evaluation.report import interval_text, rl_gain_interval
 
     held_out = summary.get("held_out", False)
     lines = ["| model | acc per seed | mean ± std | gain over ATP SFT per seed | mean gain, 95% interval, p | "

@@ -8,6 +8,7 @@ import torch
 from atp_latent.config import load_config
 from atp_latent.data.records import Problem
 from atp_latent.data.sequences import builder_for
+from atp_latent.evaluation.plans import decode_plans
 from atp_latent.modeling import reasoner as reasoner_mod
 from atp_latent.modeling.engine import LatentState, backbone_forward, generate, new_cache
 from atp_latent.modeling.factory import build_tiny_model
@@ -15,7 +16,7 @@ from atp_latent.modeling.reasoner import LatentReasoner, ReasonerSpec
 from atp_latent.modeling.tokenizer import build_word_tokenizer
 from atp_latent.training import rl
 from atp_latent.training.rewards import RewardWeights, coherence_matters, total_reward
-from atp_latent.training.rl import decode_plans, group_advantages, rollout
+from atp_latent.training.rl import group_advantages, rollout
 
 PROBLEMS = [
     Problem(question="Ann has 3 cats and gets 4 more. How many cats?", steps=["3+4=7"], answer="7"),

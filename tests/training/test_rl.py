@@ -17,12 +17,13 @@ from atp_latent.config import load_config
 from atp_latent.data.records import Problem
 from atp_latent.data.sequences import builder_for
 from atp_latent.evaluation.answers import extract_answer
+from atp_latent.evaluation.plans import decode_plans
 from atp_latent.modeling.factory import build_tiny_model
 from atp_latent.modeling.reasoner import LatentReasoner, ReasonerSpec
 from atp_latent.modeling.tokenizer import END_LATENT, build_word_tokenizer
 from atp_latent.training import rl
 from atp_latent.training.rewards import coherence_reward
-from atp_latent.training.rl import _select, clipped_surrogate, decode_plans, grpo_update, rollout
+from atp_latent.training.rl import _select, clipped_surrogate, grpo_update, rollout
 from atp_latent.training.runs import checkpoint_dir_for, checkpoint_weights
 
 PROBLEMS = [

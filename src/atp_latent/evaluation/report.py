@@ -164,6 +164,26 @@ def paired_interval(per_seed: list[dict], a: str, b: str, splits: list[str]) -> 
     return paired_bootstrap(oa, ob) if oa is not None and ob is not None else None
 
 
+def rl_gain_interval(summary: dict, job: str, start: str = "atp"):
+    """(PairedBootstrapResult of `job` minus `start` over the summary's problems and seeds, a note) or (None, "").
+    From each seed's per-problem outcomes ("correct"); a results file from before they were kept has only how many
+    problems each seed gained and lost: each seed's per-problem differences are then rebuilt from those counts, in
+    the same order on every seed (gained first, then lost), which can only widen the interval (the note says so)."""
+    row, base = summary.get(job, {}), summary.get(start, {})
+    if job == start or not row:
+        return None, ""
+    if row.get("correct") and base.get("correct"):
+        return paired_bootstrap([[int(c) for c in x] for x in row["correct"]],
+                                [[int(c) for c in x] for x in base["correct"]]), ""
+    counts, n = row.get("gained_lost"), summary.get("n_problems")
+    if not counts or not n:
+        return None, ""
+    a = [[1] * g + [0] * lost + [0] * (n - g - lost) for g, lost in counts]
+    b = [[0] * g + [1] * lost + [0] * (n - g - lost) for g, lost in counts]
+    return paired_bootstrap(a, b), ("; per-problem outcomes not kept in this results file: rebuilt from each seed's "
+                                    "problems gained and lost, aligned across seeds, which can only widen the interval")
+
+
 def interval_text(res: PairedBootstrapResult, digits: int = 1) -> str:
     """`+1.9 [-0.4, +4.3], p = 0.11` in points (p two-sided; 0 replicates on the far side: p < 1 / replicates)."""
     f = f"+.{digits}f"
@@ -216,7 +236,7 @@ def claim_verdict(per_seed: list[dict], splits: list[str], labels: dict, method:
     "Beats its start" is judged on held-out problems only (`rl_vs_start`: suite.rl_vs_start_table's summary of a
     split no run selected on, described by `where`): RL's best/ is picked on val with the start as its first
     candidate, so on val the gain cannot be negative. The same bar: the interval of the paired gain over problems
-    and seeds (suite.rl_gain_interval) lies above 0. A part that is not judged leaves the claim as a whole not
+    and seeds (rl_gain_interval) lies above 0. A part that is not judged leaves the claim as a whole not
     decided (facts["holds"] None) unless another part fails. Returns markdown lines and the facts."""
     lines, facts = beats_at_no_more_tokens(per_seed, splits, labels, method, baselines)
     rl_line, rl_facts = rl_over_start(rl_vs_start, labels.get(method, method), method, start, where)
@@ -264,8 +284,7 @@ def beats_at_no_more_tokens(per_seed: list[dict], splits: list[str], labels: dic
 
 def rl_over_start(summary: dict | None, label: str, method: str, start: str, where: str) -> tuple[str, dict | None]:
     """claim_verdict's line on RL against its start, and its facts (None: not judged): the paired bootstrap interval
-    of the gain over the held-out problems and the seeds (suite.rl_gain_interval) must lie above 0."""
-    from atp_latent.bench_results import rl_gain_interval
+    of the gain over the held-out problems and the seeds (rl_gain_interval) must lie above 0."""
 
     if summary is None or method not in summary or start not in summary:
         return (f"- {label} beats its SFT start: **not judged** (it and its start have no results on held-out "

@@ -30,6 +30,7 @@ from atp_latent.config import RunConfig
 from atp_latent.data.records import Problem
 from atp_latent.data.sequences import SequenceBuilder, builder_for, left_pad
 from atp_latent.evaluation.answers import extract_answer
+from atp_latent.evaluation.plans import decode_plans
 from atp_latent.modeling.heads import gaussian_log_density
 from atp_latent.modeling.lora import add_lora_to_reasoner
 from atp_latent.modeling.methods import RL_METHODS, get_method
@@ -258,40 +259,6 @@ def rollout(model: LatentReasoner, builder: SequenceBuilder, problems: list[Prob
     terms = {"acc": acc, "fmt": fmt, "coh": coh, "coh_scored": needed.float()}
     return Trajectories(batch, {"answer": gen.logprobs, "latent_gaussian": latent_lp}, rewards, terms,
                         state.active.sum(-1).cpu(), sigma, plan_seconds)
-
-
-@torch.no_grad()
-def decode_plans(model: LatentReasoner, state, tok, max_tokens: int,
-                 text_embed: torch.nn.Module | None = None, keep: torch.Tensor | None = None) -> list[list[str]]:
-    """Decoded text of every active latent group of every trajectory, in one batched cached decode (all groups of
-    all trajectories together; a group stops costing once it has written eos, see LatentReasoner.decode_groups;
-    groups with identical latents are decoded once).
-    `keep` ([n] bool): decode only these trajectories' groups; the others get no plan ([])."""
-    c = model.spec.latents_per_step
-    n, L = state.active.shape
-    starts = state.active[:, ::c] if L else state.active
-    if keep is not None:
-        starts = starts & keep.to(starts.device)[:, None]
-    rows, groups = starts.nonzero(as_tuple=True)
-    plans: list[list[str]] = [[] for _ in range(n)]
-    if rows.numel() == 0:
-        return plans
-    zg = model.decoder_inputs(state.z, rows, groups)
-    # Greedy decoding is a function of the group's latents: a group whose latents equal another's, bit for bit,
-    # reads the same (the G rollouts of a question share theirs under rl.latent_policy=mean), so decode each once.
-    # Compared as bits (an integer view: exact, and torch.unique takes integers on every device and dtype).
-    flat = zg.flatten(1).contiguous()
-    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[flat.element_size()]
-    unique, inverse = torch.unique(flat.view(bits), dim=0, return_inverse=True)
-    if unique.shape[0] < zg.shape[0]:
-        decoded = model.decode_groups(unique.view(flat.dtype).view(-1, *zg.shape[1:]), tok.eos_token_id, tok.pad_token_id,
-                                      max_tokens, text_embed=text_embed)[inverse]
-    else:
-        decoded = model.decode_groups(zg, tok.eos_token_id, tok.pad_token_id, max_tokens, text_embed=text_embed)
-    for i, row in zip(rows.tolist(), decoded.tolist()):
-        cut = row.index(tok.eos_token_id) if tok.eos_token_id in row else len(row)
-        plans[i].append(tok.decode(row[:cut]))
-    return plans
 
 
 def _select(batch: dict, idx: torch.Tensor) -> dict:
