@@ -29,6 +29,16 @@ TIME lines: each SFT epoch's step seconds, tokens/s and peak memory; the RL step
 them plan_decode_share, the coherence reward's plan decode over the step, at the 1B shape), its peak memory and what
 SFT left allocated; each phase's wall time; free disk.
 
+`--lora` checks the LoRA recipes instead (configs/paper/codi.yaml, colar.yaml, colar_rl.yaml; needs peft), on the
+same model, at each recipe's own batch (CODI 128, CoLaR 256), 2 short epochs each, then one CoLaR-RL step:
+  lora_codi_sft      CODI SFT from the base model finishes and writes final/ with its adapters
+                     (final/lm_adapter, peft's format), the LM's own weights exactly as loaded (frozen: a layer's
+                     query weights compared with the saved model's) and the adapters trained (some lora_B nonzero;
+                     peft starts them at 0), every epoch's loss finite.
+  lora_colar_sft     the same for CoLaR (from the base model here: the recipe starts from a CoT-SFT run).
+  lora_colar_rl_step one CoLaR-RL GRPO step (16 questions x 8 rollouts, the recipe's minibatches of 8) from the
+                     CoLaR run's final/: first_ratio_dev == 0 exactly, final/ keeps the adapters.
+
 Disk (64 GB on the GPU machine): train.save_checkpoints=false (no optimizer state on disk), the model folder is
 deleted once SFT has loaded it, and RL runs without validation, which would keep a best/ with optimizer state. At
 1B that leaves SFT final/ (LM + decoder in fp32, ~10 GB), RL's last-step checkpoint (~20 GB: RL does not read
@@ -74,6 +84,8 @@ class Shape:
     max_val: int
     latent_stage: int  # curriculum.max_latent_stage (the paper's 10: 20 latent slots with c = 2)
     new_tokens: int  # rl.max_new_tokens and rl.coherence_max_tokens (the paper's 16)
+    codi_batch: int = 128  # --lora: the recipes' own batches (configs/paper/codi.yaml, colar.yaml)
+    colar_batch: int = 256
 
     @property
     def records(self) -> int:
@@ -133,9 +145,11 @@ def cuda_free() -> None:
 
 # ----- the model and data the runs load -----
 
-def write_inputs(work: Path, shape: Shape, vocab: int | None, seed: int = 0) -> tuple[Path, Path, dict]:
+def write_inputs(work: Path, shape: Shape, vocab: int | None, seed: int = 0, lora: bool = False
+                 ) -> tuple[Path, Path, dict]:
     """Synthetic data files, and a random LM of the preset's shape with a word-level tokenizer, saved with
-    save_pretrained; vocab None: the tokenizer's size. Returns (data dir, model dir, facts about the model)."""
+    save_pretrained; vocab None: the tokenizer's size; lora: enough records for the LoRA recipes' batches. Returns
+    (data dir, model dir, facts about the model)."""
 
     from atp_latent.data.formats import write_jsonl
     from atp_latent.data.synthetic import SynthConfig, generate_benchmark
@@ -143,7 +157,8 @@ def write_inputs(work: Path, shape: Shape, vocab: int | None, seed: int = 0) -> 
     from atp_latent.modeling.tokenizer import build_word_tokenizer
     from atp_latent.training.sft import corpus_of
 
-    n_train = max(shape.records, shape.questions)
+    n_train = max(shape.records, shape.questions,
+                  *((shape.codi_batch * shape.steps_per_epoch, shape.colar_batch * shape.steps_per_epoch) if lora else ()))
     splits = generate_benchmark(SynthConfig(seed=seed, n_train=n_train, n_val=shape.max_val, n_test=4, n_ood=4))
     data = work / "data"
     for split in ("train", "val"):
@@ -250,6 +265,95 @@ def check_rl(report: Report, rl: Path, rollouts: int, peak_gib: float | None, be
     report.time("rl step", **timing, peak_gib=peak_gib, allocated_before_rl_gib=before_gib)
 
 
+def first_layer_query(folder: Path) -> torch.Tensor:
+    """Layer 0's query projection weight from a save_pretrained folder (the model given to SFT, or a run's final/lm),
+    in fp32."""
+    from safetensors import safe_open
+
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            name = next((k for k in f.keys() if k.endswith("layers.0.self_attn.q_proj.weight")), None)
+            if name is not None:
+                return f.get_tensor(name).float()
+    raise FileNotFoundError(f"{folder}: no layers.0.self_attn.q_proj.weight in any *.safetensors")
+
+
+def check_lora_sft(report: Report, name: str, run: Path, model_dir: Path, epochs: int) -> None:
+    """A LoRA recipe's SFT run: finished with final/, adapters saved and trained, the LM's own weights untouched."""
+    from safetensors.torch import load_file
+
+    rows = read_metrics(run)
+    try:
+        adapters = load_file(str(run / "final" / "lm_adapter" / "adapter_model.safetensors"))
+        frozen = torch.equal(first_layer_query(run / "final" / "lm"), first_layer_query(model_dir))
+    except Exception as e:  # noqa: BLE001 - a check reports any failure as FAIL
+        report.check(name, False, error=error_text(e))
+        return
+    b = [v for k, v in adapters.items() if "lora_B" in k]
+    trained = sum(bool(v.abs().max() > 0) for v in b)
+    losses = values(rows, "train/loss")
+    ok = (run / "final").is_dir() and 1 in values(rows, "train/finished") and frozen and trained > 0 \
+        and len(set(values(rows, "train/epoch"))) == epochs and bool(losses) and all(math.isfinite(v) for v in losses)
+    report.check(name, ok, epochs=len(set(values(rows, "train/epoch"))), lm_weights_unchanged=frozen,
+                 lora_b_trained=f"{trained}/{len(b)}", adapter_params_m=sum(v.numel() for v in adapters.values()) / 1e6,
+                 last_loss=losses[-1] if losses else None)
+    for r in (r for r in rows if "train/step_seconds" in r):
+        epoch = r.get("train/epoch")
+        report.time(f"{name} epoch={epoch + 1 if epoch is not None else '?'}", step_seconds=r["train/step_seconds"],
+                    tokens_per_s=r.get("train/tokens_per_s"), peak_gib=r.get("train/peak_memory_gib"))
+
+
+def check_lora_rl(report: Report, run: Path, rollouts: int, peak_gib: float | None) -> None:
+    rows = read_metrics(run)
+    step = next((r for r in rows if "train/first_ratio_dev" in r), {})
+    dev = step.get("train/first_ratio_dev")
+    kept = (run / "final" / "lm_adapter" / "adapter_model.safetensors").is_file()
+    ok = (run / "final").is_dir() and dev == 0 and kept
+    report.check("lora_colar_rl_step", ok, rollouts=rollouts, first_ratio_dev=dev, adapters_in_final=kept,
+                 reward=step.get("train/reward"), active_latents=step.get("train/active_latents"))
+    timing = {k.removeprefix("train/"): v for k, v in step.items()
+              if any(s in k for s in ("seconds", "per_s", "memory")) and isinstance(v, int | float)}
+    report.time("lora_colar_rl step", **timing, peak_gib=peak_gib)
+
+
+def run_lora(report: Report, shape: Shape, common: list[str], model_dir: Path, cpu: bool) -> None:
+    """The LoRA recipes (--lora): CODI and CoLaR SFT from the saved model, then one CoLaR-RL step."""
+    from atp_latent.config import load_config
+    from atp_latent.training.rl import train_rl
+    from atp_latent.training.sft import train
+
+    epochs, runs = 2, {}
+    for name, recipe, batch in (("codi", "codi.yaml", shape.codi_batch), ("colar", "colar.yaml", shape.colar_batch)):
+        records = batch * shape.steps_per_epoch
+        overrides = common + [
+            f"model.name_or_path={model_dir}", "model.init_from=null", f"data.max_train={records}",
+            f"data.epoch_size={records}", f"optim.batch_size={batch}", f"train.epochs={epochs}",
+            "train.eval_every_epoch=false", "train.log_every=1", f"name={name}"]
+        run, err = run_phase(report, f"lora_{name}_sft", lambda r=recipe, o=overrides: train(load_config(str(PAPER / r), o)))
+        cuda_free()
+        if err:
+            report.check(f"lora_{name}_sft", False, error=err)
+            continue
+        runs[name] = run
+        check_lora_sft(report, f"lora_{name}_sft", run, model_dir, epochs)
+    if "colar" not in runs:
+        report.check("lora_colar_rl_step", False, error="no CoLaR run (see lora_colar_sft)")
+        return
+    rl_set = common + [
+        f"model.init_from={runs['colar'] / 'final'}", "rl.steps=1", f"rl.questions_per_step={shape.questions}",
+        f"rl.group_size={shape.group_size}", f"rl.minibatch_size={min(8, shape.minibatch)}",
+        f"rl.max_new_tokens={shape.new_tokens}", f"eval.max_new_tokens={shape.new_tokens}", "data.val=null",
+        "name=colar_rl"]
+    if not cpu:
+        torch.cuda.reset_peak_memory_stats()
+    rl, err = run_phase(report, "lora_colar_rl", lambda: train_rl(load_config(str(PAPER / "colar_rl.yaml"), rl_set)))
+    peak = None if cpu else torch.cuda.max_memory_allocated() / 2**30
+    if err:
+        report.check("lora_colar_rl_step", False, error=err)
+    else:
+        check_lora_rl(report, rl, shape.questions * shape.group_size, peak)
+
+
 # ----- the runs -----
 
 def run_phase(report: Report, what: str, fn):
@@ -278,6 +382,8 @@ def main() -> int:
     ap.add_argument("--questions", type=int, default=None, help="RL questions per step (default 16; 2 with --cpu)")
     ap.add_argument("--group-size", type=int, default=None, help="RL rollouts per question (default 8; 4 with --cpu)")
     ap.add_argument("--tolerance", type=float, default=0.05, help="sft_memory_flat: allowed change vs epoch 1")
+    ap.add_argument("--lora", action="store_true",
+                    help="check the LoRA recipes (CODI, CoLaR, CoLaR-RL) instead of ATP's; needs peft")
     args = ap.parse_args()
     cpu = args.cpu
     if cpu:  # hide any GPU before CUDA initialises: the training entry points pick the device themselves
@@ -288,7 +394,7 @@ def main() -> int:
     # CPU: bf16 autocast is emulated on most CPUs (~10x slower than fp32), hence 4 latent slots and short answers
     if cpu:
         shape = Shape("llama-tiny", batch_size=4, steps_per_epoch=1, questions=2, group_size=4, minibatch=4,
-                      max_val=4, latent_stage=2, new_tokens=4)
+                      max_val=4, latent_stage=2, new_tokens=4, codi_batch=4, colar_batch=4)
     else:  # the paper's batch, c * max_latent_stage = 20 latent slots, RL shape and answer length
         shape = Shape("llama-1b-shape", batch_size=32, steps_per_epoch=3, questions=16, group_size=8, minibatch=16,
                       max_val=32, latent_stage=10, new_tokens=16)
@@ -299,7 +405,7 @@ def main() -> int:
     epochs = 3
     report = Report()
     device = "cpu" if cpu else torch.cuda.get_device_name()
-    header = (f"preset={shape.preset} vocab={vocab or 'tokenizer'} batch={shape.batch_size} "
+    header = ("lora " if args.lora else "") + (f"preset={shape.preset} vocab={vocab or 'tokenizer'} batch={shape.batch_size} "
               f"steps_per_epoch={shape.steps_per_epoch} latent_slots={2 * shape.latent_stage} "
               f"rl={shape.questions}x{shape.group_size}")
     print(f"# device={device!r} {header}", flush=True)
@@ -311,7 +417,7 @@ def main() -> int:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="gpu-smoke-"))
     try:
-        built, err = run_phase(report, "build", lambda: write_inputs(work, shape, vocab))
+        built, err = run_phase(report, "build", lambda: write_inputs(work, shape, vocab, lora=args.lora))
         if err:
             report.check("paper_model", False, error=err)
             return finish(report, args, header)
@@ -319,6 +425,9 @@ def main() -> int:
         report.time("disk", free_gib=shutil.disk_usage(work).free / 2**30, workdir=str(work))
         common = [f"data.train={data / 'train.jsonl'}", f"data.val={data / 'val.jsonl'}",
                   f"data.max_val={shape.max_val}", f"output_dir={work / 'runs'}", "train.save_checkpoints=false"]
+        if args.lora:
+            run_lora(report, shape, common, model_dir, cpu)
+            return finish(report, args, header)
         sft_set = common + [
             f"model.name_or_path={model_dir}", f"data.max_train={shape.records}", f"data.epoch_size={shape.records}",
             f"optim.batch_size={shape.batch_size}", f"train.epochs={epochs}", "train.eval_every_epoch=false",

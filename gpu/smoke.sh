@@ -14,6 +14,7 @@
 #   --python PY    the Python to run (default $PYTHON, else .venv/bin/python, else python3); the package runs
 #                  from src/, installed or not
 #   --cpu          hide any GPU and run the same checks at small shapes on the CPU, in about a minute (the tests)
+#   --lora         check the LoRA recipes (CODI, CoLaR, CoLaR-RL) instead of ATP's; needs peft
 #   --check        check the Python environment (packages, CUDA) and stop
 #   -h, --help     this text and gpu/smoke.py's own options (--workdir, --preset, --batch-size, ...)
 #
@@ -22,7 +23,7 @@ set -uo pipefail
 {  # read whole before it runs: an edit of this file during a run does not change the run
 source "$(dirname "$0")/lib.sh"
 
-out="$ROOT/results/gpu" deps=() cpu=0 check=0 PY=$(default_python) args=()
+out="$ROOT/results/gpu" deps=() cpu=0 check=0 lora=0 PY=$(default_python) args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) [ $# -ge 2 ] || die "--out needs a folder"; out=$(abspath "$2"); shift 2 ;;
@@ -32,6 +33,7 @@ while [ $# -gt 0 ]; do
     --python) [ $# -ge 2 ] || die "--python needs a path"; PY=$2; shift 2 ;;
     --python=*) PY=${1#*=}; shift ;;
     --cpu) cpu=1; args+=(--cpu); shift ;;
+    --lora) lora=1; args+=(--lora); shift ;;
     --check) check=1; shift ;;
     -h|--help) usage; echo; echo "Options of gpu/smoke.py:"; PYTHONPATH="$ROOT/src" "$PY" "$GPU_DIR/smoke.py" --help; exit 0 ;;
     *) args+=("$1"); shift ;;
@@ -39,7 +41,9 @@ while [ $# -gt 0 ]; do
 done
 set_pythonpath ${deps[@]+"${deps[@]}"}
 [ "$cpu" = 1 ] && export CUDA_VISIBLE_DEVICES=""
-env_line=$(check_env "$cpu" torch transformers tokenizers accelerate safetensors yaml omegaconf numpy tqdm) || exit 2
+modules=(torch transformers tokenizers accelerate safetensors yaml omegaconf numpy tqdm)
+[ "$lora" = 1 ] && modules+=(peft)
+env_line=$(check_env "$cpu" "${modules[@]}") || exit 2
 if [ "$check" = 1 ]; then echo "$env_line"; exit 0; fi
 
 mkdir -p "$out" || die "--out $out: cannot create the folder"

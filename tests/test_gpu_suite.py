@@ -32,6 +32,7 @@ TINY = ["model.preset=llama-tiny", "optim.batch_size=8", "data.epoch_size=16", "
         "rl.checkpoint_every=1"]
 SUMMARIES = ["RESULTS.md", "results.json", "accuracy_vs_tokens.png", "training_curves.png", "latents_used.png"]
 SMOKE_CHECKS = ["paper_model", "paper_config", "sft_run", "sft_memory_flat", "sft_throughput", "rl_grpo_step"]
+LORA_CHECKS = ["lora_codi_sft", "lora_colar_sft", "lora_colar_rl_step"]
 
 
 def suite_args(*extra):
@@ -205,20 +206,23 @@ def test_gpu_scripts_refuse_to_run_without_a_gpu_unless_told_cpu(tmp_path, scrip
     assert "pass --cpu" in proc.stderr and not (tmp_path / "out").exists()
 
 
-@pytest.fixture(scope="module")
-def python_without_omegaconf(tmp_path_factory):
-    """A Python like the one running the tests whose site-packages lack omegaconf (and this package): a GPU
-    machine's image without it. A virtual environment whose site-packages link to this one's, omegaconf left out."""
-    home = tmp_path_factory.mktemp("bare-python")
+def python_without(home: Path, module: str) -> str:
+    """A Python like the one running the tests whose site-packages lack `module` (and this package): a GPU
+    machine's image without it. A virtual environment whose site-packages link to this one's, `module` left out."""
     venv.EnvBuilder(with_pip=False, symlinks=True).create(home)
     python = home / "bin" / "python"
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
     for entry in Path(torch.__file__).resolve().parents[1].iterdir():
-        if not entry.name.startswith(("omegaconf", "atp_latent", "__editable__")):
+        if not entry.name.startswith((module, "atp_latent", "__editable__")):
             (site / entry.name).symlink_to(entry)
-    assert subprocess.run([str(python), "-c", "import omegaconf"], capture_output=True).returncode == 1
+    assert subprocess.run([str(python), "-c", f"import {module}"], capture_output=True).returncode == 1
     return str(python)
+
+
+@pytest.fixture(scope="module")
+def python_without_omegaconf(tmp_path_factory):
+    return python_without(tmp_path_factory.mktemp("bare-python"), "omegaconf")
 
 
 def test_missing_dependency_is_one_error_line_and_a_deps_folder_supplies_it(tmp_path, python_without_omegaconf):
@@ -277,6 +281,34 @@ def test_gpu_smoke_cpu_with_a_deps_folder(tmp_path, python_without_omegaconf):
     md = (out / "SMOKE.md").read_text()
     assert "- device: cpu" in md and "transformers" in md and "`bash gpu/smoke.sh --cpu --out " in md
     assert all(" ".join(c) in md for c in checks)
+
+
+def test_gpu_smoke_lora_recipes_cpu(tmp_path):
+    """`gpu/smoke.sh --lora` at CPU shapes: CODI and CoLaR SFT through the paper's LoRA configs and one CoLaR-RL step,
+    every check PASS (adapters trained and saved, the LM's own weights as loaded, first_ratio_dev 0), one timing line
+    per SFT epoch; a Python without peft gets one error line, and only with --lora."""
+    proc = subprocess.run(["bash", "gpu/smoke.sh", "--cpu", "--lora", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    checks = [line.split() for line in lines if line.startswith("CHECK ")]
+    assert [c[1] for c in checks] == LORA_CHECKS and all(c[2] == "PASS" for c in checks), "\n".join(lines)
+    sft = {c[1]: dict(kv.split("=", 1) for kv in c[3:]) for c in checks}
+    for name in ("lora_codi_sft", "lora_colar_sft"):
+        assert sft[name]["lm_weights_unchanged"] == "True" and sft[name]["lora_b_trained"].split("/")[0] != "0"
+        assert [line.split()[2] for line in lines if line.startswith(f"TIME {name} epoch=")] == ["epoch=1", "epoch=2"]
+    assert sft["lora_colar_rl_step"]["first_ratio_dev"] == "0"
+    assert any(line.startswith("SUMMARY PASS 3/3") for line in lines)
+    assert "- shape: lora preset=llama-tiny" in (tmp_path / "out" / "SMOKE.md").read_text()
+
+    bare = python_without(tmp_path / "bare", "peft")
+    env = {**ENV, "PYTHON": bare}
+    missing = subprocess.run(["bash", "gpu/smoke.sh", "--cpu", "--lora", "--check"], capture_output=True, text=True,
+                             cwd=ROOT, env=env)
+    assert missing.returncode == 2 and missing.stderr.splitlines() == [missing.stderr.strip()]
+    assert f"{bare} lacks peft" in missing.stderr
+    assert subprocess.run(["bash", "gpu/smoke.sh", "--cpu", "--check"], capture_output=True, cwd=ROOT,
+                          env=env).returncode == 0
 
 
 def test_gpu_suite_judges_rl_on_a_few_hundred_held_out_problems():
