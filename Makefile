@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+# the suite on two workers (pytest-xdist), a test file per worker: its fixtures and ports stay in one process;
+# PYTEST_ARGS= runs it in one process
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: quickstart test lint clean-venv
 
