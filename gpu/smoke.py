@@ -319,7 +319,6 @@ def check_lora_rl(report: Report, run: Path, rollouts: int, peak_gib: float | No
 def run_lora(report: Report, shape: Shape, common: list[str], model_dir: Path, cpu: bool) -> None:
     """The LoRA recipes (--lora): CODI and CoLaR SFT from the saved model, then one CoLaR-RL step."""
     from atp_latent.config import load_config
-    from atp_latent.training.rl import train_rl
     from atp_latent.training.sft import train
 
     epochs, runs = 2, {}
@@ -339,15 +338,8 @@ def run_lora(report: Report, shape: Shape, common: list[str], model_dir: Path, c
     if "colar" not in runs:
         report.check("lora_colar_rl_step", False, error="no CoLaR run (see lora_colar_sft)")
         return
-    rl_set = common + [
-        f"model.init_from={runs['colar'] / 'final'}", "rl.steps=1", f"rl.questions_per_step={shape.questions}",
-        f"rl.group_size={shape.group_size}", f"rl.minibatch_size={min(8, shape.minibatch)}",
-        f"rl.max_new_tokens={shape.new_tokens}", f"eval.max_new_tokens={shape.new_tokens}", "data.val=null",
-        "name=colar_rl"]
-    if not cpu:
-        torch.cuda.reset_peak_memory_stats()
-    rl, err = run_phase(report, "lora_colar_rl", lambda: train_rl(load_config(str(PAPER / "colar_rl.yaml"), rl_set)))
-    peak = None if cpu else torch.cuda.max_memory_allocated() / 2**30
+    rl, err, peak = grpo_step(report, "lora_colar_rl", "colar_rl.yaml", runs["colar"] / "final", common, shape, cpu,
+                              minibatch=min(8, shape.minibatch))  # the recipe's minibatches of 8
     if err:
         report.check("lora_colar_rl_step", False, error=err)
     else:
@@ -355,6 +347,24 @@ def run_lora(report: Report, shape: Shape, common: list[str], model_dir: Path, c
 
 
 # ----- the runs -----
+
+def grpo_step(report: Report, what: str, recipe: str, init_from: Path, common: list[str], shape: Shape, cpu: bool,
+              minibatch: int | None = None, extra: tuple[str, ...] | list[str] = ()):
+    """One GRPO step of the paper RL recipe `recipe` from `init_from` at the check's RL shape, without validation.
+    Returns (run dir, error, peak GPU memory in GiB over the step; None on CPU)."""
+    from atp_latent.config import load_config
+    from atp_latent.training.rl import train_rl
+
+    overrides = common + [
+        f"model.init_from={init_from}", "rl.steps=1", f"rl.questions_per_step={shape.questions}",
+        f"rl.group_size={shape.group_size}", f"rl.minibatch_size={minibatch or shape.minibatch}",
+        f"rl.max_new_tokens={shape.new_tokens}", *extra, f"eval.max_new_tokens={shape.new_tokens}", "data.val=null",
+        f"name={recipe.removesuffix('.yaml')}"]
+    if not cpu:
+        torch.cuda.reset_peak_memory_stats()
+    run, err = run_phase(report, what, lambda: train_rl(load_config(str(PAPER / recipe), overrides)))
+    return run, err, None if cpu else torch.cuda.max_memory_allocated() / 2**30
+
 
 def run_phase(report: Report, what: str, fn):
     """Run a training entry point with its prints sent to stderr (stdout is the summary); time it."""
@@ -412,7 +422,6 @@ def main() -> int:
     header = (device, header)
 
     from atp_latent.config import load_config
-    from atp_latent.training.rl import train_rl
     from atp_latent.training.sft import train
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="gpu-smoke-"))
@@ -445,16 +454,9 @@ def main() -> int:
         check_paper_config(report, sft)
         check_sft(report, sft, epochs, cpu, args.tolerance)
 
-        rl_set = common + [
-            f"model.init_from={sft / 'final'}", "rl.steps=1", f"rl.questions_per_step={shape.questions}",
-            f"rl.group_size={shape.group_size}", f"rl.minibatch_size={shape.minibatch}",
-            f"rl.max_new_tokens={shape.new_tokens}", f"rl.coherence_max_tokens={shape.new_tokens}",
-            f"eval.max_new_tokens={shape.new_tokens}", "data.val=null", "name=atp_rl"]
         left = None if cpu else torch.cuda.memory_allocated() / 2**30  # what SFT left allocated: should be ~0
-        if not cpu:
-            torch.cuda.reset_peak_memory_stats()
-        rl, err = run_phase(report, "rl", lambda: train_rl(load_config(str(PAPER / "atp_rl.yaml"), rl_set)))
-        peak = None if cpu else torch.cuda.max_memory_allocated() / 2**30
+        rl, err, peak = grpo_step(report, "rl", "atp_rl.yaml", sft / "final", common, shape, cpu,
+                                  extra=[f"rl.coherence_max_tokens={shape.new_tokens}"])
         if err:
             report.check("rl_grpo_step", False, error=err)
         else:
