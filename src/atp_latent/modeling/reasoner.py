@@ -47,6 +47,7 @@ from atp_latent.modeling.heads import (
 from atp_latent.modeling.lora import ADAPTER_DIR, DECODER_ADAPTER_DIR, has_lora, load_part_adapter, save_part
 from atp_latent.modeling.methods import METHODS as _REGISTRY
 from atp_latent.modeling.methods import MethodDef, get_method
+from atp_latent.modeling.precision import casts_frozen_weights
 
 METHODS = tuple(_REGISTRY)  # the registered method names (kept for older imports)
 
@@ -148,6 +149,7 @@ class LatentReasoner(nn.Module):
         return self.decoder if self.decoder is not None else self.lm
 
     # ----- SFT losses -----
+    @casts_frozen_weights  # LoRA's frozen base: one bf16 copy per call, not per latent pass (modeling/precision.py)
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Teacher-forced SFT pass; returns each loss term, their weighted total and latent-usage stats.
         A batch holding an RL trajectory (`rl_z`) is scored instead (see `score`)."""
@@ -313,6 +315,7 @@ class LatentReasoner(nn.Module):
 
     # ----- inference -----
     @torch.no_grad()
+    @casts_frozen_weights
     def answer(self, prefix_ids, prefix_mask, n_slots, end_id: int, eos_id: int, pad_id: int, max_new_tokens: int,
                sample_latents: bool = False, stop_mode: str = "greedy", temperature: float = 0.0, generator=None,
                latent_temperature: float = 1.0):
@@ -324,6 +327,7 @@ class LatentReasoner(nn.Module):
         return state, gen
 
     @torch.no_grad()
+    @casts_frozen_weights
     def decode_groups(self, zg: torch.Tensor, eos_id: int, pad_id: int, max_new_tokens: int = 16,
                       text_embed: nn.Module | None = None) -> torch.Tensor:
         """Greedy text of each latent group zg [N, c, d] through the step decoder, batched and KV-cached:
