@@ -120,3 +120,16 @@ def test_layers_get_their_parameters_back(lora_colar):
     with frozen_weight_casts(model):  # no autocast: nothing to do
         assert all(isinstance(m.weight, torch.nn.Parameter) and m.weight.dtype == torch.float32
                    for m in frozen_linears(model))
+
+
+def test_fsdp_is_left_alone():
+    """FSDP gathers and frees its layers' parameters itself: a model with an FSDP(2) module inside keeps autocast's
+    own casts (fully_shard gives a module a subclass of FSDPModule, as here)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)).requires_grad_(False)
+    with torch.autocast("cpu", dtype=torch.bfloat16), frozen_weight_casts(model):
+        assert model[0].weight.dtype == torch.bfloat16
+    model[1].__class__ = type("FSDPLinear", (FSDPModule, torch.nn.Linear), {})
+    with torch.autocast("cpu", dtype=torch.bfloat16), frozen_weight_casts(model):
+        assert model[0].weight.dtype == torch.float32

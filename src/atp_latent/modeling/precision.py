@@ -20,6 +20,15 @@ import torch
 from torch import nn
 
 
+def _sharded(module: nn.Module) -> bool:
+    """FSDP (1 or 2) inside: it swaps its layers' parameters itself as it gathers and frees them."""
+    try:
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+    except ImportError:  # pragma: no cover - a torch built without distributed
+        return False
+    return any(isinstance(m, (FullyShardedDataParallel, FSDPModule)) for m in module.modules())
+
+
 def _linear_types() -> tuple[type, ...]:
     try:  # GPT-2's linear layers (weight stored (in, out); autocast casts its addmm the same way)
         from transformers.pytorch_utils import Conv1D
@@ -32,10 +41,10 @@ def _linear_types() -> tuple[type, ...]:
 def frozen_weight_casts(module: nn.Module):
     """Within the block, every linear layer of `module` whose weight is a frozen floating-point tensor of another
     dtype than the active autocast dtype holds a cast copy of its weight (and frozen bias). Nothing happens outside
-    autocast. Re-entrant: an inner use finds the weights already cast."""
+    autocast, or under FSDP (not measured there). Re-entrant: an inner use finds the weights already cast."""
     param = next(module.parameters(), None)
     device_type = param.device.type if param is not None else "cpu"
-    if param is None or not torch.is_autocast_enabled(device_type):
+    if param is None or not torch.is_autocast_enabled(device_type) or _sharded(module):
         yield
         return
     dtype = torch.get_autocast_dtype(device_type)
