@@ -133,3 +133,21 @@ def test_fsdp_is_left_alone():
     model[1].__class__ = type("FSDPLinear", (FSDPModule, torch.nn.Linear), {})
     with torch.autocast("cpu", dtype=torch.bfloat16), frozen_weight_casts(model):
         assert model[0].weight.dtype == torch.float32
+
+
+def test_gpt2_conv1d_layers_are_cast_once_with_the_same_logits():
+    """GPT-2 keeps its linear layers as Conv1D (weight (in, out), an addmm that autocast casts alike)."""
+    from transformers.pytorch_utils import Conv1D
+
+    tok = build_word_tokenizer([p.question for p in PROBLEMS])
+    lm = build_tiny_model("gpt2-tiny", tok, seed=0)
+    add_lora(lm, r=4, alpha=8)
+    ids = torch.tensor([[1, 5, 7, 9, 4, 6]])
+    convs = [m for m in lm.modules() if isinstance(m, Conv1D)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        own = lm(ids).logits
+        with frozen_weight_casts(lm):
+            assert convs and all(m.weight.dtype == m.bias.dtype == torch.bfloat16 for m in convs)
+            lent = lm(ids).logits
+    assert torch.equal(own, lent)
+    assert all(isinstance(m.weight, torch.nn.Parameter) and m.weight.dtype == torch.float32 for m in convs)
