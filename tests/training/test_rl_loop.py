@@ -98,6 +98,9 @@ def test_two_processes_roll_out_their_own_slices_under_dynamic_sampling(start, t
         assert row["train/sampled_tokens_per_s"] == pytest.approx(row["train/sampled_tokens"]
                                                                   / row["train/step_seconds"], rel=0.2)
         assert 0 <= row["train/plan_decode_seconds"] <= row["train/step_seconds"]
+        split = row["train/rollout_seconds"] + row["train/update_seconds"]
+        assert row["train/plan_decode_seconds"] <= row["train/rollout_seconds"] and 0 < row["train/update_seconds"]
+        assert row["train/step_seconds"] * 0.8 <= split <= row["train/step_seconds"]  # advantages, lr: the rest
         assert 0 <= row["train/plan_decode_share"] <= 1
 
 

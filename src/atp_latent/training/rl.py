@@ -491,7 +491,9 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
         adv = group_advantages(traj.rewards, cfg.rl.group_size).to(device)
         for g in optimizer.param_groups:
             g["lr"] = rl_learning_rate(cfg, progress["step"], total)
+        t_update = time.time()
         stats = grpo_update(model, optimizer, accelerator, traj, adv, cfg, perm_rng, ref_model, guard)
+        update_seconds = time.time() - t_update  # stats hold floats read off the device: its work is done
         progress["step"] += 1
         progress["elapsed"] = time.time() - t0
         equal = equal_reward_groups(traj.rewards, cfg.rl.group_size).float().mean()
@@ -505,6 +507,8 @@ def train_rl(cfg: RunConfig, resume: bool = False) -> Path:
             "train/equal_reward_groups": float(equal),
             "train/active_latents": float(lat.mean()), "train/sigma": traj.sigma,
             "train/step_seconds": seconds, "train/sampled_tokens": sampled,
+            # where the step goes: sampling (rollout, rewards; read back on the host) and the minibatch updates
+            "train/rollout_seconds": t_update - t_step, "train/update_seconds": update_seconds,
             # the coherence reward's cost (the paper names it as a limitation): its plan decode, and its share
             "train/plan_decode_seconds": traj.plan_seconds,
             "train/plan_decode_share": traj.plan_seconds / max(seconds, 1e-9),
