@@ -26,8 +26,9 @@ Checks, one line each (`CHECK <name> PASS|FAIL key=value ...`); the exit code is
                    train/first_ratio_dev == 0 exactly under bf16 (old and new log-probs scored alike) and replicas
                    in sync.
 TIME lines: each SFT epoch's step seconds, tokens/s and peak memory; the RL step's timings (whatever it logs: among
-them plan_decode_share, the coherence reward's plan decode over the step, at the 1B shape), its peak memory and what
-SFT left allocated; each phase's wall time; free disk.
+them rollout_seconds and update_seconds, sampling and the minibatch updates, and plan_decode_share, the coherence
+reward's plan decode over the step, at the 1B shape), its peak memory and what SFT left allocated; each phase's wall
+time; free disk.
 
 `--lora` checks the LoRA recipes instead (configs/paper/codi.yaml, colar.yaml, colar_rl.yaml; needs peft), on the
 same model, at each recipe's own batch (CODI 128, CoLaR 256), 2 short epochs each, then one CoLaR-RL step:
