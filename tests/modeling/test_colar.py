@@ -189,28 +189,11 @@ def test_lm_head_stop_fires_masks_later_slots_and_answers_as_the_shorter_chain(t
     torch.testing.assert_close(cut_state.z[state.active], state.z[state.active])
 
 
-@torch.no_grad()
-def stop_sometimes(model, b, questions, logit=2.5):
-    """Point the LM head's <|end-latent|> row at the mean state the latent loop visits, so its logit there is about
-    `logit` (p(end) about 0.2 per slot at this vocabulary): rollouts then stop at various slots."""
-    seen = []
-    hook = model.lm.base_model.register_forward_hook(lambda m, i, o: seen.append(o.last_hidden_state[:, -1]))
-    ids, mask = left_pad([b.eval_prompt(q)[0] for q in questions], b.tok.pad_token_id)
-    model.spec.lm_head_stop = False
-    try:
-        model.fill(ids, mask, torch.full((len(questions),), 8))
-    finally:
-        model.spec.lm_head_stop = True
-        hook.remove()
-    u = torch.cat(seen).mean(0)
-    model.lm.get_output_embeddings().weight[b.end_id] = logit * u / u.dot(u)
-
-
 @pytest.fixture(scope="module")
-def rl_setup(tok):
+def rl_setup(tok, aim_end_latent):
     model = make(tok)
     b = builder_for(tok, model.spec)
-    stop_sometimes(model, b, [p.question for p in PROBLEMS[:2]])
+    aim_end_latent(model, b, [p.question for p in PROBLEMS[:2]], logit=2.5)  # p(end) about 0.2 per slot
     cfg = load_config(None, ["method.name=colar-rl", "rl.group_size=4", "rl.minibatch_size=3", "rl.max_new_tokens=5",
                              "rl.w_fmt=0", "rl.w_coh=0", "rl.latent_logratio=mean", "rl.logratio_clamp=1e9"])
     traj = rollout(model, b, PROBLEMS[:2], cfg, torch.Generator().manual_seed(1), "cpu")
@@ -251,7 +234,7 @@ def test_rl_scores_the_lm_head_stop_as_the_first_answer_token(tok, rl_setup):
     assert not masks["stop"].any()
 
 
-def test_rl_update_first_ratio_is_exactly_one_on_the_lm_head_stop(tok, rl_setup):
+def test_rl_update_first_ratio_is_exactly_one_on_the_lm_head_stop(tok, rl_setup, aim_end_latent):
     """grpo_update on CoLaR trajectories: the first minibatch's ratio is exactly 1 on every stream (the stop in the
     answer's), and the update moves the LM."""
     from accelerate import Accelerator
@@ -260,7 +243,7 @@ def test_rl_update_first_ratio_is_exactly_one_on_the_lm_head_stop(tok, rl_setup)
 
     model, b, cfg, traj = rl_setup
     model = make(tok)  # a fresh copy to update
-    stop_sometimes(model, b, [p.question for p in PROBLEMS[:2]])
+    aim_end_latent(model, b, [p.question for p in PROBLEMS[:2]], logit=2.5)  # p(end) about 0.2 per slot
     before = model.lm.get_input_embeddings().weight.detach().clone()
     acc = Accelerator(cpu=True)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -271,7 +254,7 @@ def test_rl_update_first_ratio_is_exactly_one_on_the_lm_head_stop(tok, rl_setup)
     assert not torch.equal(before, model.lm.get_input_embeddings().weight)
 
 
-def test_colar_in_bf16(tok):
+def test_colar_in_bf16(tok, aim_end_latent):
     """A bf16 CoLaR model (as the paper config trains it under autocast; here its weights in bf16): the compressed
     SFT pass gives finite losses and gradients, the engine answers with the LM-head stop, and RL re-scores a bf16
     rollout's answer tokens as sampled (the stop and latent streams in fp32)."""
@@ -286,7 +269,7 @@ def test_colar_in_bf16(tok):
     out["loss"].backward()
     assert torch.isfinite(model.latent_head.mu.weight.grad.float()).all()
     model.eval()
-    stop_sometimes(model, builder_for(tok, spec), [p.question for p in PROBLEMS[:2]])
+    aim_end_latent(model, builder_for(tok, spec), [p.question for p in PROBLEMS[:2]], logit=2.5)
     cfg = load_config(None, ["method.name=colar-rl", "rl.group_size=4", "rl.max_new_tokens=5", "rl.w_fmt=0",
                              "rl.w_coh=0", "rl.latent_logratio=mean"])
     traj = rollout(model, builder_for(tok, spec), PROBLEMS[:2], cfg, torch.Generator().manual_seed(1), "cpu")

@@ -28,24 +28,8 @@ def frozen_linears(model):
     return [m for m in model.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad]
 
 
-@torch.no_grad()
-def never_stop(model, b, logit=-20.0):
-    """Point the LM head's <|end-latent|> row against the mean state the latent loop visits (logit about -20)."""
-    seen = []
-    hook = model.lm.base_model.register_forward_hook(lambda m, i, o: seen.append(o.last_hidden_state[:, -1]))
-    ids = torch.tensor([b.eval_prompt(p.question)[0] for p in PROBLEMS[:1]])
-    model.spec.lm_head_stop = False
-    try:
-        model.fill(ids, torch.ones_like(ids), torch.full((1,), SLOTS))
-    finally:
-        model.spec.lm_head_stop = True
-        hook.remove()
-    u = torch.cat(seen).mean(0)
-    model.lm.get_output_embeddings().weight[b.end_id] = logit * u / u.dot(u)
-
-
 @pytest.fixture(scope="module")
-def lora_colar():
+def lora_colar(aim_end_latent):
     """A CoLaR reasoner with LoRA on its LM (frozen fp32 base) and CoLaR-RL trajectories that use every slot."""
     tok = build_word_tokenizer([p.question for p in PROBLEMS] + ["<<3+4=7>>\n### 7"])
     torch.manual_seed(0)
@@ -56,7 +40,7 @@ def lora_colar():
         if "lora_B" in name:  # B = 0 at init would hide a wrong base layer behind a zero adapter
             torch.nn.init.normal_(p, std=0.02)
     b = builder_for(tok, spec)
-    never_stop(model, b)  # all SLOTS passes are scored
+    aim_end_latent(model, b, [PROBLEMS[0].question], logit=-20.0, slots=SLOTS)  # never stops: all SLOTS passes are scored
     cfg = load_config(None, ["method.name=colar-rl", "rl.group_size=2", "rl.max_new_tokens=3", "rl.w_fmt=0",
                              "rl.w_coh=0", f"curriculum.max_latent_stage={SLOTS}"])
     traj = rollout(model.eval(), b, PROBLEMS, cfg, torch.Generator().manual_seed(1), "cpu")
