@@ -245,7 +245,8 @@ def bench_report(data: dict, took: str) -> tuple[str, dict]:
     if warning:
         text += f"\n{warning}\n"
     if data.get("diversity"):
-        text += "\n" + diversity_report(data, large, where)
+        premise_text, claim["premise"] = diversity_report(data, large, where)
+        text += "\n" + premise_text
     ablations, ablations_large = data.get("ablations_val"), data.get("ablations_val_large")
     if ablations:
         picked = picked_on_val(ablations)
@@ -262,9 +263,10 @@ def bench_report(data: dict, took: str) -> tuple[str, dict]:
     return text, claim
 
 
-def diversity_report(data: dict, large: dict | None, where: str) -> str:
+def diversity_report(data: dict, large: dict | None, where: str) -> tuple[str, dict]:
     """The many-valid-plans sections of RESULTS.md: the diversity table and the four claims it tests, each judged by
-    a paired bootstrap over problems and seeds (docs/metrics.md)."""
+    a paired bootstrap over problems and seeds (docs/metrics.md); and the claims' facts, {"a": ..., "b": ..., "c":
+    ..., "d": ...}, each keyed by the row compared against (c: by the RL row)."""
     from atp_latent.evaluation.report import (
         beats_at_no_more_tokens,
         coverage_claim,
@@ -281,11 +283,11 @@ def diversity_report(data: dict, large: dict | None, where: str) -> str:
         return f"no results for {', '.join(gone)} in this bench" if gone else "no seed ran both rows"
 
     k = next(iter(div.values()))[0]["n_rollouts"]
-    a, _ = beats_at_no_more_tokens(per_seed, TEST_SPLITS, LABELS, "atp", ("coconut", "simcot"))
-    b, _ = coverage_claim(div, LABELS, "atp", ("cot", "simcot"))
-    c = [rl_over_start(large, _label(j), j, "atp", where)[0] for j in RL_FROM_ATP
-         if large and j in large]
-    d, _ = ood_gap_claim(per_seed, LABELS, "atp", tuple(j for j in ("cot", "coconut", "simcot") if j in ran))
+    a, a_facts = beats_at_no_more_tokens(per_seed, TEST_SPLITS, LABELS, "atp", ("coconut", "simcot"))
+    b, b_facts = coverage_claim(div, LABELS, "atp", ("cot", "simcot"))
+    c_judged = {j: rl_over_start(large, _label(j), j, "atp", where) for j in RL_FROM_ATP if large and j in large}
+    c = [line for line, _ in c_judged.values()]
+    d, d_facts = ood_gap_claim(per_seed, LABELS, "atp", tuple(j for j in ("cot", "coconut", "simcot") if j in ran))
     return (f"## Reasoning-path diversity on `test`\n\n{k} rollouts of every test problem per method and seed, under "
             "RL's rollout policy for every method (latents sampled from the VAE head where there is one, the stop "
             "head sampled, answer tokens at temperature 1.0: CoT varies in the steps it writes, Coconut and SIM-CoT "
@@ -302,7 +304,8 @@ def diversity_report(data: dict, large: dict | None, where: str) -> str:
             + ("\n".join(c) or ("- not judged (no held-out problems: `--val-large 0`)" if not _bench_settings(data)[1]
                                 else "- not judged (no RL run from ATP SFT has finished)"))
             + "\n\n(d) ATP's OOD gap (test minus the three OOD splits) is smaller than the others':\n"
-            + ("\n".join(d) or f"- not judged ({missing(('atp', 'cot', 'coconut', 'simcot'), ran)})") + "\n")
+            + ("\n".join(d) or f"- not judged ({missing(('atp', 'cot', 'coconut', 'simcot'), ran)})") + "\n"), \
+        {"a": a_facts, "b": b_facts, "c": {j: facts for j, (_, facts) in c_judged.items()}, "d": d_facts}
 
 
 def write_report(out: Path | str) -> Path:
