@@ -73,6 +73,8 @@ def test_gpu_suite_runs_every_method_on_cpu_at_tiny_shapes(tmp_path):
     res = json.loads((runs / "results.json").read_text())
     jobs = SUITES["gpu"].jobs
     assert set(res["mean"]) == set(jobs) and len(jobs) == 12  # the paper comparison and the Table-1 baselines
+    assert len(res["steps_per_problem"]["test"]) == 8  # each test problem's step count, for the table by steps
+    assert "by the problem's number of solution steps" in (runs / "RESULTS.md").read_text()
     for job in jobs:
         cfg = yaml.safe_load((runs / "seed-0" / "runs" / job / "config.yaml").read_text())
         assert cfg["train"]["mixed_precision"] == "bf16" and cfg["optim"]["batch_size"] == 8

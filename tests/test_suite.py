@@ -763,6 +763,19 @@ def test_committed_cpu_results_judge_rl_on_held_out_problems(tmp_path):
     assert rl["interval"]["ci_low"] < 0 < rl["interval"]["ci_high"] and rl["interval"]["n_problems"] == 5000
 
 
+def test_steps_table_recounts_accuracy_per_step_count():
+    """Accuracy by step count from the per-problem bits: problems with steps [3, 3, 4, 5]; seed 0 right on problems
+    0 and 2, seed 1 on 0, 1 and 2: 3 steps 50 and 100 (75.0 ± 35.4), 4 steps 100 (100.0 ± 0.0), 5 steps 0; no table
+    without step counts or with a row whose bits do not match them."""
+    per_seed = [{"atp": {"test": {"correct": "1010"}}}, {"atp": {"test": {"correct": "1110"}}}]
+    data = {"mean": {"atp": {}}, "per_seed": per_seed, "steps_per_problem": {"test": [3, 3, 4, 5]}}
+    table = results_mod.steps_table(data).splitlines()
+    assert table[0] == "| method | 3 steps (2) | 4 steps (1) | 5 steps (1) |"
+    assert table[2] == "| ATP-Latent (SFT) | 75.0 ± 35.4 | 100.0 ± 0.0 | 0.0 ± 0.0 |"
+    assert results_mod.steps_table({**data, "steps_per_problem": None}) == ""
+    assert results_mod.steps_table({**data, "steps_per_problem": {"test": [3, 3, 4]}}) == ""
+
+
 def test_committed_many_plans_results_judge_the_premise(tmp_path):
     """results/cpu-many-plans/RESULTS.md is what write_report renders from results.json, every claim row has its five
     seeds, and the verdicts NOTES.md states are what the numbers give: (a) ATP SFT behind SIM-CoT on every seed and
@@ -791,6 +804,8 @@ def test_committed_many_plans_results_judge_the_premise(tmp_path):
     vs_coconut = [acc(r, "atp") - acc(r, "coconut") for r in per_seed]
     assert [round(d, 1) for d in vs_simcot] == [-1.3, -2.4, -2.2, -3.4, -7.6]
     assert [round(d, 1) for d in vs_coconut] == [0.6, -3.5, -5.4, 1.9, -13.2]
+    assert res["steps_per_problem"]["test"].count(3) == 168 and len(res["steps_per_problem"]["test"]) == 500
+    assert "| SIM-CoT | 83.3 ± 6.4 | 24.0 ± 3.4 | 16.5 ± 1.7 |" in (committed / "RESULTS.md").read_text()
     premise = json.loads((tmp_path / "results.json").read_text())["claim"]["premise"]
     assert res["claim"]["premise"] == premise  # the committed file holds what today's rules decide
     a, b, c, d = (premise[k] for k in "abcd")

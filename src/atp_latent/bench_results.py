@@ -189,6 +189,31 @@ def seeds_text(data: dict) -> str:
             "the runs they start from; a comparison pairs the seeds both of its rows ran")
 
 
+def steps_table(data: dict, split: str = "test") -> str:
+    """Accuracy on `split` by the problem's number of solution steps, mean ± std over each row's seeds, recounted
+    from the per-problem outcomes; "" when results.json has no step counts (`steps_per_problem`, written by the
+    bench) or a row has no per-problem outcomes."""
+    from atp_latent.evaluation.evaluate import mean_std
+
+    steps = (data.get("steps_per_problem") or {}).get(split)
+    if not steps:
+        return ""
+    counts = sorted(set(steps))
+    head = " | ".join(f"{k} steps ({steps.count(k)})" for k in counts)
+    lines = [f"| method | {head} |", "|---" * (len(counts) + 1) + "|"]
+    for job in data["mean"]:
+        bits = [r[job][split].get("correct") for r in data["per_seed"] if job in r]
+        if not bits or any(b is None or len(b) != len(steps) for b in bits):
+            return ""
+        cells = []
+        for k in counts:
+            accs = [100 * sum(b[i] == "1" for i, n in enumerate(steps) if n == k) / steps.count(k) for b in bits]
+            m, sd = mean_std(accs)
+            cells.append(f"{m:.1f} ± {sd:.1f}")
+        lines.append(f"| {_label(job)} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def bench_report(data: dict, took: str) -> tuple[str, dict]:
     """RESULTS.md (without the notes) from a bench's results.json, and the claim's facts. `took`: what the command
     cost, for the opening line. RL is judged against its start on the held-out problems (val_large) only; the val
@@ -198,6 +223,7 @@ def bench_report(data: dict, took: str) -> tuple[str, dict]:
     suite, val_large, rollouts = _bench_settings(data)
     per_seed = data["per_seed"]
     table = results_table(data["mean"], per_seed, TEST_SPLITS, LABELS, data["costs"])
+    by_steps = steps_table(data)
     paired = paired_table(per_seed, PAIRS, TEST_SPLITS, LABELS)
     val = {"held_out": False, "split": "val"} | data["rl_vs_start_val"] if data.get("rl_vs_start_val") else None
     large = data.get("rl_vs_start_val_large")
@@ -218,6 +244,8 @@ def bench_report(data: dict, took: str) -> tuple[str, dict]:
             f"Accuracy (%) per test split, mean ± std over {seeds_text(data)}; "
             f"# tokens = active latents + answer tokens (CoT: generated steps + answer); train steps and minutes: "
             f"each run's optimizer (RL: policy) steps and wall time, mean over seeds.\n\n{table}\n\n"
+            + (f"Accuracy (%) on `test` by the problem's number of solution steps (problems of each in brackets), mean "
+               f"± std over seeds:\n\n{by_steps}\n\n" if by_steps else "") +
             "Paired comparisons (same data, same start checkpoint): the accuracy difference in points over every "
             "problem of a split and every seed, its 95% interval from a bootstrap that resamples seeds and problems, "
             "and the two-sided p (docs/metrics.md); then each seed's difference. A difference is shown to hold only "

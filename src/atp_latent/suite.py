@@ -242,6 +242,14 @@ def accuracy_by_steps(problems, rows: list[dict]) -> dict[str, dict]:
                      "latents": sum(r["latents"] for r in g) / len(g)} for k, g in sorted(groups.items())}
 
 
+def steps_per_problem(seed_dir: Path) -> dict[str, list[int]]:
+    """Each `test` problem's number of solution steps, in file order (every seed folder holds the same problems),
+    for the report's accuracy by step count (bench_results.steps_table)."""
+    from atp_latent.data.formats import load_records
+
+    return {"test": [len(p.steps) for p in load_records(seed_dir / "data" / "test.jsonl")]}
+
+
 def evaluate_val(jobs: list[str], out: Path, samples: int = 3, batch_size: int = 100, split: str = "val",
                  rollouts: int = 0) -> dict:
     """Models on the val split only (never the test splits; `split` "val_large": write_val_large's sample): greedy,
@@ -511,7 +519,7 @@ def run_bench(args) -> int:
             "rollouts": args.rollouts, "splits": TEST_SPLITS, "mean": agg, "per_seed": per_seed, "costs": costs,
             "ablation_costs": ablation_costs, "rl_vs_start_val": rl_summary, "rl_vs_start_val_large": large_summary,
             "claim": None, "rollouts_val_large": rollouts_summary, "diversity": diversity, "ablations_val": ablations,
-            "ablations_val_large": ablations_large}
+            "ablations_val_large": ablations_large, "steps_per_problem": steps_per_problem(seed_dirs[0])}
     minutes = (time.time() - t0) / 60
     took = f"{minutes:.0f} min on this machine"
     if partial:
