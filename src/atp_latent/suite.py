@@ -244,10 +244,12 @@ def accuracy_by_steps(problems, rows: list[dict]) -> dict[str, dict]:
 
 def steps_per_problem(seed_dir: Path) -> dict[str, list[int]]:
     """Each `test` problem's number of solution steps, in file order (every seed folder holds the same problems),
-    for the report's accuracy by step count (bench_results.steps_table)."""
+    for the report's accuracy by step count (bench_results.steps_table); {} (no table) for a folder without its
+    test split, as in tests that stub the evaluations."""
     from atp_latent.data.formats import load_records
 
-    return {"test": [len(p.steps) for p in load_records(seed_dir / "data" / "test.jsonl")]}
+    path = seed_dir / "data" / "test.jsonl"
+    return {"test": [len(p.steps) for p in load_records(path)]} if path.is_file() else {}
 
 
 def evaluate_val(jobs: list[str], out: Path, samples: int = 3, batch_size: int = 100, split: str = "val",
