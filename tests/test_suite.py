@@ -734,21 +734,26 @@ def test_ablation_rows_picked_on_val_are_labelled(fake_bench):
     assert "ATP-Latent (SFT)" in row
 
 
+def rerender_committed(folder: str, tmp_path: Path) -> tuple[Path, dict, dict]:
+    """results/FOLDER's results.json and NOTES.md copied into tmp_path and RESULTS.md re-written there by
+    write_report, which must give the committed RESULTS.md; returns the committed folder, its results.json and the
+    re-written one."""
+    committed = Path(__file__).resolve().parents[1] / "results" / folder
+    for name in ("results.json", "NOTES.md"):
+        shutil.copy(committed / name, tmp_path / name)
+    results_mod.write_report(tmp_path)
+    assert (tmp_path / "RESULTS.md").read_text().replace(str(tmp_path), f"results/{folder}") == \
+        (committed / "RESULTS.md").read_text()
+    return (committed, json.loads((committed / "results.json").read_text()),
+            json.loads((tmp_path / "results.json").read_text()))
+
+
 def test_committed_cpu_results_judge_rl_on_held_out_problems(tmp_path):
     """results/cpu/RESULTS.md is what write_report renders from results.json (regenerate with `python -m
     atp_latent.bench_results results/cpu`), every Table-1 row is in it, and its RL verdict rests on val_large alone: gains
     -0.14, -0.02, 0.00 points (49/56, 6/7 and 0/0 problems gained/lost of 5,000), mean -0.05, an interval that holds 0."""
-    import json
-    import shutil
-
-    committed = Path(__file__).resolve().parents[1] / "results" / "cpu"
-    for name in ("results.json", "NOTES.md"):
-        shutil.copy(committed / name, tmp_path / name)
-    results_mod.write_report(tmp_path)
-    assert (tmp_path / "RESULTS.md").read_text().replace(str(tmp_path), "results/cpu") == \
-        (committed / "RESULTS.md").read_text()
-    res = json.loads((committed / "results.json").read_text())
-    assert json.loads((tmp_path / "results.json").read_text()) == res
+    _, res, rewritten = rerender_committed("cpu", tmp_path)
+    assert rewritten == res
     large = res["rl_vs_start_val_large"]
     assert {"icot", "codi", "simcot_codi", "colar", "colar_rl"} <= set(res["mean"])
     assert len(res["per_seed"]) == 3 and len(large["atp_rl"]["gains"]) == 3
@@ -782,13 +787,7 @@ def test_committed_many_plans_results_judge_the_premise(tmp_path):
     level with Coconut, (b) no more coverage, (c) no RL row above its start on val_large, (d) a smaller gap only
     against CoT-SFT, and only because ATP's `test` is lower. The per-seed differences and the problems gained and
     lost are recounted here from the stored per-problem outcomes."""
-    committed = Path(__file__).resolve().parents[1] / "results" / "cpu-many-plans"
-    for name in ("results.json", "NOTES.md"):
-        shutil.copy(committed / name, tmp_path / name)
-    results_mod.write_report(tmp_path)
-    assert (tmp_path / "RESULTS.md").read_text().replace(str(tmp_path), "results/cpu-many-plans") == \
-        (committed / "RESULTS.md").read_text()
-    res = json.loads((committed / "results.json").read_text())
+    committed, res, rewritten = rerender_committed("cpu-many-plans", tmp_path)
     assert res["regime"] == "many-plans" and res["claim_seeds"] == 5
     claim_rows = {"cot", "coconut", "simcot", "atp", "atp_rl", "atp_rl_coherence", "atp_rl_no_coherence"}
     assert set(res["claim_jobs"]) == claim_rows
@@ -806,7 +805,7 @@ def test_committed_many_plans_results_judge_the_premise(tmp_path):
     assert [round(d, 1) for d in vs_coconut] == [0.6, -3.5, -5.4, 1.9, -13.2]
     assert res["steps_per_problem"]["test"].count(3) == 168 and len(res["steps_per_problem"]["test"]) == 500
     assert "| SIM-CoT | 83.3 ± 6.4 | 24.0 ± 3.4 | 16.5 ± 1.7 |" in (committed / "RESULTS.md").read_text()
-    premise = json.loads((tmp_path / "results.json").read_text())["claim"]["premise"]
+    premise = rewritten["claim"]["premise"]
     assert res["claim"]["premise"] == premise  # the committed file holds what today's rules decide
     a, b, c, d = (premise[k] for k in "abcd")
     assert a["simcot"]["holds"] is False and a["simcot"]["interval"]["ci_high"] < 0  # SIM-CoT ahead

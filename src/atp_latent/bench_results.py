@@ -198,19 +198,15 @@ def steps_table(data: dict, split: str = "test") -> str:
     steps = (data.get("steps_per_problem") or {}).get(split)
     if not steps:
         return ""
-    counts = sorted(set(steps))
-    head = " | ".join(f"{k} steps ({steps.count(k)})" for k in counts)
-    lines = [f"| method | {head} |", "|---" * (len(counts) + 1) + "|"]
+    where = {k: [i for i, n in enumerate(steps) if n == k] for k in sorted(set(steps))}  # problems per step count
+    head = " | ".join(f"{k} steps ({len(idx)})" for k, idx in where.items())
+    lines = [f"| method | {head} |", "|---" * (len(where) + 1) + "|"]
     for job in data["mean"]:
         bits = [r[job][split].get("correct") for r in data["per_seed"] if job in r]
         if not bits or any(b is None or len(b) != len(steps) for b in bits):
             return ""
-        cells = []
-        for k in counts:
-            accs = [100 * sum(b[i] == "1" for i, n in enumerate(steps) if n == k) / steps.count(k) for b in bits]
-            m, sd = mean_std(accs)
-            cells.append(f"{m:.1f} ± {sd:.1f}")
-        lines.append(f"| {_label(job)} | {' | '.join(cells)} |")
+        cells = [mean_std([100 * sum(b[i] == "1" for i in idx) / len(idx) for b in bits]) for idx in where.values()]
+        lines.append(f"| {_label(job)} | {' | '.join(f'{m:.1f} ± {sd:.1f}' for m, sd in cells)} |")
     return "\n".join(lines)
 
 
