@@ -781,6 +781,17 @@ def test_steps_table_recounts_accuracy_per_step_count():
     assert results_mod.steps_table({**data, "steps_per_problem": {"test": [3, 3, 4]}}) == ""
 
 
+def test_tables_list_the_references_then_the_latent_baselines_then_atp():
+    """Rows in the order a reader compares them, whatever order the runs finished in: CoT-SFT and No-CoT, the latent
+    baselines as in the paper's Table 1, ATP and its RL rows; a row the order does not name keeps its place after
+    them, and two such rows keep theirs relative to each other."""
+    finished = ["atp_rl", "cot_short", "simcot", "colar_rl", "atp", "nocot", "atp_short", "icot", "cot", "codi"]
+    rows = jobs_mod.in_display_order({job: k for k, job in enumerate(finished)})
+    assert list(rows) == ["cot", "nocot", "icot", "codi", "colar_rl", "simcot", "atp", "atp_rl", "cot_short",
+                          "atp_short"]
+    assert rows["codi"] == finished.index("codi")  # the values travel with their keys
+
+
 def test_committed_many_plans_results_judge_the_premise(tmp_path):
     """results/cpu-many-plans/RESULTS.md is what write_report renders from results.json, every claim row has its five
     seeds, and the verdicts NOTES.md states are what the numbers give: (a) ATP SFT behind SIM-CoT on every seed and

@@ -20,6 +20,7 @@ from atp_latent.jobs import (
     STARTS,
     TEST_SPLITS,
     _label,
+    in_display_order,
 )
 
 
@@ -217,6 +218,9 @@ def bench_report(data: dict, took: str) -> tuple[str, dict]:
     from atp_latent.evaluation.report import claim_verdict, compute_summary, paired_table, results_table
 
     suite, val_large, rollouts = _bench_settings(data)
+    data = data | {"mean": in_display_order(data["mean"]), "per_seed": [in_display_order(r) for r in data["per_seed"]]}
+    if data.get("diversity"):
+        data["diversity"] = in_display_order(data["diversity"])
     per_seed = data["per_seed"]
     table = results_table(data["mean"], per_seed, TEST_SPLITS, LABELS, data["costs"])
     by_steps = steps_table(data)

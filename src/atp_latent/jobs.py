@@ -83,6 +83,17 @@ LABELS = {name: job.label for name, job in JOBS.items()}
 STARTS = {name: job.start for name, job in JOBS.items() if job.start}
 JOB_DATA = {name: job.data for name, job in JOBS.items() if job.data}
 
+# The order of a bench's tables: the references, the latent baselines as in the paper's Table 1, ATP and its RL rows;
+# any other row after them in the order it ran (training runs in dependency order, which mixes these groups)
+DISPLAY_ORDER = ("cot", "nocot", "icot", "coconut", "codi", "simcot_codi", "colar", "colar_rl", "simcot", "atp",
+                 "atp_rl", "atp_rl_no_coherence", "atp_rl_coherence")
+
+
+def in_display_order(rows: dict) -> dict:
+    """`rows` (keyed by job) re-keyed in DISPLAY_ORDER, the jobs it does not name after them in their own order."""
+    rank = {job: k for k, job in enumerate(DISPLAY_ORDER)}
+    return dict(sorted(rows.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+
 
 # The bench's paired comparisons (first minus second, seed by seed)
 PAIRS = [("atp_rl", "simcot"), ("atp_rl", "coconut"), ("atp_rl", "icot"), ("atp_rl", "codi"),
