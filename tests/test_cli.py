@@ -166,8 +166,47 @@ def test_eval_scores_known_answers(checkpoint, scripted_answers, capsys):
         assert got["mean_latents"] == pytest.approx(sum(e[1] for e in expect) / N)
         assert got["mean_answer_tokens"] == pytest.approx(sum(n_tok) / N)
         assert got["mean_tokens"] == pytest.approx((sum(e[1] for e in expect) + sum(n_tok)) / N)
+        # accuracy and latents by the problem's number of solution steps, from the scripted outcomes
+        counts = sorted({len(p.steps) for p in problems})
+        assert len(counts) > 1 or split == "test_long"
+        for k in counts:
+            group = [e for e, p in zip(expect, problems) if len(p.steps) == k]
+            assert got["by_steps"][str(k)] == pytest.approx(
+                {"accuracy": sum(e[3] for e in group) / len(group), "mean_latents": sum(e[1] for e in group) / len(group),
+                 "problems": len(group)})
+        assert list(got["by_steps"]) == [str(k) for k in counts]
     assert 0 < res["results"]["test"]["accuracy"] < 1
-    assert "| atp |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| atp |" in printed and "test by solution steps: " in printed
+
+
+def test_eval_all_latents_runs_every_slot(checkpoint, capsys):
+    """--all-latents: the stop head is ignored, so every problem uses all 4 slots (2 stages x 2 latents) where the
+    greedy evaluation stops some early; the answers are those of the same model whose stop head is made never to
+    stop. Not with --rollout, which samples the stop head."""
+    from atp_latent.data.formats import load_records
+    from atp_latent.data.sequences import builder_for
+    from atp_latent.evaluation.evaluate import evaluate
+
+    data = checkpoint / "data" / "test.jsonl"
+    outs = {}
+    for flag in ([], ["--all-latents"]):
+        out = checkpoint / f"res_all{len(flag)}.json"
+        assert main(["eval", "--checkpoint", str(checkpoint / "run"), "--data", str(data), "--out", str(out),
+                     "--max-new-tokens", "4", "--predictions", *flag]) == 0
+        outs[bool(flag)] = [json.loads(line) for line in out.with_suffix(".predictions.jsonl").read_text().splitlines()]
+        assert json.loads(out.read_text())["all_latents"] is bool(flag)
+    assert any(r["latents"] < 4 for r in outs[False]) and all(r["latents"] == 4 for r in outs[True])
+    model, tok = LatentReasoner.from_pretrained(checkpoint / "run" / "final")
+    with torch.no_grad():
+        model.stop_head.mlp[2].bias.copy_(torch.tensor([50.0, -50.0]))  # continue, always
+    rows = evaluate(model, builder_for(tok, model.spec), load_records(data), max_new_tokens=4, progress=False)[1]
+    assert [r["output"] for r in rows] == [r["output"] for r in outs[True]]
+    assert [r["output"] for r in rows] != [r["output"] for r in outs[False]]
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(checkpoint / "run"), "--data", str(data), "--all-latents",
+                 "--rollout"]) == 1
+    assert "--all-latents ignores the stop head" in capsys.readouterr().err
 
 
 def test_eval_sampled_latents_reports_mean_and_std_over_seeds(checkpoint):

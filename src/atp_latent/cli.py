@@ -174,6 +174,7 @@ def _launch(args) -> int:
 def cmd_eval(args) -> int:
     from atp_latent.evaluation.datasets import load_named
     from atp_latent.evaluation.evaluate import (
+        accuracy_by_steps,
         default_max_new_tokens,
         evaluate,
         load_for_eval,
@@ -192,6 +193,8 @@ def cmd_eval(args) -> int:
     if args.latent_temperature is not None and (not args.rollout or args.latent_temperature < 0):
         raise UsageError("atp-latent eval: --latent-temperature needs --rollout and a value >= 0, got "
                          f"{args.latent_temperature}")
+    if args.all_latents and args.rollout:
+        raise UsageError("atp-latent eval: --all-latents ignores the stop head, which --rollout samples; use one")
     if args.samples > 1 and not (args.latent_sample or args.rollout):
         raise UsageError(f"atp-latent eval: --samples {args.samples} needs --latent-sample or --rollout (the greedy "
                          "evaluation gives the same answers every time)")
@@ -220,7 +223,7 @@ def cmd_eval(args) -> int:
     seeds = args.samples if sampled else 1
     # --rollout samples all three parts as RL's rollouts do (z ~ N(mu, (k sigma)^2), the stop head, answer tokens).
     policy = (rollout_policy(args.temperature, args.latent_temperature) if args.rollout
-              else dict(sample_latents=args.latent_sample))
+              else dict(sample_latents=args.latent_sample, stop_mode="never" if args.all_latents else "greedy"))
     # --rollout with several samples of problems that have steps: which valid step orders the samples' plans follow
     diverse = bool(args.rollout and seeds > 1)
     results, rows_out = {}, {}
@@ -244,6 +247,9 @@ def cmd_eval(args) -> int:
             res["pass_at_k"] = pass_at_ks(right_counts(per_sample), seeds)
         if diverse and all(p.steps for p in problems):
             res["diversity"] = plan_diversity(problems, per_sample)
+        by_steps = accuracy_by_steps(per_sample)
+        if by_steps:
+            res["by_steps"] = by_steps
         results[name] = res
     table = markdown_table({run.name: results}, [n for n, _ in datasets], methods={run.name: run_label})
     if state.is_main_process:
@@ -253,12 +259,17 @@ def cmd_eval(args) -> int:
                 print(f"{name}: " + ", ".join(f"pass@{k} {100 * v:.2f}" for k, v in res["pass_at_k"].items()))
             if "diversity" in res:
                 print(f"{name}: {diversity_line(res['diversity'])}")
+            if "by_steps" in res:
+                print(f"{name} by solution steps: " + ", ".join(
+                    f"{k}: {100 * v['accuracy']:.1f}% ({v['problems']} problems, {v['mean_latents']:.2f} latents)"
+                    for k, v in res["by_steps"].items()))
         if args.out:
             out = Path(args.out)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps({"run": run.name, "run_method": run_label, "checkpoint": str(weights),
                                        "method": method, "results": results, "latent_sample": args.latent_sample,
-                                       "rollout": args.rollout, "temperature": policy.get("temperature", 0.0),
+                                       "rollout": args.rollout, "all_latents": args.all_latents,
+                                       "temperature": policy.get("temperature", 0.0),
                                        "latent_temperature": policy.get("latent_temperature", 1.0)},
                                       indent=2))
             out.with_suffix(".md").write_text(table + "\n")
@@ -528,6 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--latent-sample", action="store_true", help="sample latents instead of using mu")
     ev.add_argument("--rollout", action="store_true",
                     help="sample as RL's rollouts do: latents, the stop head and answer tokens (see --temperature)")
+    ev.add_argument("--all-latents", action="store_true",
+                    help="run every latent slot, the stop head read but ignored (what the model does with the "
+                         "slots it would have skipped)")
     ev.add_argument("--temperature", type=float, default=None, help="with --rollout: answer-token temperature (1.0)")
     ev.add_argument("--latent-temperature", type=float, default=None, metavar="K",
                     help="with --rollout: sample z ~ N(mu, (K sigma)^2), as rl.latent_temperature does (1.0); "

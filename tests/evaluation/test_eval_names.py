@@ -55,7 +55,9 @@ def test_rl_run_row_is_named_by_run_with_its_method(root, capsys, where):
     assert "| atp_rl_coherence | atp-rl | " in table and "| atp |" not in table
     res = json.loads(out.read_text())
     assert (res["run"], res["run_method"], res["method"]) == ("atp_rl_coherence", "atp-rl", "atp")
-    assert out.with_suffix(".md").read_text() == table.split("\nwrote ")[0] + "\n"
+    # the .md beside the JSON is the printed table (the lines after it: accuracy by solution steps)
+    assert out.with_suffix(".md").read_text() == "\n".join(ln for ln in table.splitlines() if ln.startswith("|")) + "\n"
+    assert "test by solution steps: " in table
 
 
 def test_checkpoint_outside_a_run_uses_its_folder_and_reasoner_method(root, capsys):

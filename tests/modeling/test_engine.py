@@ -294,6 +294,24 @@ def test_forced_stop_records_the_first_masked_group_start(tok):
     assert st.consulted.tolist() == [[t % 2 == 0 and t < s for t in range(6)] for s in (6, 6, 4)]
 
 
+def test_stop_mode_never_runs_every_slot_as_without_a_stop_head(tok):
+    """"never" (eval --all-latents): a stop head that stops rows at different group starts under greedy is read but
+    ignored, so every row runs all its slots, with the latents a run without a stop head computes."""
+    lm = varied_lm("llama-tiny", tok)
+    lh, sh = _heads("vae+stop", lm.config.hidden_size)
+    ids, mask = _batch(_rows(tok), tok.pad_token_id)
+    slots = torch.tensor(SLOTS)
+    used = _stop_spread(lm, lh, sh, ids, mask, slots)
+    assert used != SLOTS  # greedy stops some rows early
+    with torch.no_grad():
+        never = fill_latents(lm, ids, mask, slots, latent_head=lh, stop_head=sh, c=C, stop_mode="never")
+        bare = fill_latents(lm, ids, mask, slots, latent_head=lh, c=C)
+    assert never.active.sum(-1).tolist() == SLOTS
+    assert never.active.tolist() == bare.active.tolist() and not never.stopped.any()
+    torch.testing.assert_close(never.z[never.active], bare.z[bare.active])
+    torch.testing.assert_close(never.last_hidden, bare.last_hidden)
+
+
 def test_teacher_forced_logits_match_full_recompute(tok):
     """Hidden states and logits of the cached suffix pass equal one full pass over the whole sequence."""
     for preset in ("llama-tiny", "gpt2-tiny"):

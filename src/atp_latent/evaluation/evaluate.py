@@ -88,7 +88,7 @@ def evaluate(
             correct += ok
             rows[i] = {"id": problems[i].id, "question": problems[i].question, "gold": problems[i].answer,
                        "output": text, "pred": pred, "correct": bool(ok), "latents": int(n_active[j]),
-                       "answer_tokens": n_ans}
+                       "answer_tokens": n_ans, "steps": len(problems[i].steps)}
             if read is not None:
                 rows[i]["plan"] = read[j]
         bar.update(len(idx))
@@ -109,6 +109,20 @@ def summarize(rows: list[dict]) -> EvalSummary:
         mean_answer_tokens=sum(r["answer_tokens"] for r in rows) / n,
         format_rate=sum(bool(r["pred"]) for r in rows) / n,
     )
+
+
+def accuracy_by_steps(per_sample_rows: list[list[dict]]) -> dict[str, dict]:
+    """Accuracy and mean latents by the problem's number of labelled solution steps ("steps" of each row), pooled
+    over the samples: {"3": {"accuracy": ..., "mean_latents": ..., "problems": ...}, ...} in step order. Problems
+    without step labels are left out ({} for a file that has none)."""
+    rows = [r for sample in per_sample_rows for r in sample if r.get("steps")]
+    out = {}
+    for k in sorted({r["steps"] for r in rows}):
+        group = [r for r in rows if r["steps"] == k]
+        out[str(k)] = {"accuracy": sum(r["correct"] for r in group) / len(group),
+                       "mean_latents": sum(r["latents"] for r in group) / len(group),
+                       "problems": len(group) // len(per_sample_rows)}
+    return out
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -168,8 +168,9 @@ def fill_latents(
     position; the VAE head uses mu(h) or a sample from N(mu, (k sigma)^2) (k = `latent_temperature`, 1
     outside RL exploration), or `forced_z[:, t]` when given
     (re-scoring an RL rollout). Stop decisions at group starts (t % c == 0): `stop_mode` is "greedy"
-    (p(stop) > p(continue)), "sample", or "forced" (activity given by `forced_active`, the SFT teacher
-    forcing and RL re-scoring case). Without a stop head every slot below n_slots is active.
+    (p(stop) > p(continue)), "sample", "forced" (activity given by `forced_active`, the SFT teacher
+    forcing and RL re-scoring case) or "never" (the stop head read but ignored: every slot below n_slots runs, as
+    without a stop head; `eval --all-latents`). Without a stop head every slot below n_slots is active.
     `projector` (CODI, without a latent head): the embedding of slot t is projector(h) instead of h.
     `after_prefix(cache, prefix_mask, next_position)` (CODI's teacher task, which shares the question): runs its own
     columns right after the prefix in the same cache and returns how many it added; the latents and the suffix
@@ -237,6 +238,8 @@ def fill_latents(
                 stop_now = torch.rand(p_stop.shape, generator=generator, device=device) < p_stop
             elif stop_mode == "forced":
                 stop_now = ~forced_active[:, t] if forced_active is not None else stop_now
+            elif stop_mode == "never":  # every slot below n_slots runs; the logits are still read (inspection)
+                pass
             else:
                 raise ValueError(f"unknown stop_mode {stop_mode!r}")
             stop_now = stop_now & consult & alive
