@@ -92,8 +92,19 @@ def test_bad_checkpoints(data, tmp_path, run_cli):
     (incomplete / "final").mkdir(parents=True)
     (incomplete / "final" / "reasoner.json").write_text("{}")
     assert "incomplete" in run_cli("eval", "--checkpoint", incomplete, "--data", data / "test.jsonl")
-    # RL must start from an ATP checkpoint, not a CoT one.
+    # a run whose best checkpoint is recorded but whose best weights are gone: an error naming final/, not final/'s
+    # weights in their place (another checkpoint)
     tok = build_word_tokenizer(["a b c"])
+    gone = tmp_path / "gone"
+    LatentReasoner(build_tiny_model("llama-tiny", tok), ReasonerSpec.for_method("atp")).save_pretrained(
+        gone / "final", tok)
+    (gone / "best").mkdir()
+    (gone / "best" / "COMPLETE").write_text("done")
+    line = run_cli("eval", "--checkpoint", gone, "--data", data / "test.jsonl")
+    assert "best checkpoint" in line and f"pass {gone / 'final'}" in line
+    assert main(["eval", "--checkpoint", str(gone / "final"), "--data", str(data / "test.jsonl"), "--limit", "2",
+                 "--max-new-tokens", "2"]) == 0
+    # RL must start from an ATP checkpoint, not a CoT one.
     LatentReasoner(build_tiny_model("llama-tiny", tok), ReasonerSpec.for_method("cot")).save_pretrained(
         tmp_path / "cot" / "final", tok)
     line = run_cli(*train_args(data, tmp_path, "method.name=atp-rl", f"model.init_from={tmp_path / 'cot'}"))

@@ -768,6 +768,34 @@ def test_committed_cpu_results_judge_rl_on_held_out_problems(tmp_path):
     assert rl["interval"]["ci_low"] < 0 < rl["interval"]["ci_high"] and rl["interval"]["n_problems"] == 5000
 
 
+def test_committed_all_latents_diagnostic_is_of_the_benchs_atp_runs():
+    """results/cpu-many-plans/all-latents/: ATP SFT of seeds 0, 2, 3 and 4 on val_large, greedy and with every slot
+    run (eval --all-latents). The greedy files are the bench's own runs (their accuracy, overall and by step count,
+    is the seed's cached val_large evaluation), the stop head ends at the step count (mean latents 3.00, 4.00,
+    5.00), and running the skipped slots costs accuracy at 3 steps on every seed, as NOTES.md says."""
+    folder = Path(__file__).resolve().parents[1] / "results" / "cpu-many-plans"
+    three = {False: [], True: []}
+    for seed in (0, 2, 3, 4):
+        cached = json.loads((folder / f"seed-{seed}" / "runs" / "atp" / "val_large_eval.json").read_text())["value"]
+        for every in (False, True):
+            name = f"seed-{seed}-atp{'-all-latents' if every else ''}.json"
+            got = json.loads((folder / "all-latents" / name).read_text())
+            assert got["all_latents"] is every and got["run"] == "atp"
+            val = got["results"]["val_large"]
+            by = val["by_steps"]
+            assert sum(v["problems"] for v in by.values()) == val["n"] == 5000
+            assert val["accuracy"] == pytest.approx(sum(v["accuracy"] * v["problems"] for v in by.values()) / 5000)
+            assert [round(v["mean_latents"], 2) for v in by.values()] == ([5.0] * 3 if every else [3.0, 4.0, 5.0])
+            three[every].append(100 * by["3"]["accuracy"])
+            if not every:
+                assert val["accuracy"] == pytest.approx(cached["accuracy"])
+                assert {k: v["accuracy"] for k, v in by.items()} == pytest.approx(
+                    {k: v["accuracy"] for k, v in cached["by_steps"].items()})
+    assert all(a > b for a, b in zip(three[False], three[True]))
+    assert [round(sum(v) / 4, 1) for v in (three[False], three[True])] == [70.2, 20.7]
+    assert "from 70.2 ± 13.4\n      to 20.7 ± 7.3" in (folder / "NOTES.md").read_text()
+
+
 def test_steps_table_recounts_accuracy_per_step_count():
     """Accuracy by step count from the per-problem bits: problems with steps [3, 3, 4, 5]; seed 0 right on problems
     0 and 2, seed 1 on 0, 1 and 2: 3 steps 50 and 100 (75.0 ± 35.4), 4 steps 100 (100.0 ± 0.0), 5 steps 0; no table

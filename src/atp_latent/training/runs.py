@@ -663,8 +663,13 @@ def check_resume_budget(ckpt: Path, progress: dict, budget: dict[str, Any]) -> N
 
 
 def checkpoint_weights(run_or_ckpt: str | Path) -> Path:
-    """Resolve RUN_DIR (-> best/model, final) or a checkpoint directory to a save_pretrained directory."""
+    """Resolve RUN_DIR (-> best/model, final) or a checkpoint directory to a save_pretrained directory. A run whose
+    best checkpoint was recorded (best/COMPLETE) but whose best/model is gone is an error, not its final/ weights:
+    those are another checkpoint, and the caller asked for the run's best."""
     p = Path(run_or_ckpt)
+    if (p / "best" / "COMPLETE").is_file() and not (p / "best" / "model" / "reasoner.json").is_file():
+        raise ValueError(f"{p}: its best checkpoint (best/, picked on val) has no weights left in best/model; pass "
+                         f"{p / 'final'} for the last step's weights")
     for cand in (p / "best" / "model", p / "final", p / "model", p):
         if (cand / "reasoner.json").is_file():
             return cand
