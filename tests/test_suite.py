@@ -796,6 +796,41 @@ def test_committed_all_latents_diagnostic_is_of_the_benchs_atp_runs():
     assert "from 70.2 ± 13.4\n      to 20.7 ± 7.3" in (folder / "NOTES.md").read_text()
 
 
+def test_committed_no_stop_diagnostic_recounts_from_the_outcomes():
+    """results/cpu-many-plans/no-stop/seed-0: ATP SFT trained without its stop head, the seed's ATP run in all else
+    (its config differs in the stop head and the run's name and folder only). Its eval file's accuracy by step count
+    is the committed per-problem outcomes', and the paired bootstrap over those outcomes against the bench's ATP SFT
+    (its cached val_large bits) gives NOTES.md's +9.4 [+6.8, +11.9] at 3 steps."""
+    import yaml
+
+    from atp_latent.evaluation.stats import paired_bootstrap
+
+    folder = Path(__file__).resolve().parents[1] / "results" / "cpu-many-plans"
+    here = folder / "no-stop" / "seed-0"
+    steps = [int(c) for c in (folder / "no-stop" / "val_large_steps.txt").read_text().strip()]
+    bits = {name: [int(c) for c in (here / f"{name}val_large_correct.txt").read_text().strip()]
+            for name in ("", "simcot_")}
+    atp = [int(c) for c in json.loads((folder / "seed-0" / "runs" / "atp" / "val_large_eval.json").read_text())[
+        "value"]["correct"]]
+    assert len(steps) == len(atp) == len(bits[""]) == len(bits["simcot_"]) == 5000
+    cfg, start = (yaml.safe_load(p.read_text()) for p in (here / "config.yaml",
+                                                           folder / "seed-0" / "runs" / "atp" / "config.yaml"))
+    assert cfg["method"].pop("use_stop_head") is False and start["method"].pop("use_stop_head") is None
+    for key in ("name", "output_dir"):
+        cfg.pop(key), start.pop(key)
+    assert cfg == start
+    for name, file in (("", "val_large_eval.json"), ("simcot_", "simcot_val_large_eval.json")):
+        by = json.loads((here / file).read_text())["results"]["val_large"]["by_steps"]
+        for k, v in by.items():
+            idx = [i for i, n in enumerate(steps) if n == int(k)]
+            assert v["problems"] == len(idx)
+            assert v["accuracy"] == pytest.approx(sum(bits[name][i] for i in idx) / len(idx))
+    three = [i for i, n in enumerate(steps) if n == 3]
+    r = paired_bootstrap([[bits[""][i] for i in three]], [[atp[i] for i in three]])
+    assert [round(100 * x, 1) for x in (r.mean_difference, r.ci_low, r.ci_high)] == [9.4, 6.8, 11.9]
+    assert "+9.4 [+6.8,\n      +11.9]" in (folder / "NOTES.md").read_text()
+
+
 def test_steps_table_recounts_accuracy_per_step_count():
     """Accuracy by step count from the per-problem bits: problems with steps [3, 3, 4, 5]; seed 0 right on problems
     0 and 2, seed 1 on 0, 1 and 2: 3 steps 50 and 100 (75.0 ± 35.4), 4 steps 100 (100.0 ± 0.0), 5 steps 0; no table
