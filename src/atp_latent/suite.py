@@ -235,11 +235,11 @@ def run_quickstart(args) -> int:
 def accuracy_by_steps(problems, rows: list[dict]) -> dict[str, dict]:
     """Greedy accuracy and mean latents per number of solution steps ({"2": {"n", "accuracy", "latents"}, ...}):
     where an ablation loses, e.g. a fixed number of latents costs only the problems that need them all."""
-    groups: dict[int, list[dict]] = {}
-    for p, r in zip(problems, rows, strict=True):
-        groups.setdefault(len(p.steps), []).append(r)
-    return {str(k): {"n": len(g), "accuracy": sum(r["correct"] for r in g) / len(g),
-                     "latents": sum(r["latents"] for r in g) / len(g)} for k, g in sorted(groups.items())}
+    from atp_latent.evaluation.evaluate import accuracy_by_steps as by_steps  # eval's, under the cache's keys
+
+    rows = [r | {"steps": len(p.steps)} for p, r in zip(problems, rows, strict=True)]
+    return {k: {"n": g["problems"], "accuracy": g["accuracy"], "latents": g["mean_latents"]}
+            for k, g in by_steps([rows]).items()}
 
 
 def steps_per_problem(seed_dir: Path) -> dict[str, list[int]]:
