@@ -1,4 +1,4 @@
-"""`atp-latent` command line: data, train, eval, explain, bench, quickstart, configs (docs/cli.md).
+"""`atp-latent` command line: data, train, eval, compare, explain, bench, quickstart, configs (docs/cli.md).
 
 Every bad command line, config, data file or path is one `error: ...` line on stderr and exit status BAD_INPUT.
 """
@@ -326,6 +326,30 @@ def diversity_line(d: dict) -> str:
                + ", ".join(f"{reason.replace('_', ' ')} {pct(x)}" for reason, x in d["invalid_reasons"].items())))
 
 
+def cmd_compare(args) -> int:
+    from atp_latent.data.records import DataError
+    from atp_latent.evaluation.compare import compare_predictions, comparison_lines
+
+    if not 0 < args.confidence < 1:
+        raise UsageError(f"atp-latent compare: --confidence must be between 0 and 1, got {args.confidence}")
+    try:
+        result = compare_predictions(args.a, args.b, claim="A > B" if args.expect == "better" else "A < B",
+                                     by_steps=args.by_steps, n_replicates=args.replicates,
+                                     confidence=args.confidence)
+    except DataError:  # names its file, line and field
+        raise
+    except ValueError as e:
+        raise UsageError(f"atp-latent compare: {e}") from None
+    result.update(name_a=args.name_a, name_b=args.name_b)
+    print("\n".join(comparison_lines(result, args.name_a, args.name_b)))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
 def cmd_explain(args) -> int:
     from atp_latent.evaluation.datasets import load_named
     from atp_latent.evaluation.evaluate import load_for_eval
@@ -558,6 +582,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="shard the problems over N processes")
     ev.add_argument("--port", type=port, default=29534, help="rendezvous port for --num-processes (default 29534)")
     ev.set_defaults(func=cmd_eval)
+
+    cm = sub.add_parser("compare", help="is run A better than run B? a paired bootstrap over eval's prediction files",
+                        description="Compare two runs on the same problems from `atp-latent eval --predictions` "
+                                    "files: A - B with a 95%% interval and p-value from a paired bootstrap over seeds "
+                                    "and problems (docs/metrics.md), and whether the claim holds.")
+    cm.add_argument("--a", action="append", required=True, metavar="FILE",
+                    help="a .predictions.jsonl of run A (repeatable: one per seed)")
+    cm.add_argument("--b", action="append", required=True, metavar="FILE",
+                    help="a .predictions.jsonl of run B (repeatable; the i-th is paired with A's i-th)")
+    cm.add_argument("--name-a", default="A", help="what to call A in the output (default A)")
+    cm.add_argument("--name-b", default="B", help="what to call B in the output (default B)")
+    cm.add_argument("--expect", choices=["better", "worse"], default="better",
+                    help="the claim judged: A better than B (default) or worse; it holds when the interval "
+                         "excludes 0 on that side")
+    cm.add_argument("--by-steps", action="store_true",
+                    help="also compare the problems of each number of solution steps on their own")
+    cm.add_argument("--replicates", type=at_least(1), default=None, metavar="N",
+                    help="bootstrap replicates (default 10000)")
+    cm.add_argument("--confidence", type=float, default=0.95, help="the interval's confidence (default 0.95)")
+    cm.add_argument("--out", default=None, help="also write the comparison as JSON")
+    cm.set_defaults(func=cmd_compare)
 
     ex = sub.add_parser("explain", help="decode a trained model's latent plan to text, group by group")
     ex.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory of a latent method")

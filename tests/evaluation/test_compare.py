@@ -1,0 +1,138 @@
+"""`atp-latent compare`: two runs' prediction files, paired by seed and by problem id, judged with the bootstrap."""
+
+import json
+
+import numpy as np
+import pytest
+
+from atp_latent.cli import BAD_INPUT, main
+from atp_latent.data.records import DataError
+from atp_latent.evaluation.compare import compare_predictions, comparison_lines, read_predictions
+from atp_latent.evaluation.stats import paired_bootstrap
+
+
+def write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def rows(correct, steps=None, data="val", sample=0, order=None):
+    """One prediction row per problem p0, p1, ...: right or not, optionally its steps, in the given order."""
+    order = range(len(correct)) if order is None else order
+    return [{"data": data, "sample": sample, "id": f"p{i}", "question": f"q{i}", "correct": bool(correct[i]),
+             **({} if steps is None else {"steps": steps[i]})} for i in order]
+
+
+def test_problems_are_paired_by_id_not_by_line(tmp_path):
+    # B's file lists the problems in reverse: paired by position, A - B would be 0 on every problem but one.
+    a = write(tmp_path / "a.jsonl", rows([1, 1, 1, 0]))
+    b = write(tmp_path / "b.jsonl", rows([1, 1, 0, 0], order=[3, 2, 1, 0]))
+    r = compare_predictions([a], [b], n_replicates=2000)["data"]["val"]
+    assert (r["accuracy_a"], r["accuracy_b"], r["seeds"], r["problems"]) == (0.75, 0.5, 1, 4)
+    assert r["difference"] == pytest.approx(0.25)
+    ref = paired_bootstrap([[1, 1, 1, 0]], [[1, 1, 0, 0]], n_replicates=2000)
+    assert (r["ci_low"], r["ci_high"], r["p_value"]) == (ref.ci_low, ref.ci_high, ref.p_value)
+
+
+def test_seeds_are_paired_file_by_file_and_samples_averaged(tmp_path):
+    # Seed 0: two samples each. A's problem shares 1, 1/2, 0; B's 0, 1/2, 0. Seed 1: one sample; A 0 1 1, B 0 0 0.
+    a0 = write(tmp_path / "a0.jsonl", rows([1, 1, 0]) + rows([1, 0, 0], sample=1))
+    b0 = write(tmp_path / "b0.jsonl", rows([0, 0, 0]) + rows([0, 1, 0], sample=1))
+    a1 = write(tmp_path / "a1.jsonl", rows([0, 1, 1]))
+    b1 = write(tmp_path / "b1.jsonl", rows([0, 0, 0]))
+    r = compare_predictions([a0, a1], [b0, b1], n_replicates=2000)["data"]["val"]
+    a, b = [[1, 0.5, 0], [0, 1, 1]], [[0, 0.5, 0], [0, 0, 0]]
+    assert (r["seeds"], r["problems"]) == (2, 3)
+    assert r["accuracy_a"] == pytest.approx(np.mean(a)) and r["accuracy_b"] == pytest.approx(np.mean(b))
+    assert r["difference"] == pytest.approx((1 + 0 + 0 + 0 + 1 + 1) / 6)
+    ref = paired_bootstrap(a, b, n_replicates=2000)
+    assert (r["ci_low"], r["ci_high"]) == (ref.ci_low, ref.ci_high)
+
+
+def test_by_steps_compares_each_step_count_on_its_own(tmp_path):
+    steps = [2, 2, 3, 3, 3, None]
+    a = write(tmp_path / "a.jsonl", rows([1, 1, 0, 0, 1, 1], steps))
+    b = write(tmp_path / "b.jsonl", rows([0, 1, 0, 1, 1, 0], steps))
+    r = compare_predictions([a], [b], by_steps=True, n_replicates=500)["data"]["val"]
+    assert r["problems"] == 6 and r["difference"] == pytest.approx(1 / 6)  # the unlabelled problem counts overall
+    assert list(r["by_steps"]) == ["2", "3"]  # ... and in no step count
+    two, three = r["by_steps"]["2"], r["by_steps"]["3"]
+    assert (two["problems"], two["accuracy_a"], two["accuracy_b"], two["difference"]) == (2, 1.0, 0.5, 0.5)
+    assert (three["problems"], three["difference"]) == (3, pytest.approx(-1 / 3))
+
+
+def test_verdict_needs_the_interval_on_the_claimed_side(tmp_path):
+    n = 400
+    better = write(tmp_path / "a.jsonl", rows([1] * n))
+    worse = write(tmp_path / "b.jsonl", rows([i % 2 for i in range(n)]))
+    assert compare_predictions([better], [worse])["data"]["val"]["verdict"] == "holds"
+    assert compare_predictions([worse], [better])["data"]["val"]["verdict"] == "does not hold"
+    assert compare_predictions([worse], [better], claim="A < B")["data"]["val"]["verdict"] == "holds"
+    tie = compare_predictions([better], [better])["data"]["val"]
+    assert (tie["difference"], tie["verdict"]) == (0.0, "does not hold")
+
+
+def test_each_data_set_is_compared_on_its_own(tmp_path):
+    a = write(tmp_path / "a.jsonl", rows([1, 1], data="x") + rows([0, 0], data="y"))
+    b = write(tmp_path / "b.jsonl", rows([0, 0], data="x") + rows([1, 0], data="y"))
+    r = compare_predictions([a], [b], n_replicates=200)["data"]
+    assert (r["x"]["difference"], r["y"]["difference"]) == (1.0, -0.5)
+
+
+def test_files_over_other_problems_are_refused_naming_the_file(tmp_path):
+    a = write(tmp_path / "a.jsonl", rows([1, 0, 1]))
+    b = write(tmp_path / "b.jsonl", rows([1, 0]))
+    with pytest.raises(DataError, match=r"b\.jsonl: id: has no problem 'p2' of 'val'"):
+        compare_predictions([a], [b])
+    other = write(tmp_path / "c.jsonl", rows([1, 0, 1], data="test"))
+    with pytest.raises(DataError, match=r"c\.jsonl: data: has no problems of 'val'"):
+        compare_predictions([a], [other])
+    relabelled = write(tmp_path / "d.jsonl", rows([1, 0, 1], steps=[2, 2, 4]))
+    with pytest.raises(DataError, match=r"steps: problem 'p0' of 'val' has None steps"):
+        compare_predictions([relabelled], [a])
+    with pytest.raises(ValueError, match="same number of files"):
+        compare_predictions([a, a], [a])
+
+
+@pytest.mark.parametrize("line, where", [
+    ("not json", "2: line: not JSON"),
+    ('{"data": "val", "id": "p9"}', "2: correct: missing"),
+    ('{"data": "val", "id": "p9", "correct": 1}', "2: correct: expected true or false"),
+    ('{"data": "val", "id": 9, "correct": true}', "2: id: expected a string"),
+    ('{"data": "val", "id": "p0", "correct": true}', "2: id: problem 'p0' of 'val' appears twice"),
+    ('{"data": "val", "id": "p9", "correct": true, "sample": -1}', "2: sample: expected an integer >= 0"),
+])
+def test_a_bad_line_is_named_by_file_line_and_field(tmp_path, line, where):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(rows([1])[0]) + "\n" + line + "\n")
+    with pytest.raises(DataError) as e:
+        read_predictions(path)
+    assert str(e.value).startswith(f"{path}:{where}")
+
+
+def test_cli_prints_the_lines_and_writes_the_json(tmp_path, capsys):
+    steps = [2, 3, 3, 2]
+    a = write(tmp_path / "a.predictions.jsonl", rows([1, 1, 1, 0], steps))
+    b = write(tmp_path / "b.predictions.jsonl", rows([0, 1, 0, 0], steps))
+    out = tmp_path / "cmp" / "c.json"
+    assert main(["compare", "--a", a, "--b", b, "--name-a", "ATP", "--name-b", "SIM-CoT", "--by-steps",
+                 "--replicates", "300", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert saved["name_a"] == "ATP" and saved["data"]["val"]["difference"] == 0.5
+    assert comparison_lines(saved, "ATP", "SIM-CoT") == text.splitlines()[:3]
+    assert text.splitlines()[0].startswith("val: ATP 75.0% vs SIM-CoT 25.0% (1 seed x 4 problems): ATP - SIM-CoT "
+                                           "+50.0 points [")
+    assert text.splitlines()[1].startswith("  2 steps: ATP 50.0% vs SIM-CoT 0.0%")
+
+
+def test_cli_bad_input_is_one_line(tmp_path, capsys):
+    a = write(tmp_path / "a.jsonl", rows([1, 0]))
+    assert main(["compare", "--a", a, "--a", a, "--b", a]) == BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "same number of files" in err
+    assert main(["compare", "--a", a, "--b", str(tmp_path / "missing.jsonl")]) == BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {tmp_path / 'missing.jsonl'}: file: cannot read it")
+    assert main(["compare", "--a", a, "--b", a, "--confidence", "95"]) == BAD_INPUT
+    assert "--confidence must be between 0 and 1" in capsys.readouterr().err
