@@ -328,20 +328,28 @@ def diversity_line(d: dict) -> str:
 
 def cmd_compare(args) -> int:
     from atp_latent.data.records import DataError
-    from atp_latent.evaluation.compare import compare_predictions, comparison_lines
+    from atp_latent.evaluation.compare import compare_bench, compare_predictions, comparison_lines
 
     if not 0 < args.confidence < 1:
         raise UsageError(f"atp-latent compare: --confidence must be between 0 and 1, got {args.confidence}")
+    if args.split and not args.bench:
+        raise UsageError("atp-latent compare: --split picks a bench's test splits; it needs --bench")
+    if args.bench and (len(args.a) > 1 or len(args.b) > 1):
+        raise UsageError("atp-latent compare: with --bench, --a and --b name one job each (the bench pairs its "
+                         "seeds itself)")
+    settings = dict(claim="A > B" if args.expect == "better" else "A < B", by_steps=args.by_steps,
+                    n_replicates=args.replicates, confidence=args.confidence)
     try:
-        result = compare_predictions(args.a, args.b, claim="A > B" if args.expect == "better" else "A < B",
-                                     by_steps=args.by_steps, n_replicates=args.replicates,
-                                     confidence=args.confidence)
+        result = (compare_bench(args.bench, args.a[0], args.b[0], splits=args.split, **settings) if args.bench
+                  else compare_predictions(args.a, args.b, **settings))
     except DataError:  # names its file, line and field
         raise
     except ValueError as e:
         raise UsageError(f"atp-latent compare: {e}") from None
-    result.update(name_a=args.name_a, name_b=args.name_b)
-    print("\n".join(comparison_lines(result, args.name_a, args.name_b)))
+    name_a = args.name_a or (args.a[0] if args.bench else "A")
+    name_b = args.name_b or (args.b[0] if args.bench else "B")
+    result.update(name_a=name_a, name_b=name_b)
+    print("\n".join(comparison_lines(result, name_a, name_b)))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -585,14 +593,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     cm = sub.add_parser("compare", help="is run A better than run B? a paired bootstrap over eval's prediction files",
                         description="Compare two runs on the same problems from `atp-latent eval --predictions` "
-                                    "files: A - B with a 95%% interval and p-value from a paired bootstrap over seeds "
-                                    "and problems (docs/metrics.md), and whether the claim holds.")
+                                    "files, or two jobs of a bench folder: A - B with a 95%% interval and p-value "
+                                    "from a paired bootstrap over seeds and problems (docs/metrics.md), and whether "
+                                    "the claim holds.")
     cm.add_argument("--a", action="append", required=True, metavar="FILE",
-                    help="a .predictions.jsonl of run A (repeatable: one per seed)")
+                    help="a .predictions.jsonl of run A (repeatable: one per seed); with --bench, a job name")
     cm.add_argument("--b", action="append", required=True, metavar="FILE",
-                    help="a .predictions.jsonl of run B (repeatable; the i-th is paired with A's i-th)")
-    cm.add_argument("--name-a", default="A", help="what to call A in the output (default A)")
-    cm.add_argument("--name-b", default="B", help="what to call B in the output (default B)")
+                    help="a .predictions.jsonl of run B (repeatable; the i-th is paired with A's i-th); with --bench, "
+                         "a job name")
+    cm.add_argument("--bench", default=None, metavar="DIR",
+                    help="compare two jobs of this bench folder (its results.json), on the seeds both ran")
+    cm.add_argument("--split", action="append", default=None, metavar="SPLIT",
+                    help="with --bench: only this test split (repeatable; default every split, and all pooled)")
+    cm.add_argument("--name-a", default=None, help="what to call A in the output (default A, or the job)")
+    cm.add_argument("--name-b", default=None, help="what to call B in the output (default B, or the job)")
     cm.add_argument("--expect", choices=["better", "worse"], default="better",
                     help="the claim judged: A better than B (default) or worse; it holds when the interval "
                          "excludes 0 on that side")

@@ -8,6 +8,10 @@
            v
     stats.paired_bootstrap over seeds x problems -> A - B, 95% interval, p, "holds" / "does not hold"
 
+compare_bench does the same for two jobs of a bench folder (`atp-latent bench`'s results.json), from the
+per-problem outcomes the bench stores for every seed and test split: seeds are those both jobs ran, and the splits
+are compared one by one and pooled ("all splits").
+
 Each data set in the files (`data` field) is compared on its own, and, with by_steps, again for each number of
 solution steps (`steps` field; problems without one are left out of that breakdown). Every file must hold the same
 problems of the same data sets: a comparison over different problems is not paired, so it is refused, naming the
@@ -161,3 +165,62 @@ def comparison_lines(result: dict, name_a: str = "A", name_b: str = "B") -> list
         for k, rk in r.get("by_steps", {}).items():
             lines.append(f"  {k} steps: {line(rk)}")
     return lines
+
+
+ALL_SPLITS = "all splits"
+
+
+def compare_bench(folder: str | Path, job_a: str, job_b: str, *, splits: Sequence[str] | None = None,
+                  claim: Claim = "A > B", by_steps: bool = False, n_replicates: int | None = None,
+                  confidence: float = 0.95, rng_seed: int = 0) -> dict:
+    """Two jobs of a bench folder on its test splits, from results.json's per-seed outcomes: the seeds both jobs
+    ran are paired, each split is compared on its own and all of them pooled (ALL_SPLITS: each seed's outcomes over
+    the splits one after another). by_steps uses the step counts the bench stored (`steps_per_problem`).
+    ValueError (one line) for a folder without results.json, or a job or split it does not have."""
+    path = Path(folder) / "results.json"
+    try:
+        res = json.loads(path.read_text())
+    except OSError:
+        raise DataError(path, None, "file", "cannot read it: is this a bench folder (atp-latent bench --out)?") from None
+    except json.JSONDecodeError as e:
+        raise DataError(path, e.lineno, "file", f"not JSON ({e.msg})") from None
+    per_seed = res.get("per_seed") or []
+    ran = {job for seed in per_seed for job in seed}
+    for job in (job_a, job_b):
+        if job not in ran:
+            raise ValueError(f"{path} has no job {job!r}; its jobs: {', '.join(sorted(ran))}")
+    seeds = [seed for seed in per_seed if job_a in seed and job_b in seed]
+    if not seeds:
+        raise ValueError(f"{path}: {job_a!r} and {job_b!r} share no seed")
+    bench_splits = list(res.get("splits") or seeds[0][job_a])
+    splits = list(splits or bench_splits)
+    for split in splits:
+        if split not in bench_splits:
+            raise ValueError(f"{path} has no split {split!r}; its splits: {', '.join(bench_splits)}")
+
+    def bits(seed: dict, job: str, split: str) -> list[float]:
+        return [float(c) for c in seed[job][split]["correct"]]
+
+    bootstrap = dict(n_replicates=n_replicates, confidence=confidence, rng_seed=rng_seed)
+    out: dict = {"claim": claim, "confidence": confidence, "bench": str(folder), "a": job_a, "b": job_b,
+                 "seeds": [per_seed.index(seed) for seed in seeds], "data": {}}
+    steps_of = res.get("steps_per_problem") or {}
+    for split in splits:
+        a = [bits(seed, job_a, split) for seed in seeds]
+        b = [bits(seed, job_b, split) for seed in seeds]
+        r = _judge(a, b, claim, **bootstrap)
+        steps = steps_of.get(split)
+        if by_steps and steps and len(steps) != len(a[0]):
+            raise DataError(path, None, "steps_per_problem", f"{split!r} has {len(steps)} step counts for "
+                            f"{len(a[0])} problems")
+        if by_steps and steps:
+            r["by_steps"] = {str(k): _judge([[row[i] for i, n in enumerate(steps) if n == k] for row in a],
+                                            [[row[i] for i, n in enumerate(steps) if n == k] for row in b],
+                                            claim, **bootstrap)
+                             for k in sorted(set(steps))}
+        out["data"][split] = r
+    if len(splits) > 1:
+        out["data"][ALL_SPLITS] = _judge([sum((bits(seed, job_a, s) for s in splits), []) for seed in seeds],
+                                         [sum((bits(seed, job_b, s) for s in splits), []) for seed in seeds],
+                                         claim, **bootstrap)
+    return out
