@@ -172,6 +172,24 @@ def test_bench_jobs_are_compared_on_the_seeds_both_ran(tmp_path):
     assert list(only) == ["ood"]  # one split: nothing to pool
 
 
+def test_bench_held_out_split_is_rl_against_its_start_and_never_pooled(tmp_path):
+    folder = bench_folder(tmp_path)
+    res = json.loads((folder / "results.json").read_text())
+    res["rl_vs_start_val_large"] = {"split": "val_large", "n_problems": 3,
+                                    "x": {"correct": ["110", "111", "000"]}, "y": {"correct": ["100", "011", "001"]}}
+    (folder / "results.json").write_text(json.dumps(res))
+    r = compare_bench(folder, "x", "y", splits=["test", "val_large", "ood"], n_replicates=200)["data"]
+    assert list(r) == ["test", "val_large", "ood", ALL_SPLITS]
+    # its own seeds (all three stored), and the pooled row holds the test splits only (6 problems, not 9)
+    assert (r["val_large"]["seeds"], r["val_large"]["difference"]) == (3, pytest.approx((1 + 1 - 1) / 9))
+    assert r[ALL_SPLITS]["problems"] == 6
+    assert "val_large" not in compare_bench(folder, "x", "y", n_replicates=50)["data"]  # only when asked for
+    res["rl_vs_start_val_large"].pop("y")
+    (folder / "results.json").write_text(json.dumps(res))
+    with pytest.raises(ValueError, match="has val_large outcomes for x only"):
+        compare_bench(folder, "x", "y", splits=["val_large"])
+
+
 def test_bench_bad_job_or_split_or_folder_is_one_line(tmp_path, capsys):
     folder = bench_folder(tmp_path)
     with pytest.raises(ValueError, match="has no job 'z'; its jobs: x, y"):
@@ -201,6 +219,12 @@ def test_bench_comparison_is_the_benchs_own_claim_interval():
     assert (got["seeds"], got["problems"]) == (claim["n_seeds"], claim["n_problems"]) == (5, 2000)
     assert [got[k] for k in ("difference", "ci_low", "ci_high", "p_value")] == [
         claim[k] for k in ("mean_difference", "ci_low", "ci_high", "p_value")]
+    # claim (c): RL against its start on the held-out problems
+    rl = json.loads((folder / "results.json").read_text())["claim"]["premise"]["c"]["atp_rl"]["interval"]
+    got = compare_bench(folder, "atp_rl", "atp", splits=["val_large"])["data"]["val_large"]
+    assert (got["seeds"], got["problems"]) == (rl["n_seeds"], rl["n_problems"]) == (5, 5000)
+    assert [got[k] for k in ("difference", "ci_low", "ci_high", "p_value")] == [
+        rl[k] for k in ("mean_difference", "ci_low", "ci_high", "p_value")]
 
 
 def test_cli_bench_mode_names_rows_by_job(tmp_path, capsys):

@@ -168,6 +168,7 @@ def comparison_lines(result: dict, name_a: str = "A", name_b: str = "B") -> list
 
 
 ALL_SPLITS = "all splits"
+HELD_OUT = "val_large"  # the bench's held-out problems, on which RL is judged against its start
 
 
 def compare_bench(folder: str | Path, job_a: str, job_b: str, *, splits: Sequence[str] | None = None,
@@ -175,7 +176,8 @@ def compare_bench(folder: str | Path, job_a: str, job_b: str, *, splits: Sequenc
                   confidence: float = 0.95, rng_seed: int = 0) -> dict:
     """Two jobs of a bench folder on its test splits, from results.json's per-seed outcomes: the seeds both jobs
     ran are paired, each split is compared on its own and all of them pooled (ALL_SPLITS: each seed's outcomes over
-    the splits one after another). by_steps uses the step counts the bench stored (`steps_per_problem`).
+    the splits one after another). by_steps uses the step counts the bench stored (`steps_per_problem`). The split
+    HELD_OUT (asked for by name) compares RL and its start on the held-out problems, as the bench judges them.
     ValueError (one line) for a folder without results.json, or a job or split it does not have."""
     path = Path(folder) / "results.json"
     try:
@@ -193,21 +195,29 @@ def compare_bench(folder: str | Path, job_a: str, job_b: str, *, splits: Sequenc
     if not seeds:
         raise ValueError(f"{path}: {job_a!r} and {job_b!r} share no seed")
     bench_splits = list(res.get("splits") or seeds[0][job_a])
+    # RL and its SFT start on the held-out problems (val_large), stored per seed for those jobs only
+    held = res.get("rl_vs_start_val_large") or {}
+    held_jobs = [job for job, v in held.items() if isinstance(v, dict) and "correct" in v]
+    known = bench_splits + ([HELD_OUT] if held_jobs else [])
     splits = list(splits or bench_splits)
     for split in splits:
-        if split not in bench_splits:
-            raise ValueError(f"{path} has no split {split!r}; its splits: {', '.join(bench_splits)}")
+        if split not in known:
+            raise ValueError(f"{path} has no split {split!r}; its splits: {', '.join(known)}")
+        if split == HELD_OUT and not {job_a, job_b} <= set(held_jobs):
+            raise ValueError(f"{path} has {HELD_OUT} outcomes for {', '.join(held_jobs)} only (RL and its start)")
 
-    def bits(seed: dict, job: str, split: str) -> list[float]:
-        return [float(c) for c in seed[job][split]["correct"]]
+    def rows(job: str, split: str) -> list[list[float]]:
+        """One row of outcomes per paired seed."""
+        if split == HELD_OUT:
+            return [[float(c) for c in bits] for bits in held[job]["correct"]]
+        return [[float(c) for c in seed[job][split]["correct"]] for seed in seeds]
 
     bootstrap = dict(n_replicates=n_replicates, confidence=confidence, rng_seed=rng_seed)
     out: dict = {"claim": claim, "confidence": confidence, "bench": str(folder), "a": job_a, "b": job_b,
                  "seeds": [per_seed.index(seed) for seed in seeds], "data": {}}
     steps_of = res.get("steps_per_problem") or {}
     for split in splits:
-        a = [bits(seed, job_a, split) for seed in seeds]
-        b = [bits(seed, job_b, split) for seed in seeds]
+        a, b = rows(job_a, split), rows(job_b, split)
         r = _judge(a, b, claim, **bootstrap)
         steps = steps_of.get(split)
         if by_steps and steps and len(steps) != len(a[0]):
@@ -219,8 +229,9 @@ def compare_bench(folder: str | Path, job_a: str, job_b: str, *, splits: Sequenc
                                             claim, **bootstrap)
                              for k in sorted(set(steps))}
         out["data"][split] = r
-    if len(splits) > 1:
-        out["data"][ALL_SPLITS] = _judge([sum((bits(seed, job_a, s) for s in splits), []) for seed in seeds],
-                                         [sum((bits(seed, job_b, s) for s in splits), []) for seed in seeds],
+    pooled = [split for split in splits if split != HELD_OUT]  # the test splits; val_large is judged on its own
+    if len(pooled) > 1:
+        out["data"][ALL_SPLITS] = _judge([sum(row, []) for row in zip(*(rows(job_a, s) for s in pooled))],
+                                         [sum(row, []) for row in zip(*(rows(job_b, s) for s in pooled))],
                                          claim, **bootstrap)
     return out
