@@ -593,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cm = sub.add_parser("compare", help="is run A better than run B? a paired bootstrap over eval's prediction files",
                         description="Compare two runs on the same problems from `atp-latent eval --predictions` "
-                                    "files, or two jobs of a bench folder: A - B with a 95%% interval and p-value "
+                                    "files, or two jobs of a bench folder: A - B with a 95% interval and p-value "
                                     "from a paired bootstrap over seeds and problems (docs/metrics.md), and whether "
                                     "the claim holds.")
     cm.add_argument("--a", action="append", required=True, metavar="FILE",
@@ -604,9 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--bench", default=None, metavar="DIR",
                     help="compare two jobs of this bench folder (its results.json), on the seeds both ran")
     cm.add_argument("--split", action="append", default=None, metavar="SPLIT",
-                    help="with --bench: only this test split (repeatable; default every split, and all pooled)")
-    cm.add_argument("--name-a", default=None, help="what to call A in the output (default A, or the job)")
-    cm.add_argument("--name-b", default=None, help="what to call B in the output (default B, or the job)")
+                    help="with --bench: only this test split (repeatable; default every split, and all pooled); "
+                         "val_large: RL against its start on the held-out problems")
+    cm.add_argument("--name-a", default=None, metavar="NAME", help="what to call A in the output (default A, or the job)")
+    cm.add_argument("--name-b", default=None, metavar="NAME", help="what to call B in the output (default B, or the job)")
     cm.add_argument("--expect", choices=["better", "worse"], default="better",
                     help="the claim judged: A better than B (default) or worse; it holds when the interval "
                          "excludes 0 on that side")
@@ -614,8 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also compare the problems of each number of solution steps on their own")
     cm.add_argument("--replicates", type=at_least(1), default=None, metavar="N",
                     help="bootstrap replicates (default 10000)")
-    cm.add_argument("--confidence", type=float, default=0.95, help="the interval's confidence (default 0.95)")
-    cm.add_argument("--out", default=None, help="also write the comparison as JSON")
+    cm.add_argument("--confidence", type=float, default=0.95, metavar="C", help="the interval's confidence (default 0.95)")
+    cm.add_argument("--out", default=None, metavar="FILE", help="also write the comparison as JSON")
     cm.set_defaults(func=cmd_compare)
 
     ex = sub.add_parser("explain", help="decode a trained model's latent plan to text, group by group")
