@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from atp_latent.data.records import DataError
+from atp_latent.evaluation.report import outcomes, with_jobs
 from atp_latent.evaluation.stats import Claim, paired_bootstrap, verdict
 
 
@@ -116,6 +117,19 @@ def _judge(a: list[list[float]], b: list[list[float]], claim: Claim, **bootstrap
             "p_value": result.p_value, "verdict": verdict(result, claim)}
 
 
+def _judge_by_steps(a: list[list[float]], b: list[list[float]], steps: Sequence[int | None] | None, claim: Claim,
+                    **bootstrap) -> dict:
+    """_judge over every problem (column), and, given each problem's step count (None: not labelled), again for
+    each step count under `by_steps`."""
+    res = _judge(a, b, claim, **bootstrap)
+    if steps:
+        res["by_steps"] = {str(k): _judge([[row[i] for i, n in enumerate(steps) if n == k] for row in a],
+                                          [[row[i] for i, n in enumerate(steps) if n == k] for row in b],
+                                          claim, **bootstrap)
+                           for k in sorted({n for n in steps if n is not None})}
+    return res
+
+
 def compare_predictions(a_paths: Sequence[str | Path], b_paths: Sequence[str | Path], *, claim: Claim = "A > B",
                         by_steps: bool = False, n_replicates: int | None = None, confidence: float = 0.95,
                         rng_seed: int = 0) -> dict:
@@ -135,16 +149,10 @@ def compare_predictions(a_paths: Sequence[str | Path], b_paths: Sequence[str | P
                  "b": [p.path for p in b_files], "data": {}}
     for data in first.samples:
         ids = sorted(first.samples[data])
-
-        def judged(data: str, subset: list[str]) -> dict:
-            return _judge([f.outcomes(data, subset) for f in a_files], [f.outcomes(data, subset) for f in b_files],
-                          claim, **bootstrap)
-
-        res = judged(data, ids)
-        if by_steps:
-            counts = sorted({s for s in first.steps[data].values() if s is not None})
-            res["by_steps"] = {str(k): judged(data, [i for i in ids if first.steps[data][i] == k]) for k in counts}
-        out["data"][data] = res
+        out["data"][data] = _judge_by_steps([f.outcomes(data, ids) for f in a_files],
+                                            [f.outcomes(data, ids) for f in b_files],
+                                            [first.steps[data][i] for i in ids] if by_steps else None,
+                                            claim, **bootstrap)
     return out
 
 
@@ -191,7 +199,7 @@ def compare_bench(folder: str | Path, job_a: str, job_b: str, *, splits: Sequenc
     for job in (job_a, job_b):
         if job not in ran:
             raise ValueError(f"{path} has no job {job!r}; its jobs: {', '.join(sorted(ran))}")
-    seeds = [seed for seed in per_seed if job_a in seed and job_b in seed]
+    seeds = with_jobs(per_seed, job_a, job_b)
     if not seeds:
         raise ValueError(f"{path}: {job_a!r} and {job_b!r} share no seed")
     bench_splits = list(res.get("splits") or seeds[0][job_a])
@@ -206,32 +214,27 @@ def compare_bench(folder: str | Path, job_a: str, job_b: str, *, splits: Sequenc
         if split == HELD_OUT and not {job_a, job_b} <= set(held_jobs):
             raise ValueError(f"{path} has {HELD_OUT} outcomes for {', '.join(held_jobs)} only (RL and its start)")
 
-    def rows(job: str, split: str) -> list[list[float]]:
-        """One row of outcomes per paired seed."""
-        if split == HELD_OUT:
-            return [[float(c) for c in bits] for bits in held[job]["correct"]]
-        return [[float(c) for c in seed[job][split]["correct"]] for seed in seeds]
+    def rows(job: str, splits: list[str]) -> list[list[int]]:
+        """One row of outcomes per paired seed, over `splits` one after another."""
+        if splits == [HELD_OUT]:
+            return [[int(c) for c in bits] for bits in held[job]["correct"]]
+        got = outcomes(seeds, job, splits)
+        if got is None:
+            raise ValueError(f"{path} has no per-problem outcomes of {job!r} on {', '.join(splits)}")
+        return got
 
     bootstrap = dict(n_replicates=n_replicates, confidence=confidence, rng_seed=rng_seed)
     out: dict = {"claim": claim, "confidence": confidence, "bench": str(folder), "a": job_a, "b": job_b,
                  "seeds": [per_seed.index(seed) for seed in seeds], "data": {}}
     steps_of = res.get("steps_per_problem") or {}
     for split in splits:
-        a, b = rows(job_a, split), rows(job_b, split)
-        r = _judge(a, b, claim, **bootstrap)
-        steps = steps_of.get(split)
-        if by_steps and steps and len(steps) != len(a[0]):
+        a, b = rows(job_a, [split]), rows(job_b, [split])
+        steps = steps_of.get(split) if by_steps else None
+        if steps and len(steps) != len(a[0]):
             raise DataError(path, None, "steps_per_problem", f"{split!r} has {len(steps)} step counts for "
                             f"{len(a[0])} problems")
-        if by_steps and steps:
-            r["by_steps"] = {str(k): _judge([[row[i] for i, n in enumerate(steps) if n == k] for row in a],
-                                            [[row[i] for i, n in enumerate(steps) if n == k] for row in b],
-                                            claim, **bootstrap)
-                             for k in sorted(set(steps))}
-        out["data"][split] = r
+        out["data"][split] = _judge_by_steps(a, b, steps, claim, **bootstrap)
     pooled = [split for split in splits if split != HELD_OUT]  # the test splits; val_large is judged on its own
     if len(pooled) > 1:
-        out["data"][ALL_SPLITS] = _judge([sum(row, []) for row in zip(*(rows(job_a, s) for s in pooled))],
-                                         [sum(row, []) for row in zip(*(rows(job_b, s) for s in pooled))],
-                                         claim, **bootstrap)
+        out["data"][ALL_SPLITS] = _judge(rows(job_a, pooled), rows(job_b, pooled), claim, **bootstrap)
     return out
