@@ -1107,6 +1107,15 @@ def test_no_train_reports_the_runs_that_have_finished(fake_bench, monkeypatch, t
     run("cpu", seeds=3, no_train=True)
     text = (out / "RESULTS.md").read_text()
     assert "No RL run with its start has finished yet, so RL is not judged" in text and "--val-large 0" not in text
+    # once every run has finished, --no-train gives the command's own report: neither partial nor named --no-train
+    for seed in range(3):
+        for job in jobs_mod.seed_jobs(SUITES["cpu"], seed, 3):
+            (out / f"seed-{seed}" / "runs" / job / "final").mkdir(parents=True, exist_ok=True)
+            (out / f"seed-{seed}" / "runs" / job / "final" / "reasoner.json").write_text("{}")
+    run("cpu", seeds=3, no_train=True)
+    res, text = json.loads((out / "results.json").read_text()), (out / "RESULTS.md").read_text()
+    assert len(res["per_seed"]) == 3 and not res["command"].endswith("--no-train")
+    assert "partial" not in text and "which trained 0 of the 51 runs and reused the others" in text
 
 
 def test_regime_gives_the_stepwise_curriculum_a_stage_per_step():

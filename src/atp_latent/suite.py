@@ -429,9 +429,10 @@ def run_bench(args) -> int:
     ablation_jobs = list(suite.ablations) if args.ablations else []
     tasks = [(d, j, seed) for seed, d in enumerate(seed_dirs) for j in jobs_of[seed]]
     tasks += [(seed_dirs[0], j, 0) for j in ablation_jobs]
-    partial = getattr(args, "no_train", False)
-    if partial:  # report what has finished: the runs a bench still training (or stopped) has completed
+    partial = False  # a --no-train report while some runs have not finished: it says so and names --no-train
+    if getattr(args, "no_train", False):  # report what has finished: the runs a bench still training has completed
         done = {(d, j) for d, j, _ in tasks if finished(d, j)}
+        partial = len(done) < len(tasks)  # all finished: the same report as the command's own
         jobs_of = [[j for j in js if (d, j) in done] for d, js in zip(seed_dirs, jobs_of)]
         ablation_jobs = [j for j in ablation_jobs if (seed_dirs[0], j) in done]
         n_dirs = next((k for k in range(n_dirs, 0, -1) if jobs_of[k - 1]), 0)
